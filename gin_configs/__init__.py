@@ -1,0 +1,1 @@
+"""Shipped gin configuration files (see the *.gin files in this directory)."""

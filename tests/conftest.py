@@ -1,0 +1,24 @@
+"""Shared test setup.
+
+TensorFlow is configured here, before any test touches it: two logical CPU
+devices so that MirroredStrategy tests run real multi-replica code on this
+CPU-only machine. Every test starts with an empty gin config.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_CPUS = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin_config():
+  gin.clear_config()
+  yield
+  gin.clear_config()
