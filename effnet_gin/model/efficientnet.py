@@ -1,0 +1,160 @@
+"""The EfficientNet Keras model builder, the gin-configurable model surface.
+
+`build_model` turns a variant of `specs.VARIANTS` (optionally with overridden
+coefficients) into a Keras 3 functional model: float32 RGB pixels in 0..255,
+shaped [N, S, S, 3], to float32 logits [N, num_classes] (no softmax). Input
+normalisation is part of the model, so exported models take raw pixels.
+
+Layer names are stable and follow Keras applications: `stem_conv`,
+`stem_bn`, `stem_activation`, `block{stage}{letter}_{part}` (e.g.
+`block1a_dwconv`, `block3b_se_reduce`, `block2a_expand_conv`,
+`block4c_project_bn`), `top_conv`, `top_bn`, `top_activation`, `avg_pool`,
+`top_dropout`, `predictions`.
+"""
+import dataclasses
+import string
+from typing import Optional
+
+import gin
+import keras
+
+from effnet_gin.model import layers
+from effnet_gin.model import specs
+
+_OVERRIDES = ("width_coefficient", "depth_coefficient", "resolution",
+              "dropout_rate", "survival_prob")
+
+
+def resolve_spec(variant: str = "efficientnet-b0", **overrides
+                 ) -> specs.ModelSpec:
+  """A variant's spec with the non-None `overrides` replacing its fields.
+
+  Args:
+    variant: a name in `specs.VARIANTS`.
+    **overrides: any of width_coefficient, depth_coefficient, resolution,
+      dropout_rate, survival_prob; None keeps the variant's value.
+
+  Returns:
+    The resulting `ModelSpec`.
+
+  Raises:
+    ValueError: for an unknown variant or an out-of-range override.
+  """
+  unknown = set(overrides) - set(_OVERRIDES)
+  if unknown:
+    raise ValueError(f"Cannot override {sorted(unknown)}; overridable: "
+                     f"{_OVERRIDES}.")
+  spec = specs.get_variant(variant)
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  resolution = overrides.get("resolution", spec.resolution)
+  if isinstance(resolution, bool) or not isinstance(resolution, int):
+    raise ValueError(f"resolution must be a positive int, got {resolution!r}.")
+  return dataclasses.replace(spec, **overrides)
+
+
+def block_name(stage: int, index_in_stage: int) -> str:
+  """Layer-name prefix of a block, e.g. (2, 1) -> "block3b" (0-based args)."""
+  letters = string.ascii_lowercase
+  suffix = letters[index_in_stage % 26] * (index_in_stage // 26 + 1)
+  return f"block{stage + 1}{suffix}"
+
+
+@gin.configurable("build_model", module="effnet_gin.model")
+def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
+                width_coefficient: Optional[float] = None,
+                depth_coefficient: Optional[float] = None,
+                resolution: Optional[int] = None,
+                dropout_rate: Optional[float] = None,
+                survival_prob: Optional[float] = None,
+                batch_norm_momentum: float = 0.99,
+                batch_norm_epsilon: float = 1e-3,
+                include_top: bool = True,
+                return_endpoints: bool = False,
+                name: Optional[str] = None) -> keras.Model:
+  """Builds an EfficientNet as a Keras functional model.
+
+  Under the `mixed_bfloat16` Keras policy the network computes in bfloat16
+  with float32 variables; input normalisation and the logits stay float32.
+
+  Args:
+    variant: name in `VARIANTS`, e.g. "efficientnet-b0" or
+      "efficientnet-lite0".
+    num_classes: number of logits (>= 1).
+    width_coefficient: overrides the variant's channel multiplier.
+    depth_coefficient: overrides the variant's depth multiplier.
+    resolution: input height and width; defaults to the variant's.
+    dropout_rate: overrides the dropout before the classifier, in [0, 1).
+    survival_prob: overrides the stochastic depth survival probability of the
+      last block (default 0.8), in (0, 1]; 1 disables stochastic depth.
+    batch_norm_momentum: moving-statistics momentum of every BatchNorm.
+    batch_norm_epsilon: epsilon of every BatchNorm.
+    include_top: if False the model ends at the head activation
+      [N, s, s, head_filters] (no pooling, dropout or classifier).
+    return_endpoints: if True the model outputs a dict: "reduction_1" ..
+      "reduction_5" (the last block output at strides 2, 4, 8, 16, 32),
+      "features" (the head activation) and, with include_top, "logits".
+    name: model name; defaults to the variant name.
+
+  Returns:
+    A `keras.Model` with its weights created.
+
+  Raises:
+    ValueError: for an unknown variant or an out-of-range argument.
+  """
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
+      num_classes < 1):
+    raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
+  spec = resolve_spec(variant, width_coefficient=width_coefficient,
+                      depth_coefficient=depth_coefficient,
+                      resolution=resolution, dropout_rate=dropout_rate,
+                      survival_prob=survival_prob)
+  bn_args = dict(batch_norm_momentum=batch_norm_momentum,
+                 batch_norm_epsilon=batch_norm_epsilon)
+  # Validate the batch-norm arguments once, before building hundreds of
+  # layers that would each raise the same error.
+  layers.BatchNorm(batch_norm_momentum, batch_norm_epsilon)
+
+  inputs = keras.Input((spec.resolution, spec.resolution, 3), name="images",
+                       dtype="float32")
+  mean, stddev = specs.INPUT_NORMALIZATIONS[spec.input_normalization]
+  x = layers.InputNormalization(mean, stddev, name="normalization")(inputs)
+  x = layers.conv_bn_act(x, spec.stem_filters, 3, 2, spec.activation,
+                         name="stem_conv", bn_name="stem_bn",
+                         act_name="stem_activation", **bn_args)
+
+  endpoints = {}
+  blocks = spec.scaled_blocks()
+  total_blocks = sum(block.repeats for block in blocks)
+  block_index = 0
+  for stage, block in enumerate(blocks):
+    for repeat in range(block.repeats):
+      # Stride 2 blocks open a new reduction level: record the level below.
+      strides = block.strides if repeat == 0 else 1
+      if strides > 1:
+        endpoints[f"reduction_{len(endpoints) + 1}"] = x
+      drop_fraction = (1.0 - spec.survival_prob) * block_index / total_blocks
+      x = layers.mbconv_block(
+          x, kernel_size=block.kernel_size, strides=strides,
+          expand_ratio=block.expand_ratio,
+          output_filters=block.output_filters, se_ratio=block.se_ratio,
+          activation=spec.activation, survival_prob=1.0 - drop_fraction,
+          name=block_name(stage, repeat), **bn_args)
+      block_index += 1
+  endpoints[f"reduction_{len(endpoints) + 1}"] = x
+
+  x = layers.conv_bn_act(x, spec.head_filters, 1, 1, spec.activation,
+                         name="top_conv", bn_name="top_bn",
+                         act_name="top_activation", **bn_args)
+  endpoints["features"] = x
+  outputs = x
+  if include_top:
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(spec.dropout_rate, name="top_dropout")(x)
+    # float32 logits under mixed precision: the loss needs full precision.
+    outputs = keras.layers.Dense(
+        num_classes, kernel_initializer=layers.dense_kernel_initializer(),
+        dtype="float32", name="predictions")(x)
+    endpoints["logits"] = outputs
+  if return_endpoints:
+    outputs = endpoints
+  return keras.Model(inputs, outputs, name=name or variant)
