@@ -77,7 +77,8 @@ def test_layer_names_and_shapes():
 
 def test_stochastic_depth_survival_falls_linearly():
   net = model_lib.build_model("efficientnet-b0", resolution=32)
-  # Block index 2 of 16 (block2b) and 15 (block7a has no skip; 6d is 14).
+  # block2b is block 2 of 16 (0-based), block6d is 14; block2a and block7a
+  # change shape, so they have no skip and no stochastic depth.
   assert net.get_layer("block2b_drop").survival_prob == pytest.approx(
       1 - 0.2 * 2 / 16)
   assert net.get_layer("block6d_drop").survival_prob == pytest.approx(
@@ -285,7 +286,8 @@ def test_batch_norm_updates_under_mirrored_strategy():
     net = _tiny_model()
   # Replica r sees a constant batch of value 2 + 4r: batch means 2 and 6.
   per_replica = strategy.experimental_distribute_values_from_function(
-      lambda ctx: tf.fill([2, 2, 2, 3], 2.0 + 4.0 * ctx.replica_id_in_sync_group))
+      lambda ctx: tf.fill([2, 2, 2, 3],
+                          2.0 + 4.0 * ctx.replica_id_in_sync_group))
   images = strategy.experimental_distribute_values_from_function(
       lambda ctx: _images(2, seed=ctx.replica_id_in_sync_group))
 

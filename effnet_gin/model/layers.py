@@ -94,13 +94,13 @@ class BatchNorm(keras.layers.Layer):
     self.moving_variance = stat("moving_variance", "ones", trainable=False)
 
   def call(self, inputs, training=False):
-    use_batch_stats = bool(training) and self.trainable
-    if not use_batch_stats:
-      outputs = tf.raw_ops.FusedBatchNormV3(
+    # A frozen (non-trainable) layer normalises with its moving statistics
+    # even in training, as Keras' BatchNormalization does for fine-tuning.
+    if not (training and self.trainable):
+      return tf.raw_ops.FusedBatchNormV3(
           x=inputs, scale=self.gamma.value, offset=self.beta.value,
           mean=self.moving_mean.value, variance=self.moving_variance.value,
           epsilon=self.epsilon, is_training=False)[0]
-      return outputs
     empty = tf.constant([], dtype=tf.float32)
     outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
         x=inputs, scale=self.gamma.value, offset=self.beta.value, mean=empty,
