@@ -1,0 +1,317 @@
+"""Export for serving: a SavedModel that classifies encoded images.
+
+`export` (what `bin/exporter` runs) restores a checkpoint of a run — the
+latest, the evaluator's best, or a given path — with its EMA weights, and
+saves a `tf.Module` with two signatures:
+
+  serving_default   image_bytes: tf.string [N] (JPEG or PNG files' bytes),
+                    decoded and preprocessed exactly as the eval split
+                    (center crop with padding 32, bicubic resize) inside the
+                    graph, one image at a time with `tf.map_fn`.
+  serving_images    images: float32 [N, S, S, 3], RGB 0-255, already
+                    preprocessed.
+
+Both return `classes` (int64 [N], the top-1 class) and `probabilities`
+(float32 [N, num_classes], softmax of the logits). `predict` classifies image
+files with such a SavedModel, or straight from a checkpoint through the same
+module (`bin/predict`).
+"""
+import json
+
+from absl import logging
+import gin
+import tensorflow as tf
+
+from effnet_gin.data import preprocessing
+from effnet_gin.model import build_model
+from effnet_gin.train import checkpointing
+from effnet_gin.train.evaluate import BEST_SUBDIR
+from effnet_gin.train.evaluate import checkpoint_num_classes
+from effnet_gin.train import optim
+
+SERVING_DEFAULT = "serving_default"
+SERVING_IMAGES = "serving_images"
+
+
+class ServingModule(tf.Module):
+  """A classifier with serving signatures over encoded and decoded images.
+
+  Args:
+    model: a Keras model mapping float32 RGB 0-255 [N, S, S, 3] to logits.
+    image_size: S, the resolution images are preprocessed to.
+  """
+
+  def __init__(self, model, image_size):
+    super().__init__(name="efficientnet_serving")
+    self.model = model
+    self.image_size = image_size
+    self.serve_image_bytes = tf.function(
+        self._serve_image_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    self.serve_images = tf.function(
+        self._classify,
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
+                                       tf.float32, name="images")])
+
+  def signatures(self):
+    """The signatures to save, keyed by signature name."""
+    return {SERVING_DEFAULT: self.serve_image_bytes,
+            SERVING_IMAGES: self.serve_images}
+
+  def _classify(self, images):
+    logits = tf.cast(self.model(images, training=False), tf.float32)
+    return {"classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
+            "probabilities": tf.nn.softmax(logits)}
+
+  def _serve_image_bytes(self, image_bytes):
+    size = self.image_size
+    images = tf.map_fn(
+        lambda encoded: preprocessing.preprocess_for_eval(encoded, size),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+    return self._classify(images)
+
+
+# ---------------------------------------------------------------------------
+# Restoring a checkpoint for serving.
+# ---------------------------------------------------------------------------
+
+
+def resolve_serving_checkpoint(model_dir, checkpoint="latest"):
+  """Finds the checkpoint prefix to serve.
+
+  Args:
+    model_dir: the training run's directory; needed for 'latest' and 'best'.
+    checkpoint: 'latest' (or None) for model_dir's newest checkpoint,
+      'best' for the evaluator's best (model_dir/best), or a checkpoint
+      prefix or directory.
+
+  Returns:
+    A checkpoint prefix.
+
+  Raises:
+    FileNotFoundError: when there is no such checkpoint.
+    ValueError: when 'latest' or 'best' is asked without a model_dir.
+  """
+  checkpoint = checkpoint or "latest"
+  if checkpoint in ("latest", "best"):
+    if not model_dir:
+      raise ValueError(f"checkpoint={checkpoint!r} needs a model_dir")
+    if checkpoint == "best":
+      best_dir = f"{model_dir}/{BEST_SUBDIR}"
+      if tf.train.latest_checkpoint(best_dir) is None:
+        raise FileNotFoundError(
+            f"no best checkpoint in {best_dir!r}: bin/evaluator writes it "
+            "there as it evaluates the run")
+      return tf.train.latest_checkpoint(best_dir)
+    return checkpointing.resolve_checkpoint(model_dir)
+  return checkpointing.resolve_checkpoint(checkpoint)
+
+
+def restore_for_serving(path, *, use_ema=True, num_classes=None):
+  """Builds the model (via gin's `build_model`) and restores `path` into it.
+
+  Args:
+    path: a checkpoint prefix following the trainer's contract.
+    use_ema: load the EMA weights when the checkpoint has them (a checkpoint
+      trained without EMA is served with its raw weights, with a warning).
+    num_classes: the classifier width; None reads it from the checkpoint, so
+      a fine-tuned run exports without restating its class count.
+
+  Returns:
+    The Keras model holding the weights to serve.
+  """
+  num_classes = num_classes or checkpoint_num_classes(path)
+  model = build_model(num_classes=num_classes)
+  has_ema = any(name.startswith("ema/")
+                for name, _ in tf.train.list_variables(path))
+  ema = None
+  if use_ema and has_ema:
+    ema = optim.ExponentialMovingAverage(model)
+  elif use_ema:
+    logging.warning("Checkpoint %s has no EMA weights; serving its raw "
+                    "weights", path)
+  trackables = dict(model=model)
+  if ema is not None:
+    trackables["ema"] = ema
+  tf.train.Checkpoint(**trackables).read(
+      path).assert_existing_objects_matched().expect_partial()
+  if ema is not None:
+    ema.copy_to_model()
+  logging.info("Restored %s%s for serving", path,
+               " (EMA weights)" if ema is not None else "")
+  return model
+
+
+def load_serving_module(*, model_dir=None, checkpoint="latest",
+                        image_size=None, use_ema=True, num_classes=None):
+  """Restores a checkpoint into a `ServingModule`.
+
+  Args:
+    model_dir: the training run's directory (for 'latest' and 'best').
+    checkpoint: 'latest', 'best', or a checkpoint prefix or directory.
+    image_size: the serving resolution; None takes the model's input size.
+    use_ema: serve the EMA weights when the checkpoint has them.
+    num_classes: the classifier width; None reads it from the checkpoint.
+
+  Returns:
+    A `(ServingModule, checkpoint_path)` pair.
+  """
+  path = resolve_serving_checkpoint(model_dir, checkpoint)
+  model = restore_for_serving(path, use_ema=use_ema, num_classes=num_classes)
+  image_size = image_size or model.input_shape[1]
+  if not image_size or image_size <= 0:
+    raise ValueError(f"image_size must be a positive number of pixels, got "
+                     f"{image_size!r}")
+  return ServingModule(model, image_size), path
+
+
+@gin.configurable("export", module="effnet_gin.train",
+                  denylist=["model_dir", "export_dir"])
+def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
+           use_ema=True, num_classes=None, overwrite=False):
+  """Exports a checkpoint of a run as a SavedModel for serving.
+
+  Args:
+    model_dir: the training run's directory (local or gs://).
+    export_dir: where to write the SavedModel (local or gs://).
+    image_size: the serving resolution; None takes the model's input size.
+    checkpoint: 'latest' (default), 'best' (the evaluator's best by top-1,
+      model_dir/best), or a checkpoint prefix or directory.
+    use_ema: export the EMA weights (as the reference does) when present.
+    num_classes: the classifier width; None reads it from the checkpoint.
+    overwrite: replace an existing SavedModel in export_dir.
+
+  Returns:
+    export_dir.
+
+  Raises:
+    FileNotFoundError: when the checkpoint does not exist.
+    FileExistsError: when export_dir already holds a SavedModel and
+      `overwrite` is False.
+  """
+  if not export_dir:
+    raise ValueError("export needs an export_dir (--export_dir)")
+  if tf.io.gfile.exists(f"{export_dir}/saved_model.pb"):
+    if not overwrite:
+      raise FileExistsError(f"{export_dir!r} already holds a SavedModel; "
+                            "choose a new export_dir or set "
+                            "export.overwrite=True")
+    tf.io.gfile.rmtree(export_dir)
+  module, path = load_serving_module(
+      model_dir=model_dir, checkpoint=checkpoint, image_size=image_size,
+      use_ema=use_ema, num_classes=num_classes)
+  tf.saved_model.save(module, export_dir, signatures=module.signatures())
+  logging.info("Exported %s as a SavedModel (%dx%d) in %s", path,
+               module.image_size, module.image_size, export_dir)
+  return export_dir
+
+
+# ---------------------------------------------------------------------------
+# Classifying image files (bin/predict).
+# ---------------------------------------------------------------------------
+
+
+def read_labels(labels_file):
+  """Reads class names: one per line, or a JSON list or {"0": name} map.
+
+  Line i (0-based) names class i, the model's label (ImageNet's on-disk
+  labels 1..1000 minus the offset 1; no background class).
+
+  Raises:
+    FileNotFoundError: when the file does not exist.
+    ValueError: when a JSON map has a non-integer key.
+  """
+  if not tf.io.gfile.exists(labels_file):
+    raise FileNotFoundError(f"labels file {labels_file!r} does not exist")
+  with tf.io.gfile.GFile(labels_file) as f:
+    text = f.read()
+  try:
+    parsed = json.loads(text)
+  except json.JSONDecodeError:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+  if isinstance(parsed, list):
+    return [str(name) for name in parsed]
+  if isinstance(parsed, dict):
+    try:
+      names = {int(key): str(name) for key, name in parsed.items()}
+    except ValueError as e:
+      raise ValueError(f"labels file {labels_file!r}: JSON keys must be "
+                       f"class numbers ({e})") from e
+    return [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+  raise ValueError(f"labels file {labels_file!r}: expected lines, a JSON "
+                   f"list or a JSON object, got {type(parsed).__name__}")
+
+
+def predict(image_files, *, saved_model_dir=None, model_dir=None,
+            checkpoint="latest", labels_file=None, top_k=5, use_ema=True,
+            batch_size=32):
+  """Classifies image files with a SavedModel or a checkpoint.
+
+  Args:
+    image_files: paths (local or gs://) of JPEG or PNG files.
+    saved_model_dir: an exported SavedModel; its `serving_default` is used.
+    model_dir: without `saved_model_dir`, the run to restore `checkpoint`
+      from (the model is built from the parsed gin config).
+    checkpoint: 'latest', 'best', or a checkpoint prefix or directory.
+    labels_file: optional class names (see `read_labels`).
+    top_k: how many classes to report per image.
+    use_ema: with a checkpoint, use its EMA weights when present.
+    batch_size: images per call of the signature.
+
+  Returns:
+    One `(image_file, [(class_id, class_name_or_None, probability), ...])`
+    per image, the classes by decreasing probability.
+
+  Raises:
+    FileNotFoundError: for a missing image, labels file or model.
+    ValueError: when neither a SavedModel nor a model_dir is given, or the
+      labels do not match the class count.
+  """
+  if not image_files:
+    raise ValueError("give at least one image file to classify")
+  if saved_model_dir:
+    if not tf.io.gfile.exists(f"{saved_model_dir}/saved_model.pb"):
+      raise FileNotFoundError(f"no SavedModel in {saved_model_dir!r}")
+    serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
+  elif model_dir or checkpoint not in (None, "latest", "best"):
+    module, _ = load_serving_module(model_dir=model_dir, checkpoint=checkpoint,
+                                    use_ema=use_ema)
+    serve = module.serve_image_bytes
+  else:
+    raise ValueError("give a SavedModel directory or a model_dir to restore "
+                     "a checkpoint from")
+  encoded = []
+  for path in image_files:
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"image file {path!r} does not exist")
+    with tf.io.gfile.GFile(path, "rb") as f:
+      encoded.append(f.read())
+  probabilities = []
+  for start in range(0, len(encoded), batch_size):
+    outputs = serve(image_bytes=tf.constant(encoded[start:start + batch_size]))
+    probabilities.extend(outputs["probabilities"].numpy())
+  num_classes = len(probabilities[0])
+  names = read_labels(labels_file) if labels_file else None
+  if names is not None and len(names) != num_classes:
+    raise ValueError(
+        f"labels file {labels_file!r} names {len(names)} classes but the "
+        f"model has {num_classes} (one name per class, class 0 first, no "
+        "background class)")
+  results = []
+  for path, probs in zip(image_files, probabilities):
+    top = probs.argsort()[::-1][:top_k]
+    results.append((path, [(int(c), names[c] if names else None,
+                            float(probs[c])) for c in top]))
+  return results
+
+
+def format_predictions(results):
+  """Renders `predict`'s results as text, one block per image."""
+  lines = []
+  for path, classes in results:
+    lines.append(path)
+    for rank, (class_id, name, probability) in enumerate(classes, start=1):
+      label = f"{class_id} ({name})" if name else f"{class_id}"
+      lines.append(f"  {rank}. {label}: {probability:.4f}")
+  return "\n".join(lines)
