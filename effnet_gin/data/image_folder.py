@@ -1,0 +1,171 @@
+"""Folders of images with one sub-folder per class.
+
+`ImageFolderSource` reads such folders directly; `convert_image_folder` writes
+one as ImageNet-format TFRecord shards (faster to read, and `gs://`-friendly).
+Class index = position of the sub-folder name in sorted order.
+"""
+import os
+import random
+
+import gin
+import tensorflow as tf
+
+from effnet_gin.data import sources
+from effnet_gin.data import tfrecord_source
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+LABELS_FILE = 'labels.txt'
+
+
+def class_names(root):
+  """The sorted class sub-folder names of `root`.
+
+  Raises:
+    FileNotFoundError: `root` is missing or has no sub-folders.
+  """
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f'image folder does not exist: {root!r}')
+  names = sorted(name.rstrip('/') for name in tf.io.gfile.listdir(root)
+                 if tf.io.gfile.isdir(os.path.join(root, name)))
+  if not names:
+    raise FileNotFoundError(
+        f'image folder {root!r} has no class sub-folders')
+  return names
+
+
+def list_images(root, names):
+  """(path, label) of every image under `root`/<class name>, sorted.
+
+  Args:
+    root: folder with one sub-folder per class.
+    names: class names in label order; sub-folders of `root` must be among
+      them.
+
+  Returns:
+    list of (path, 0-based label) pairs, sorted by class then file name.
+
+  Raises:
+    FileNotFoundError: no images found.
+    ValueError: a sub-folder is not one of `names`.
+  """
+  label_of = {name: label for label, name in enumerate(names)}
+  images = []
+  for name in class_names(root):
+    if name not in label_of:
+      raise ValueError(f'class folder {name!r} in {root!r} is not one of the '
+                       f'{len(names)} known classes')
+    folder = os.path.join(root, name)
+    images.extend(
+        (os.path.join(folder, file_name), label_of[name])
+        for file_name in sorted(tf.io.gfile.listdir(folder))
+        if file_name.lower().endswith(IMAGE_EXTENSIONS))
+  if not images:
+    raise FileNotFoundError(
+        f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
+        f'{root!r}')
+  return images
+
+
+@gin.configurable(module='effnet_gin.data')
+class ImageFolderSource(sources.Source):
+  """Images in `root`/<class>/, eval images in `eval_root`/<class>/."""
+
+  def __init__(self, root=gin.REQUIRED, eval_root=None):
+    """Lists the images.
+
+    Args:
+      root: training folder, one sub-folder per class; sorted sub-folder
+        names give the class indices.
+      eval_root: optional eval folder whose sub-folders carry the same class
+        names (a subset is fine).
+
+    Raises:
+      FileNotFoundError: a folder is missing or holds no images.
+      ValueError: `eval_root` has a class that `root` lacks.
+    """
+    self.class_names = class_names(root)
+    self._images = {'train': list_images(root, self.class_names)}
+    if eval_root is not None:
+      self._images['eval'] = list_images(eval_root, self.class_names)
+    self.root = root
+    self.eval_root = eval_root
+
+  def _split_images(self, split):
+    sources.check_split(split)
+    if split not in self._images:
+      raise ValueError(f'ImageFolderSource({self.root!r}) has no eval split; '
+                       'set eval_root')
+    return self._images[split]
+
+  def examples(self, split, input_context=None, *, is_training, seed=None):
+    """See `Source.examples`; pipeline i reads images i, i + k, ...."""
+    images = self._split_images(split)
+    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    shard = images[pipeline_id::num_pipelines]
+    paths = [path for path, _ in shard]
+    labels = [label for _, label in shard]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+    if is_training:
+      dataset = dataset.shuffle(max(1, len(paths)), seed=seed,
+                                reshuffle_each_iteration=True)
+    return dataset.map(
+        lambda path, label: {'image': tf.io.read_file(path), 'label': label},
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+  def num_examples(self, split):
+    return len(self._split_images(split))
+
+  def examples_per_pipeline(self, split, num_input_pipelines):
+    return sources.shard_sizes(self.num_examples(split), num_input_pipelines)
+
+
+def _read_bytes(path):
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return f.read()
+
+
+def convert_image_folder(input_dir, output_dir, *, num_shards, prefix='train',
+                         seed=0):
+  """Writes an image folder as shuffled ImageNet-format TFRecord shards.
+
+  Image bytes are stored as they are (the pipeline decodes JPEG and other
+  formats); labels are stored 1-based as in ImageNet. `labels.txt` in
+  `output_dir` lists the class names, line i+1 for label i; converting the
+  eval folder next to the train folder checks it against the same list.
+
+  Args:
+    input_dir: folder with one sub-folder per class.
+    output_dir: where `prefix-XXXXX-of-YYYYY` and labels.txt are written.
+    num_shards: number of files.
+    prefix: file name prefix ('train' or 'validation').
+    seed: seed of the shuffle that mixes classes across shards.
+
+  Returns:
+    The list of written shard paths.
+
+  Raises:
+    FileNotFoundError: `input_dir` is missing or holds no images.
+    ValueError: an existing labels.txt lacks one of the classes, or
+      `num_shards` exceeds the image count.
+  """
+  labels_path = os.path.join(output_dir, LABELS_FILE)
+  names = class_names(input_dir)
+  if tf.io.gfile.exists(labels_path):
+    with tf.io.gfile.GFile(labels_path) as f:
+      known = f.read().split('\n')[:-1]
+    if not set(names) <= set(known):
+      raise ValueError(
+          f'classes {sorted(set(names) - set(known))} of {input_dir!r} are '
+          f'missing from {labels_path!r}')
+    names = known
+  else:
+    tf.io.gfile.makedirs(output_dir)
+    with tf.io.gfile.GFile(labels_path, 'w') as f:
+      f.write(''.join(name + '\n' for name in names))
+  images = list_images(input_dir, names)
+  random.Random(seed).shuffle(images)
+  serialized = (sources.serialize_imagenet_example(_read_bytes(path), label + 1)
+                for path, label in images)
+  return tfrecord_source.write_tfrecord_shards(
+      output_dir, prefix, serialized, len(images), num_shards)

@@ -1,0 +1,309 @@
+"""`build_dataset`: a source's examples -> per-replica batches for training/eval.
+
+Used through `strategy.distribute_datasets_from_function`:
+
+    strategy.distribute_datasets_from_function(
+        lambda ctx: build_dataset(ctx, split='train', global_batch_size=B,
+                                  image_size=S))
+
+Each call builds the pipeline of one input pipeline (host): it reads that
+pipeline's shard from the source and batches per replica,
+`ctx.get_per_replica_batch_size(B)`, always with static shapes.
+
+Eval gives every input pipeline the same number of batches (a multiple of its
+replicas), so no host runs out early on a pod: each pipeline's examples are
+padded with weight-0 examples up to a count computed once from the source's
+per-pipeline example counts.
+"""
+import math
+import random
+
+import gin
+import tensorflow as tf
+
+from effnet_gin.data import augment as augment_lib
+from effnet_gin.data import preprocessing
+from effnet_gin.data import sources
+
+AUGMENTATIONS = (None, 'autoaugment', 'randaugment')
+# Keeps the mixup seeds apart from the per-example seeds.
+_MIXUP_SEED_SALT = 0x5EED
+
+
+def _replicas_per_pipeline(input_context):
+  if input_context is None:
+    return 1
+  return max(1, input_context.num_replicas_in_sync
+             // input_context.num_input_pipelines)
+
+
+def _per_replica_batch_size(input_context, global_batch_size):
+  if global_batch_size < 1:
+    raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}')
+  if input_context is None:
+    return global_batch_size
+  return input_context.get_per_replica_batch_size(global_batch_size)
+
+
+def eval_quotas(counts, num_eval_examples=None):
+  """How many eval examples each pipeline takes.
+
+  Without a limit every pipeline takes all of its examples. With one, the
+  limit is spread as evenly as the pipelines' counts allow.
+
+  Args:
+    counts: list of ints, examples available per pipeline.
+    num_eval_examples: optional int, total examples to evaluate.
+
+  Returns:
+    list of ints, one per pipeline, summing to the limit (or sum of counts).
+
+  Raises:
+    ValueError: the limit is below 1 or above the number of examples.
+  """
+  if num_eval_examples is None:
+    return list(counts)
+  total = sum(counts)
+  if not 1 <= num_eval_examples <= total:
+    raise ValueError(f'num_eval_examples must be in [1, {total}] (the eval '
+                     f'split holds {total} examples), got {num_eval_examples}')
+  quotas = [0] * len(counts)
+  remaining = num_eval_examples
+  by_count = sorted(range(len(counts)), key=lambda i: counts[i])
+  for position, pipeline in enumerate(by_count):
+    quotas[pipeline] = min(counts[pipeline],
+                           remaining // (len(counts) - position))
+    remaining -= quotas[pipeline]
+  # Integer division can leave a few examples; give them to pipelines with
+  # room, largest first.
+  for pipeline in reversed(by_count):
+    extra = min(remaining, counts[pipeline] - quotas[pipeline])
+    quotas[pipeline] += extra
+    remaining -= extra
+  return quotas
+
+
+def num_eval_steps(source, *, global_batch_size, input_context=None,
+                   num_eval_examples=None):
+  """Number of eval steps (global batches) `build_dataset` yields.
+
+  Every input pipeline yields `num_eval_steps * replicas_per_pipeline`
+  batches, so each step gives every replica one batch.
+
+  Args:
+    source: the `Source` the eval dataset reads.
+    global_batch_size: int, examples per step over all replicas.
+    input_context: the `tf.distribute.InputContext` of any pipeline, or None.
+    num_eval_examples: optional limit, as in `build_dataset`.
+
+  Returns:
+    int >= 1.
+
+  Raises:
+    ValueError: the eval split is empty or the limit is out of range.
+  """
+  num_pipelines, _ = sources.pipeline_shard(input_context)
+  counts = source.examples_per_pipeline('eval', num_pipelines)
+  quotas = eval_quotas(counts, num_eval_examples)
+  if not sum(quotas):
+    raise ValueError(f'the eval split of {source!r} is empty')
+  batch_size = _per_replica_batch_size(input_context, global_batch_size)
+  replicas = _replicas_per_pipeline(input_context)
+  return math.ceil(max(quotas) / (batch_size * replicas))
+
+
+def _with_label_check(label, num_classes):
+  """int32 `label`; fails with InvalidArgumentError naming it if out of range."""
+  message = (f'label out of range [0, {num_classes}) after the source\'s '
+             'label offset; check num_classes and label_offset')
+  checks = [
+      tf.debugging.assert_non_negative(label, message=message, summarize=1),
+      tf.debugging.assert_less(label, tf.cast(num_classes, label.dtype),
+                               message=message, summarize=1),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.cast(label, tf.int32)
+
+
+def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
+  """Applies AutoAugment/RandAugment in the uint8 domain to a float image."""
+  if augment is None:
+    return image
+  pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+  if augment == 'autoaugment':
+    pixels = augment_lib.autoaugment(pixels, seed)
+  else:
+    pixels = augment_lib.randaugment(pixels, seed, randaugment_layers,
+                                     randaugment_magnitude)
+  return tf.cast(pixels, tf.float32)
+
+
+def _pipeline_seed(seed, input_context):
+  """A per-pipeline base seed; random when `seed` is None."""
+  _, pipeline_id = sources.pipeline_shard(input_context)
+  if seed is None:
+    seed = random.SystemRandom().randrange(2**31)
+  return (seed * 1_000_003 + pipeline_id) % 2**62
+
+
+def _options(deterministic, private_threadpool_size):
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  if private_threadpool_size:
+    options.threading.private_threadpool_size = private_threadpool_size
+  return options
+
+
+def _train_dataset(source, input_context, *, batch_size, image_size,
+                   num_classes, augment, randaugment_layers,
+                   randaugment_magnitude, mixup_alpha, shuffle_buffer, cache,
+                   seed, skip_corrupt):
+  """The infinite training pipeline; see `build_dataset`."""
+  base_seed = _pipeline_seed(seed, input_context)
+  examples = source.examples('train', input_context, is_training=True,
+                             seed=seed)
+  if cache:
+    examples = examples.cache()
+  examples = examples.shuffle(shuffle_buffer, seed=seed).repeat()
+
+  def preprocess(index, example):
+    example_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
+    crop_seed, augment_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, num=2))
+    label = example['label']
+    if not skip_corrupt:
+      label = _with_label_check(label, num_classes)
+    image = preprocessing.preprocess_for_train(example['image'], image_size,
+                                               crop_seed)
+    image = _augment(image, augment, augment_seed, randaugment_layers,
+                     randaugment_magnitude)
+    return image, label
+
+  dataset = examples.enumerate().map(preprocess,
+                                     num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_corrupt:
+    # Corrupt records and images are dropped (each logged); bad labels are
+    # user errors and still fail, so they are checked after the skipping.
+    dataset = dataset.ignore_errors(log_warning=True).map(
+        lambda image, label: (image, _with_label_check(label, num_classes)))
+  dataset = dataset.batch(batch_size, drop_remainder=True,
+                          num_parallel_calls=tf.data.AUTOTUNE)
+  if mixup_alpha > 0:
+    dataset = dataset.enumerate().map(
+        lambda step, batch: augment_lib.mixup(
+            *batch, num_classes, mixup_alpha,
+            tf.stack([tf.constant(base_seed ^ _MIXUP_SEED_SALT, tf.int64),
+                      step])),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset
+
+
+def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
+                  image_size, num_classes, cache, num_eval_examples,
+                  skip_corrupt):
+  """The finite, padded eval pipeline; see `build_dataset`."""
+  num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+  quota = eval_quotas(source.examples_per_pipeline('eval', num_pipelines),
+                      num_eval_examples)[pipeline_id]
+  num_batches = _replicas_per_pipeline(input_context) * num_eval_steps(
+      source, global_batch_size=global_batch_size,
+      input_context=input_context, num_eval_examples=num_eval_examples)
+  examples = source.examples('eval', input_context, is_training=False)
+  examples = examples.take(quota)
+  if cache:
+    examples = examples.cache()
+
+  def preprocess(example):
+    label = example['label']
+    if not skip_corrupt:
+      label = _with_label_check(label, num_classes)
+    image = preprocessing.preprocess_for_eval(example['image'], image_size)
+    return image, label, tf.constant(1.0)
+
+  dataset = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_corrupt:
+    dataset = dataset.ignore_errors(log_warning=True).map(
+        lambda image, label, weight: (
+            image, _with_label_check(label, num_classes), weight))
+  # Weight-0 padding completes the last batch and evens out the pipelines;
+  # `take` keeps the count exact even if corrupt examples were skipped.
+  padding = tf.data.Dataset.from_tensors(
+      (tf.zeros([image_size, image_size, 3]), tf.constant(0),
+       tf.constant(0.0))).repeat()
+  dataset = dataset.concatenate(padding).take(num_batches * batch_size)
+  return dataset.batch(batch_size, drop_remainder=True)
+
+
+@gin.configurable('build_dataset', module='effnet_gin.data')
+def build_dataset(input_context=None, *, split, global_batch_size, image_size,
+                  source=gin.REQUIRED, num_classes=1000, augment=None,
+                  randaugment_layers=2, randaugment_magnitude=10,
+                  mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
+                  num_eval_examples=None, seed=None, skip_corrupt=False,
+                  private_threadpool_size=None):
+  """Builds one input pipeline's batches of a split.
+
+  Args:
+    input_context: the `tf.distribute.InputContext` that
+      `distribute_datasets_from_function` passes, or None for one pipeline
+      feeding one replica.
+    split: 'train' or 'eval'.
+    global_batch_size: examples per step over all replicas; each batch holds
+      `input_context.get_per_replica_batch_size(global_batch_size)`.
+    image_size: output resolution S.
+    source: a `Source` (TFRecordSource, FakeSource, TFDSSource, ...).
+    num_classes: labels must be in [0, num_classes).
+    augment: None, 'autoaugment' (policy v0) or 'randaugment' (train only).
+    randaugment_layers: ops per image for RandAugment.
+    randaugment_magnitude: RandAugment magnitude (10; B5 17, B7 28).
+    mixup_alpha: if > 0, mixup with Beta(alpha, alpha) on training batches.
+    shuffle_buffer: examples in the training shuffle buffer (the reference's
+      1024; file order is shuffled too).
+    cache: cache the source's raw (encoded) examples in memory.
+    num_eval_examples: if set, evaluate only this many examples of the eval
+      split (spread over the pipelines); None evaluates all of them.
+    seed: int for reproducible shuffling and augmentation; None draws one.
+      Training is non-deterministic in order (faster) unless a seed is given.
+    skip_corrupt: drop records/images that fail to read or decode (each one
+      is logged) instead of failing. Out-of-range labels always fail.
+    private_threadpool_size: optional dedicated tf.data thread count.
+
+  Returns:
+    split='train': an infinite dataset of (images float32 [b, S, S, 3] in
+      0..255, labels int32 [b]); with mixup_alpha > 0, labels are soft
+      targets float32 [b, num_classes] instead.
+    split='eval': a finite dataset of (images float32 [b, S, S, 3],
+      labels int32 [b], weights float32 [b]); weight 1 marks real examples,
+      0 padding. Every eval example appears exactly once over all pipelines,
+      and every pipeline yields the same number of batches,
+      `num_eval_steps(...) * replicas_per_pipeline`.
+
+  Raises:
+    ValueError: bad split, augment, batch size or num_eval_examples.
+    FileNotFoundError: the source's files are missing.
+  """
+  sources.check_split(split)
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f'augment must be one of {AUGMENTATIONS}, got {augment!r}')
+  if mixup_alpha < 0:
+    raise ValueError(f'mixup_alpha must be >= 0, got {mixup_alpha}')
+  batch_size = _per_replica_batch_size(input_context, global_batch_size)
+  if split == 'train':
+    dataset = _train_dataset(
+        source, input_context, batch_size=batch_size, image_size=image_size,
+        num_classes=num_classes, augment=augment,
+        randaugment_layers=randaugment_layers,
+        randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
+        shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
+        skip_corrupt=skip_corrupt)
+    deterministic = seed is not None
+  else:
+    dataset = _eval_dataset(
+        source, input_context, global_batch_size=global_batch_size,
+        batch_size=batch_size, image_size=image_size, num_classes=num_classes,
+        cache=cache, num_eval_examples=num_eval_examples,
+        skip_corrupt=skip_corrupt)
+    deterministic = True
+  dataset = dataset.with_options(
+      _options(deterministic, private_threadpool_size))
+  return dataset.prefetch(tf.data.AUTOTUNE)

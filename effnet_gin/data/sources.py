@@ -1,0 +1,177 @@
+"""The Source protocol and the ImageNet tf.Example format.
+
+A source yields raw labelled examples for one input pipeline; `build_dataset`
+(pipeline.py) turns them into batches. Every source implements:
+
+    source.examples(split, input_context=None, *, is_training, seed=None)
+        -> tf.data.Dataset of {'image': tf.string scalar (encoded JPEG/PNG/...)
+                                        or uint8 [H, W, 3],
+                               'label': tf.int32 scalar, 0-based}
+    source.num_examples(split) -> int | None
+    source.examples_per_pipeline(split, num_input_pipelines) -> list[int]
+
+`examples` is one finite, unbatched, unrepeated pass over *this* input
+pipeline's shard (`input_context.input_pipeline_id` of
+`input_context.num_input_pipelines`); the shards of all pipelines partition the
+split. `split` is 'train' or 'eval'.
+
+`examples_per_pipeline` lets the eval pipeline pad every pipeline to the same
+number of batches. The base class counts by iterating (cached per source);
+sources that know their sizes override it.
+
+The ImageNet format is the one the public `imagenet_to_gcs` script writes:
+features `image/encoded` (JPEG bytes) and `image/class/label` (int64, 1..1000,
+label 0 reserved for "background").
+"""
+import abc
+import threading
+
+import tensorflow as tf
+
+SPLITS = ('train', 'eval')
+
+_IMAGENET_FEATURES = {
+    'image/encoded': tf.io.FixedLenFeature([], tf.string),
+    'image/class/label': tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def check_split(split):
+  """Raises ValueError unless `split` is 'train' or 'eval'."""
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+
+
+def pipeline_shard(input_context):
+  """Returns (num_input_pipelines, input_pipeline_id) of an InputContext.
+
+  Args:
+    input_context: a `tf.distribute.InputContext` or None (one pipeline).
+  """
+  if input_context is None:
+    return 1, 0
+  return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def parse_imagenet_example(serialized, *, label_offset=1):
+  """Parses one serialized ImageNet-format tf.Example.
+
+  Args:
+    serialized: tf.string scalar, a serialized `tf.train.Example` with
+      features `image/encoded` and `image/class/label`.
+    label_offset: subtracted from the stored label; 1 for the ImageNet
+      convention of 1-based labels, 0 for 0-based files.
+
+  Returns:
+    {'image': tf.string scalar of encoded image bytes,
+     'label': tf.int32 scalar}.
+  """
+  features = tf.io.parse_single_example(serialized, _IMAGENET_FEATURES)
+  label = tf.cast(features['image/class/label'], tf.int32) - label_offset
+  return {'image': features['image/encoded'], 'label': label}
+
+
+def serialize_imagenet_example(encoded_image, label):
+  """Serializes one ImageNet-format tf.Example (the inverse of the parser).
+
+  Args:
+    encoded_image: bytes of an encoded JPEG (or PNG) image.
+    label: int, the label as stored (1-based for ImageNet files).
+
+  Returns:
+    bytes, the serialized `tf.train.Example`.
+  """
+  feature = {
+      'image/encoded': tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[encoded_image])),
+      'image/class/label': tf.train.Feature(
+          int64_list=tf.train.Int64List(value=[int(label)])),
+  }
+  example = tf.train.Example(features=tf.train.Features(feature=feature))
+  return example.SerializeToString()
+
+
+def shard_sizes(total, num_shards):
+  """Sizes of `range(total)` sharded round-robin into `num_shards` shards.
+
+  Shard i holds indices i, i + num_shards, ... as `Dataset.shard` does.
+
+  Args:
+    total: int, number of items.
+    num_shards: int, number of shards.
+
+  Returns:
+    list of `num_shards` ints summing to `total`.
+  """
+  return [len(range(i, total, num_shards)) for i in range(num_shards)]
+
+
+# Guards the per-source count caches; counting is rare, so one lock will do.
+_COUNT_LOCK = threading.Lock()
+
+
+class Source(abc.ABC):
+  """Yields labelled raw examples of one split for one input pipeline."""
+
+  @abc.abstractmethod
+  def examples(self, split, input_context=None, *, is_training, seed=None):
+    """One finite pass over this input pipeline's shard of `split`.
+
+    Args:
+      split: 'train' or 'eval'.
+      input_context: a `tf.distribute.InputContext`, or None for a single
+        input pipeline reading the whole split.
+      is_training: whether to shuffle the file order and interleave parallel
+        reads. Element order follows the dataset's `deterministic` option,
+        which `build_dataset` turns off for training unless seeded.
+      seed: optional int seed for any shuffling the source does.
+
+    Returns:
+      An unbatched, unrepeated `tf.data.Dataset` of dicts
+      {'image': tf.string scalar or uint8 [H, W, 3], 'label': tf.int32 scalar}
+      with 0-based labels.
+    """
+
+  def num_examples(self, split):
+    """Number of examples in the whole `split`, or None if not cheaply known."""
+    check_split(split)
+    return None
+
+  def examples_per_pipeline(self, split, num_input_pipelines):
+    """Number of examples each input pipeline's shard of `split` holds.
+
+    This default counts by iterating `examples` once per pipeline (raw,
+    undecoded examples) and caches the result on the source; subclasses that
+    know their shard sizes override it.
+
+    Args:
+      split: 'train' or 'eval'.
+      num_input_pipelines: int, how many pipelines share the split.
+
+    Returns:
+      A list of `num_input_pipelines` ints, entry i for pipeline i.
+    """
+    check_split(split)
+    key = (split, num_input_pipelines)
+    with _COUNT_LOCK:
+      # Kept in the instance dict so subclasses need not call __init__.
+      counts = self.__dict__.setdefault('_examples_per_pipeline', {})
+      if key not in counts:
+        counts[key] = [
+            _count_elements(self.examples(
+                split,
+                tf.distribute.InputContext(
+                    num_input_pipelines=num_input_pipelines,
+                    input_pipeline_id=i,
+                    num_replicas_in_sync=num_input_pipelines),
+                is_training=False))
+            for i in range(num_input_pipelines)]
+      return list(counts[key])
+
+
+def _count_elements(dataset):
+  """Counts the elements of a finite dataset without materialising them."""
+  cardinality = int(dataset.cardinality())
+  if cardinality >= 0:
+    return cardinality
+  return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))

@@ -1,0 +1,276 @@
+"""Generated datasets: random noise ("fake ImageNet") and a learnable task.
+
+Images are drawn with TensorFlow ops from stateless seeds, so example i of a
+split is the same every time, in-graph (`FakeSource`, `SyntheticSource`) or
+written to JPEG TFRecords (`write_fake_imagenet`, used by
+`bin/make_fake_imagenet`).
+
+The learnable task: class c is a coloured shape, shape c % 8 (disk, square,
+triangle, ring, plus, diamond, bar, frame) in colour (c + c // 8) % 8 of a
+fixed palette, so no single cue separates all classes once there are more than
+8; position, scale, rotation, colour, brightness and the noisy background vary
+per image. A small EfficientNet reaches high accuracy on it within minutes on
+a CPU. At most 64 classes (8 shapes x 8 colours).
+"""
+import math
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from effnet_gin.data import sources
+from effnet_gin.data import tfrecord_source
+
+NUM_SHAPES = 8
+PALETTE = np.array([
+    (220, 40, 40),    # red
+    (40, 190, 60),    # green
+    (50, 80, 230),    # blue
+    (230, 220, 50),   # yellow
+    (200, 50, 210),   # magenta
+    (50, 210, 220),   # cyan
+    (245, 140, 30),   # orange
+    (240, 240, 240),  # white
+], np.float32)
+MAX_LEARNABLE_CLASSES = NUM_SHAPES * len(PALETTE)
+KINDS = ('random', 'learnable')
+
+# Salts that make the train and eval splits different images.
+_SPLIT_SALT = {'train': 1, 'eval': 2}
+
+
+def _check_kind(kind, num_classes):
+  if kind not in KINDS:
+    raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+  if num_classes < 1:
+    raise ValueError(f'num_classes must be >= 1, got {num_classes}')
+  if kind == 'learnable' and num_classes > MAX_LEARNABLE_CLASSES:
+    raise ValueError(f'the learnable kind has at most {MAX_LEARNABLE_CLASSES} '
+                     f'classes, got num_classes={num_classes}')
+
+
+def random_image(seed, height, width):
+  """Uniform noise, uint8 [height, width, 3]."""
+  return tf.cast(tf.random.stateless_uniform(
+      [height, width, 3], seed, maxval=256, dtype=tf.int32), tf.uint8)
+
+
+def _shape_mask(shape_id, u, v):
+  """Boolean mask of shape `shape_id` in unit-radius coordinates (u, v)."""
+  radius = tf.sqrt(u * u + v * v)
+  box = tf.maximum(tf.abs(u), tf.abs(v))
+  masks = [
+      radius < 1.0,                                             # disk
+      box < 0.8,                                                # square
+      (v < 0.5) & (v > -1.0 + math.sqrt(3.0) * tf.abs(u)),      # triangle
+      (radius > 0.55) & (radius < 1.0),                         # ring
+      ((tf.abs(u) < 0.3) & (tf.abs(v) < 1.0))
+      | ((tf.abs(v) < 0.3) & (tf.abs(u) < 1.0)),                # plus
+      tf.abs(u) + tf.abs(v) < 1.0,                              # diamond
+      u * u + (v / 0.45) ** 2 < 1.0,                            # bar
+      (box > 0.5) & (box < 0.85),                               # frame
+  ]
+  return tf.gather(tf.stack(masks), shape_id)
+
+
+def learnable_image(label, seed, height, width):
+  """Draws class `label` of the learnable task.
+
+  Args:
+    label: int32 scalar in [0, 64).
+    seed: [2] stateless random seed.
+    height: int, image height.
+    width: int, image width.
+
+  Returns:
+    uint8 [height, width, 3].
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64),
+                                                 num=4)
+  size = float(min(height, width))
+  # centre_y, centre_x, radius, angle, brightness: one uniform draw each.
+  params = tf.random.stateless_uniform([5], seeds[0])
+  centre_y = (0.35 + 0.3 * params[0]) * height
+  centre_x = (0.35 + 0.3 * params[1]) * width
+  radius = (0.14 + 0.12 * params[2]) * size
+  angle = (params[3] - 0.5) * 0.6
+  brightness = 0.75 + 0.35 * params[4]
+  y, x = tf.meshgrid(tf.range(height, dtype=tf.float32) + 0.5,
+                     tf.range(width, dtype=tf.float32) + 0.5, indexing='ij')
+  dy, dx = (y - centre_y) / radius, (x - centre_x) / radius
+  u = dx * tf.cos(angle) + dy * tf.sin(angle)
+  v = -dx * tf.sin(angle) + dy * tf.cos(angle)
+  mask = _shape_mask(label % NUM_SHAPES, u, v)
+
+  colour_id = (label + label // NUM_SHAPES) % len(PALETTE)
+  colour = (tf.gather(tf.constant(PALETTE), colour_id)
+            + tf.random.stateless_uniform([3], seeds[1], -25.0, 25.0))
+  colour *= brightness
+  # A dim background with a gradient between two random colours.
+  corners = tf.random.stateless_uniform([2, 3], seeds[2], 0.0, 120.0)
+  ramp = (y / height)[..., tf.newaxis]
+  background = corners[0] * (1.0 - ramp) + corners[1] * ramp
+  image = tf.where(mask[..., tf.newaxis], colour, background)
+  image += tf.random.stateless_normal([height, width, 3], seeds[3],
+                                      stddev=12.0)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def generated_example(index, *, split, kind, num_classes, height, width,
+                      seed=0):
+  """Example `index` of a generated split: {'image': uint8, 'label': int32}.
+
+  Args:
+    index: int64 scalar, the example's index in its split.
+    split: 'train' or 'eval'.
+    kind: 'random' (noise with random labels) or 'learnable'.
+    num_classes: int, labels are in [0, num_classes).
+    height: int, image height.
+    width: int, image width.
+    seed: int, selects a different generated dataset.
+
+  Returns:
+    {'image': uint8 [height, width, 3], 'label': int32 scalar (0-based)}.
+  """
+  example_seed = tf.stack([
+      tf.constant(seed * 10 + _SPLIT_SALT[split], tf.int64),
+      tf.cast(index, tf.int64)])
+  label_seed, image_seed = tf.unstack(
+      tf.random.experimental.stateless_split(example_seed, num=2))
+  label = tf.random.stateless_uniform([], label_seed, maxval=num_classes,
+                                      dtype=tf.int32)
+  if kind == 'random':
+    image = random_image(image_seed, height, width)
+  else:
+    image = learnable_image(label, image_seed, height, width)
+  return {'image': image, 'label': label}
+
+
+class _GeneratedSource(sources.Source):
+  """Generates examples in-graph; example i is always the same."""
+
+  kind = None
+
+  def __init__(self, *, num_train, num_eval, num_classes, image_size, seed):
+    _check_kind(self.kind, num_classes)
+    self.sizes = {'train': num_train, 'eval': num_eval}
+    self.num_classes = num_classes
+    self.image_size = image_size
+    self.seed = seed
+
+  def examples(self, split, input_context=None, *, is_training, seed=None):
+    """See `Source.examples`; pipeline i generates indices i, i + k, ...."""
+    del is_training, seed  # The pipeline shuffles; examples are fixed.
+    sources.check_split(split)
+    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    indices = tf.data.Dataset.range(self.sizes[split]).shard(
+        num_pipelines, pipeline_id)
+    return indices.map(
+        lambda index: generated_example(
+            index, split=split, kind=self.kind, num_classes=self.num_classes,
+            height=self.image_size, width=self.image_size, seed=self.seed),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+  def num_examples(self, split):
+    sources.check_split(split)
+    return self.sizes[split]
+
+  def examples_per_pipeline(self, split, num_input_pipelines):
+    return sources.shard_sizes(self.num_examples(split), num_input_pipelines)
+
+
+@gin.configurable(module='effnet_gin.data')
+class FakeSource(_GeneratedSource):
+  """Random-noise images with random labels, generated in-graph, no files.
+
+  Like the reference's fake_imagenet: for smoke runs and throughput tests.
+  """
+
+  kind = 'random'
+
+  def __init__(self, *, num_train=1_281_167, num_eval=50_000,
+               num_classes=1000, image_size=256, seed=0):
+    """Args: split sizes, label range, square image side and dataset seed."""
+    super().__init__(num_train=num_train, num_eval=num_eval,
+                     num_classes=num_classes, image_size=image_size, seed=seed)
+
+
+@gin.configurable(module='effnet_gin.data')
+class SyntheticSource(_GeneratedSource):
+  """The learnable coloured-shapes task, generated in-graph, no files."""
+
+  kind = 'learnable'
+
+  def __init__(self, *, num_train=2000, num_eval=500, num_classes=10,
+               image_size=64, seed=0):
+    """Args: split sizes, classes (<= 64), square image side, dataset seed."""
+    super().__init__(num_train=num_train, num_eval=num_eval,
+                     num_classes=num_classes, image_size=image_size, seed=seed)
+
+
+def _encoded_examples(split, num_examples, *, kind, num_classes, height,
+                      width, seed, jpeg_quality):
+  """Yields (serialized ImageNet tf.Example, 0-based label) of a split."""
+  def encode(index):
+    example = generated_example(index, split=split, kind=kind,
+                                num_classes=num_classes, height=height,
+                                width=width, seed=seed)
+    return tf.io.encode_jpeg(example['image'], quality=jpeg_quality), \
+        example['label']
+
+  dataset = tf.data.Dataset.range(num_examples).map(
+      encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
+  for encoded, label in dataset.as_numpy_iterator():
+    yield sources.serialize_imagenet_example(encoded, label + 1), int(label)
+
+
+def write_fake_imagenet(output_dir, *, num_train, num_eval, num_classes,
+                        image_size, image_width=None, train_shards,
+                        eval_shards, kind='random', seed=0, jpeg_quality=90):
+  """Writes generated JPEG TFRecords in the ImageNet format.
+
+  Files are `train-XXXXX-of-YYYYY` and `validation-XXXXX-of-YYYYY`; labels
+  are stored 1-based as in ImageNet.
+
+  Args:
+    output_dir: directory to write into (created if missing).
+    num_train: number of training images.
+    num_eval: number of validation images.
+    num_classes: number of classes (<= 64 for 'learnable').
+    image_size: image height in pixels (and width unless `image_width`).
+    image_width: optional image width, e.g. 500 with image_size=375 for
+      ImageNet-sized images.
+    train_shards: number of training files.
+    eval_shards: number of validation files.
+    kind: 'random' (noise, random labels) or 'learnable' (coloured shapes).
+    seed: int, selects a different generated dataset.
+    jpeg_quality: JPEG quality, 0-100.
+
+  Returns:
+    dict with 'data_dir', 'train_files', 'eval_files', 'num_train',
+    'num_eval', 'num_classes', and 'train_labels' / 'eval_labels': lists of
+    0-based labels in file order (shard 0 first).
+
+  Raises:
+    ValueError: bad kind, class count or shard count.
+  """
+  _check_kind(kind, num_classes)
+  result = {'data_dir': output_dir, 'num_train': num_train,
+            'num_eval': num_eval, 'num_classes': num_classes}
+  for split, prefix, count, shards in (
+      ('train', 'train', num_train, train_shards),
+      ('eval', 'validation', num_eval, eval_shards)):
+    labels = []
+
+    def serialized(split=split, count=count, labels=labels):
+      for example, label in _encoded_examples(
+          split, count, kind=kind, num_classes=num_classes,
+          height=image_size, width=image_width or image_size, seed=seed,
+          jpeg_quality=jpeg_quality):
+        labels.append(label)
+        yield example
+
+    result[f'{split}_files'] = tfrecord_source.write_tfrecord_shards(
+        output_dir, prefix, serialized(), count, shards)
+    result[f'{split}_labels'] = labels
+  return result

@@ -1,0 +1,229 @@
+"""Sharded ImageNet-format TFRecord files: reading (`TFRecordSource`) and writing.
+
+Files are sharded per input pipeline, so different hosts read different files
+(pipeline i reads files i, i + k, ... of the sorted list). Training shuffles the
+file order each epoch and interleaves parallel reads; eval reads its files in
+sorted order, one after the other. All I/O goes through TensorFlow file ops, so `gs://` paths work.
+"""
+import concurrent.futures
+import functools
+import os
+import threading
+
+import gin
+import tensorflow as tf
+
+from effnet_gin.data import sources
+
+# Per-file record counts, keyed by (path, size in bytes). Counting reads whole
+# files, so it is done once per process (the eval pipeline needs the counts to
+# give every input pipeline the same number of batches).
+_RECORD_COUNTS = {}
+_RECORD_COUNTS_LOCK = threading.Lock()
+
+
+def count_records(path):
+  """Number of records in one TFRecord file, cached per process.
+
+  Args:
+    path: a TFRecord file path (local or `gs://`).
+
+  Returns:
+    int, the number of records.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    tf.errors.DataLossError: the file is truncated or corrupt (names `path`).
+  """
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'TFRecord file not found: {path}')
+  key = (path, tf.io.gfile.stat(path).length)
+  with _RECORD_COUNTS_LOCK:
+    if key in _RECORD_COUNTS:
+      return _RECORD_COUNTS[key]
+  try:
+    count = int(tf.data.TFRecordDataset(path).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+  except tf.errors.DataLossError as e:
+    raise tf.errors.DataLossError(
+        None, None,
+        f'corrupt or truncated TFRecord file {path}: {e.message}') from e
+  with _RECORD_COUNTS_LOCK:
+    _RECORD_COUNTS[key] = count
+  return count
+
+
+def count_records_in_files(paths, max_workers=8):
+  """`count_records` of many files, counted in parallel; returns a list."""
+  with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+    return list(pool.map(count_records, paths))
+
+
+def write_tfrecord_shards(output_dir, prefix, examples, num_examples,
+                          num_shards):
+  """Writes serialized examples to `prefix-XXXXX-of-YYYYY` shards.
+
+  Shards hold contiguous blocks of the example stream whose sizes differ by
+  at most one.
+
+  Args:
+    output_dir: directory to write into (created if missing).
+    prefix: file name prefix, e.g. 'train' or 'validation'.
+    examples: iterable of serialized tf.Example bytes, `num_examples` long.
+    num_examples: int, how many examples `examples` yields.
+    num_shards: int, number of files, 1 <= num_shards <= num_examples.
+
+  Returns:
+    The list of written file paths, in shard order.
+
+  Raises:
+    ValueError: `num_shards` is out of range, or `examples` ran short.
+  """
+  if not 1 <= num_shards <= num_examples:
+    raise ValueError(
+        f'{prefix}: num_shards must be in [1, num_examples={num_examples}], '
+        f'got {num_shards}')
+  tf.io.gfile.makedirs(output_dir)
+  iterator = iter(examples)
+  paths = []
+  for shard in range(num_shards):
+    path = os.path.join(output_dir,
+                        f'{prefix}-{shard:05d}-of-{num_shards:05d}')
+    begin = shard * num_examples // num_shards
+    end = (shard + 1) * num_examples // num_shards
+    with tf.io.TFRecordWriter(path) as writer:
+      for _ in range(begin, end):
+        try:
+          writer.write(next(iterator))
+        except StopIteration:
+          raise ValueError(f'{prefix}: examples ended before '
+                           f'num_examples={num_examples}') from None
+    paths.append(path)
+  return paths
+
+
+@gin.configurable(module='effnet_gin.data')
+class TFRecordSource(sources.Source):
+  """ImageNet-format TFRecord shards in `data_dir` (local or `gs://`)."""
+
+  def __init__(self, data_dir=gin.REQUIRED, *, train_pattern='train-*',
+               eval_pattern='validation-*', label_offset=1,
+               holdout_train_shards=0, cycle_length=16,
+               read_buffer_bytes=8 * 1024 * 1024):
+    """Checks `data_dir`; files are listed when a split is first read.
+
+    Args:
+      data_dir: directory holding the TFRecord shards.
+      train_pattern: glob pattern of training files inside `data_dir`.
+      eval_pattern: glob pattern of eval files inside `data_dir`.
+      label_offset: subtracted from stored labels (1 for ImageNet's 1-based
+        labels, 0 for 0-based files).
+      holdout_train_shards: if > 0, the first N (sorted) training shards are
+        the eval split (a "minival" held out of training, the reference
+        recommends 20) and are removed from the training split.
+      cycle_length: files read concurrently per pipeline when training.
+      read_buffer_bytes: read buffer per open file.
+
+    Raises:
+      FileNotFoundError: `data_dir` does not exist.
+      ValueError: `holdout_train_shards` is negative.
+    """
+    if not data_dir or not tf.io.gfile.isdir(data_dir):
+      raise FileNotFoundError(f'data_dir does not exist: {data_dir!r}')
+    if holdout_train_shards < 0:
+      raise ValueError('holdout_train_shards must be >= 0, got '
+                       f'{holdout_train_shards}')
+    self.data_dir = data_dir
+    self.train_pattern = train_pattern
+    self.eval_pattern = eval_pattern
+    self.label_offset = label_offset
+    self.holdout_train_shards = holdout_train_shards
+    self.cycle_length = cycle_length
+    self.read_buffer_bytes = read_buffer_bytes
+
+  def _glob(self, pattern):
+    files = sorted(tf.io.gfile.glob(os.path.join(self.data_dir, pattern)))
+    if not files:
+      raise FileNotFoundError(
+          f'no files match pattern {pattern!r} in data_dir {self.data_dir!r}')
+    return files
+
+  @functools.lru_cache(maxsize=None)
+  def files(self, split):
+    """The sorted files of `split` (holdout applied), as a tuple.
+
+    Raises:
+      FileNotFoundError: no file matches the split's pattern.
+      ValueError: bad split, or the holdout leaves no training file.
+    """
+    sources.check_split(split)
+    if not self.holdout_train_shards:
+      return tuple(self._glob(
+          self.train_pattern if split == 'train' else self.eval_pattern))
+    train_files = self._glob(self.train_pattern)
+    if self.holdout_train_shards >= len(train_files):
+      raise ValueError(
+          f'holdout_train_shards={self.holdout_train_shards} leaves no '
+          f'training file: only {len(train_files)} match '
+          f'{self.train_pattern!r} in {self.data_dir!r}')
+    if split == 'eval':
+      return tuple(train_files[:self.holdout_train_shards])
+    return tuple(train_files[self.holdout_train_shards:])
+
+  def pipeline_files(self, split, input_context=None):
+    """The files input pipeline `input_context.input_pipeline_id` reads.
+
+    Raises:
+      ValueError: fewer files than input pipelines.
+    """
+    files = self.files(split)
+    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    if len(files) < num_pipelines:
+      raise ValueError(
+          f'{split} split of {self.data_dir!r} has {len(files)} files, fewer '
+          f'than the {num_pipelines} input pipelines that must each read '
+          'their own files; write more shards')
+    return list(files[pipeline_id::num_pipelines])
+
+  def examples(self, split, input_context=None, *, is_training, seed=None):
+    """See `Source.examples`; raises FileNotFoundError/ValueError as `files`."""
+    files = self.pipeline_files(split, input_context)
+    if is_training:
+      dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
+          len(files), seed=seed, reshuffle_each_iteration=True)
+      dataset = dataset.interleave(
+          functools.partial(tf.data.TFRecordDataset,
+                            buffer_size=self.read_buffer_bytes),
+          cycle_length=min(self.cycle_length, len(files)),
+          num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+      # Eval reads the files one after the other, in order.
+      dataset = tf.data.TFRecordDataset(files,
+                                        buffer_size=self.read_buffer_bytes)
+    return dataset.map(
+        functools.partial(sources.parse_imagenet_example,
+                          label_offset=self.label_offset),
+        num_parallel_calls=tf.data.AUTOTUNE)
+
+  def num_examples(self, split):
+    """Record count of the eval split (counted once); None for 'train'.
+
+    Training splits are not counted: reading all of ImageNet's training
+    shards to count them is not cheap.
+    """
+    sources.check_split(split)
+    if split == 'train':
+      return None
+    return sum(count_records_in_files(self.files(split)))
+
+  def examples_per_pipeline(self, split, num_input_pipelines):
+    """Sums per-file record counts (cached) over each pipeline's files."""
+    counts = dict(zip(self.files(split),
+                      count_records_in_files(self.files(split))))
+    return [
+        sum(counts[path] for path in self.pipeline_files(
+            split, tf.distribute.InputContext(
+                num_input_pipelines=num_input_pipelines,
+                input_pipeline_id=i,
+                num_replicas_in_sync=num_input_pipelines)))
+        for i in range(num_input_pipelines)]

@@ -1,0 +1,161 @@
+"""Tests of effnet_gin.data.preprocessing on real encoded images."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from effnet_gin.data import preprocessing
+from effnet_gin.data import synthetic
+
+SIZE = 24
+
+
+def _pixels(height=30, width=44, seed=0):
+  return synthetic.learnable_image(tf.constant(seed % 10),
+                                   tf.constant([seed, 1], tf.int64),
+                                   height, width)
+
+
+def _jpeg(height=30, width=44, seed=0):
+  return tf.io.encode_jpeg(_pixels(height, width, seed), quality=95)
+
+
+@pytest.mark.parametrize('kind', ['jpeg', 'png', 'uint8', 'grey_uint8'])
+def test_train_and_eval_shapes_dtypes_and_range(kind):
+  pixels = _pixels()
+  image = {
+      'jpeg': tf.io.encode_jpeg(pixels),
+      'png': tf.io.encode_png(pixels),
+      'uint8': pixels,
+      'grey_uint8': pixels[..., :1],
+  }[kind]
+  for output in (preprocessing.preprocess_for_train(image, SIZE, [1, 2]),
+                 preprocessing.preprocess_for_eval(image, SIZE)):
+    assert output.shape == (SIZE, SIZE, 3)
+    assert output.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(output))
+    assert float(tf.reduce_max(output)) <= 255.0
+
+
+def test_png_uint8_and_jpeg_inputs_agree():
+  jpeg = _jpeg()
+  decoded = tf.io.decode_jpeg(jpeg)
+  png = tf.io.encode_png(decoded)
+  for preprocess in (
+      lambda image: preprocessing.preprocess_for_train(image, SIZE, [3, 4]),
+      lambda image: preprocessing.preprocess_for_eval(image, SIZE)):
+    np.testing.assert_array_equal(preprocess(png), preprocess(decoded))
+    # Same crop; the fused JPEG decode-and-crop upsamples chroma near the
+    # crop border a little differently from a full decode.
+    difference = np.abs(preprocess(jpeg) - preprocess(decoded))
+    assert difference.mean() < 2.0
+
+
+def test_train_preprocessing_same_eagerly_and_in_tf_data():
+  images = [_jpeg(seed=i) for i in range(4)]
+  seeds = [[i, 7] for i in range(4)]
+  eager = [preprocessing.preprocess_for_train(image, SIZE, seed)
+           for image, seed in zip(images, seeds)]
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (tf.stack(images), tf.constant(seeds, tf.int64))).map(
+          lambda image, seed: preprocessing.preprocess_for_train(
+              image, SIZE, seed), num_parallel_calls=2)
+  for expected, actual in zip(eager, dataset):
+    np.testing.assert_array_equal(expected, actual)
+
+
+def test_eval_preprocessing_same_eagerly_and_in_tf_data():
+  image = _jpeg()
+  in_dataset = next(iter(tf.data.Dataset.from_tensors(image).map(
+      lambda x: preprocessing.preprocess_for_eval(x, SIZE))))
+  np.testing.assert_array_equal(
+      preprocessing.preprocess_for_eval(image, SIZE), in_dataset)
+
+
+def test_train_preprocessing_varies_with_seed_only():
+  image = _jpeg()
+  first = preprocessing.preprocess_for_train(image, SIZE, [1, 1])
+  again = preprocessing.preprocess_for_train(image, SIZE, [1, 1])
+  other = preprocessing.preprocess_for_train(image, SIZE, [1, 2])
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize('shape', [(30, 44), (375, 500), (7, 200), (64, 64)])
+def test_crop_windows_stay_inside_the_image(shape):
+  image_shape = tf.constant([*shape, 3])
+  for i in range(200):
+    y, x, h, w = preprocessing.train_crop_window(
+        image_shape, SIZE, tf.constant([i, 3])).numpy()
+    assert 0 <= y and 0 <= x and h >= 1 and w >= 1
+    assert y + h <= shape[0] and x + w <= shape[1]
+
+
+def test_distorted_crops_respect_area_and_aspect_ranges():
+  shape = tf.constant([375, 500, 3])
+  fallbacks = 0
+  for i in range(200):
+    window = preprocessing.distorted_crop_window(shape, tf.constant([i, 0]))
+    _, _, h, w = window.numpy()
+    if (h, w) == (375, 500):
+      fallbacks += 1
+      continue
+    # Rounding to whole pixels widens the ranges slightly.
+    assert 0.08 * 0.9 <= h * w / (375 * 500) <= 1.0
+    assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+  assert fallbacks < 20
+
+
+def test_center_crop_window_follows_the_reference_formula():
+  window = preprocessing.center_crop_window(tf.constant([375, 500, 3]), 224)
+  size = int(224 / (224 + 32) * 375)
+  np.testing.assert_array_equal(
+      window, [(375 - size + 1) // 2, (500 - size + 1) // 2, size, size])
+
+
+def test_failed_distorted_crop_falls_back_to_center_crop():
+  # A 1x1000 image admits no crop with aspect ratio in [3/4, 4/3] covering
+  # 10% of it, so every sample fails.
+  shape = tf.constant([1, 1000, 3])
+  np.testing.assert_array_equal(
+      preprocessing.train_crop_window(shape, SIZE, tf.constant([0, 0])),
+      preprocessing.center_crop_window(shape, SIZE))
+
+
+def test_flat_image_stays_flat():
+  flat = tf.fill([40, 60, 3], tf.constant(77, tf.uint8))
+  jpeg = tf.io.encode_jpeg(flat, quality=100)
+  for output in (preprocessing.preprocess_for_train(jpeg, SIZE, [5, 5]),
+                 preprocessing.preprocess_for_eval(jpeg, SIZE)):
+    np.testing.assert_allclose(output, 77.0, atol=1.5)
+
+
+def test_eval_center_crop_keeps_the_centre():
+  # Left half black, right half white: the eval crop is centred.
+  pixels = np.zeros([40, 80, 3], np.uint8)
+  pixels[:, 40:] = 255
+  output = preprocessing.preprocess_for_eval(tf.constant(pixels), 32).numpy()
+  np.testing.assert_allclose(output[:, :16].mean(), 0.0, atol=10)
+  np.testing.assert_allclose(output[:, 16:].mean(), 255.0, atol=10)
+
+
+def test_bad_image_dtype_or_shape_raises():
+  with pytest.raises(ValueError, match='float32'):
+    preprocessing.preprocess_for_eval(tf.zeros([8, 8, 3]), SIZE)
+  with pytest.raises(ValueError, match='shape'):
+    preprocessing.preprocess_for_eval(tf.zeros([8, 8, 4], tf.uint8), SIZE)
+
+
+def test_corrupt_jpeg_raises():
+  jpeg = _jpeg().numpy()
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    preprocessing.preprocess_for_eval(tf.constant(b'not an image'), SIZE)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    preprocessing.preprocess_for_train(
+        tf.constant(jpeg[:len(jpeg) // 3] + b'\0' * 20), SIZE, [0, 0])
+
+
+def test_normalize_uses_imagenet_mean_and_std():
+  mean = tf.constant(preprocessing.MEAN_RGB)[tf.newaxis, tf.newaxis]
+  np.testing.assert_allclose(preprocessing.normalize(mean), 0.0, atol=1e-6)
+  np.testing.assert_allclose(
+      preprocessing.normalize(mean + preprocessing.STDDEV_RGB), 1.0, atol=1e-6)
