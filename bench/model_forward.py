@@ -5,7 +5,10 @@
 
 Prints images/second of a plain `tf.function` training step (no `fit`), the
 figure to compare with Keras `fit` on keras.applications.EfficientNetB0
-(about 12.5 img/s on the 2-core CPU machines, see DESIGN.md). Never asserts.
+(about 12.5 img/s on the 2-core CPU machines, see DESIGN.md). On a shared,
+busy machine absolute figures drift, so `--baseline` also times
+keras.applications.EfficientNetB0 (Keras' own BatchNormalization) in the same
+step, alternating with ours. Never asserts.
 """
 import time
 
@@ -22,22 +25,23 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up).")
 _POLICY = flags.DEFINE_string("policy", "float32", "Keras dtype policy.")
 _JIT = flags.DEFINE_bool("jit", False, "Compile the step with XLA.")
+_BASELINE = flags.DEFINE_bool(
+    "baseline", False, "Also time keras.applications.EfficientNetB0.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Timing rounds per model.")
 
 
-def main(argv):
-  del argv
-  keras.mixed_precision.set_global_policy(_POLICY.value)
-  net = model_lib.build_model(_VARIANT.value, resolution=_RESOLUTION.value)
+def images_per_second(net, batch_size, steps, jit):
+  """Times forward + backward + SGD update steps of `net` on random data."""
   size = net.input.shape[1]
   optimizer = keras.optimizers.SGD(0.01)
   optimizer.build(net.trainable_variables)
-  images = tf.random.uniform([_BATCH_SIZE.value, size, size, 3], 0, 255)
-  labels = tf.random.uniform([_BATCH_SIZE.value], 0, 1000, tf.int32)
+  images = tf.random.uniform([batch_size, size, size, 3], 0, 255)
+  labels = tf.random.uniform([batch_size], 0, net.output.shape[-1], tf.int32)
 
-  @tf.function(jit_compile=_JIT.value)
+  @tf.function(jit_compile=jit)
   def step(images, labels):
     with tf.GradientTape() as tape:
-      logits = net(images, training=True)
+      logits = tf.cast(net(images, training=True), tf.float32)
       loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
           labels, logits))
     grads = tape.gradient(loss, net.trainable_variables)
@@ -47,14 +51,30 @@ def main(argv):
   for _ in range(2):
     step(images, labels).numpy()
   start = time.perf_counter()
-  for _ in range(_STEPS.value):
+  for _ in range(steps):
     step(images, labels).numpy()
-  seconds = time.perf_counter() - start
-  print(f"{_VARIANT.value} {size}px batch {_BATCH_SIZE.value} "
-        f"policy={_POLICY.value} jit={_JIT.value}: "
-        f"{_STEPS.value * _BATCH_SIZE.value / seconds:.1f} img/s "
-        f"({seconds / _STEPS.value * 1000:.0f} ms/step)")
+  return steps * batch_size / (time.perf_counter() - start)
 
+
+def main(argv):
+  del argv
+  keras.mixed_precision.set_global_policy(_POLICY.value)
+  models = {"effnet_gin": model_lib.build_model(
+      _VARIANT.value, resolution=_RESOLUTION.value)}
+  size = models["effnet_gin"].input.shape[1]
+  if _BASELINE.value:
+    models["keras.applications.EfficientNetB0"] = (
+        keras.applications.EfficientNetB0(weights=None,
+                                          input_shape=(size, size, 3)))
+  print(f"{_VARIANT.value} at {size}px, batch {_BATCH_SIZE.value}, "
+        f"policy {_POLICY.value}, jit {_JIT.value}, "
+        f"forward + backward + SGD update:")
+  for round_index in range(_ROUNDS.value):
+    for name, net in models.items():
+      rate = images_per_second(net, _BATCH_SIZE.value, _STEPS.value,
+                               _JIT.value)
+      print(f"  round {round_index}: {name:<34} {rate:6.1f} img/s",
+            flush=True)
 
 if __name__ == "__main__":
   app.run(main)
