@@ -58,6 +58,7 @@ def data_dir(tmp_path_factory):
 def loaded(bigtable_emulator, data_dir):  # noqa: F811
   """The emulator, with the dataset loaded into table 'imagenet'."""
   load_dataset_into_emulator(bigtable_emulator, data_dir, table='imagenet')
+  bigtable_emulator.data_dir = data_dir
   return bigtable_emulator
 
 
@@ -148,7 +149,37 @@ def test_source_is_gin_configurable(loaded):
       'effnet_gin.data.BigtableSource.num_parallel_scans = 2',
   ])
   source = bigtable.BigtableSource()
-  assert source.num_examples('train') == NUM_TRAIN
+  assert source.num_examples('eval') == NUM_EVAL
+  assert source.num_examples('train') is None  # Not cheap for ImageNet.
+  assert sum(source.examples_per_pipeline('train', 2)) == NUM_TRAIN
+
+
+def test_more_pipelines_than_rows(loaded):
+  source = loaded.source(table='imagenet', num_parallel_scans=1)
+  counts = source.examples_per_pipeline('eval', 50)
+  assert counts == [1] * NUM_EVAL + [0] * (50 - NUM_EVAL)
+  assert not list(source.examples('eval', context(50, 49), is_training=False))
+  with pytest.raises(ValueError, match='pipeline 49 of 50 has no'):
+    source.examples('eval', context(50, 49), is_training=True)
+
+
+def test_keys_without_index_split_on_sample_keys_for_one_pipeline(loaded):
+  admin = bigtable_admin.Client(project=loaded.project, admin=True)
+  table = admin.instance(loaded.instance).table('named')
+  table.create(column_families={'tfexample': None})
+  records = [r.numpy() for r in tf.data.TFRecordDataset(
+      sorted(tf.io.gfile.glob(os.path.join(loaded.data_dir, 'validation-*'))))]
+  rows = []
+  for i, record in enumerate(records):
+    row = table.direct_row(f'validation_img{i:03d}'.encode())
+    row.set_cell('tfexample', b'example', record)
+    rows.append(row)
+  assert all(status.code == 0 for status in table.mutate_rows(rows))
+  source = loaded.source(table='named')
+  assert len(as_multiset(source.examples('eval', is_training=False))) == (
+      NUM_EVAL)
+  with pytest.raises(ValueError, match='not .*zero-filled index'):
+    source.examples('eval', context(2, 0), is_training=False)
 
 
 # Errors.

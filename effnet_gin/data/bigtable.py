@@ -416,7 +416,14 @@ class BigtableSource(sources.Source):
   # Counting.
 
   def num_examples(self, split):
-    """Rows of `split`, counted with a keys-only scan (cached)."""
+    """Rows of the eval split (keys-only scan, cached); None for 'train'.
+
+    Like `TFRecordSource`, the training split is not counted: a keys-only
+    scan of ImageNet's 1.28M training rows is not cheap.
+    """
+    sources.check_split(split)
+    if split == 'train':
+      return None
     return sum(self.examples_per_pipeline(split, 1))
 
   @functools.lru_cache(maxsize=None)
