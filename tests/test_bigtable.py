@@ -24,6 +24,10 @@ from effnet_gin.data import bigtable
 from effnet_gin.data import pipeline
 from effnet_gin.data import tfrecord_source
 
+# The client announces the emulator once per client it creates.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore:Connecting to Bigtable emulator:RuntimeWarning')
+
 NUM_TRAIN = 60
 NUM_EVAL = 45
 
@@ -139,6 +143,19 @@ def test_build_dataset_batches_bigtable_examples(loaded):
       split='train', global_batch_size=8, image_size=16, source=source,
       num_classes=10, seed=1)))
   assert images.shape == (8, 16, 16, 3) and labels.shape == (8,)
+
+
+def test_distributed_eval_batches_cover_the_split(loaded):
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  source = loaded.source(table='imagenet', num_parallel_scans=2)
+  dataset = strategy.distribute_datasets_from_function(
+      lambda ctx: pipeline.build_dataset(
+          ctx, split='eval', global_batch_size=8, image_size=16,
+          source=source, num_classes=10))
+  total_weight = 0.0
+  for _, _, weights in dataset:
+    total_weight += float(tf.reduce_sum(strategy.gather(weights, axis=0)))
+  assert total_weight == NUM_EVAL
 
 
 def test_source_is_gin_configurable(loaded):

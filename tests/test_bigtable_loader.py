@@ -14,6 +14,10 @@ from test_bigtable import NUM_TRAIN
 from test_bigtable import write_jpeg_tfrecords
 
 
+# The client announces the emulator once per client it creates.
+pytestmark = pytest.mark.filterwarnings(
+    'ignore:Connecting to Bigtable emulator:RuntimeWarning')
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

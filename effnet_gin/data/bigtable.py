@@ -174,7 +174,7 @@ def last_index(table, prefix, first_index, digits, timeout):
   Returns:
     The index, or None if a key at or above some index is not prefix + digits.
   """
-  end = prefix_end(prefix.encode())
+  end = f'{prefix}:'.encode()  # ':' follows '9': keys with a digit first.
   low, high = first_index, 10**digits - 1  # Key `low` exists, none above high.
   while low < high:
     middle = (low + high + 1) // 2
