@@ -110,8 +110,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                       survival_prob=survival_prob)
   bn_args = dict(batch_norm_momentum=batch_norm_momentum,
                  batch_norm_epsilon=batch_norm_epsilon)
-  # Validate the batch-norm arguments once, before building hundreds of
-  # layers that would each raise the same error.
+  # Fail on bad batch-norm arguments before building any layer.
   layers.BatchNorm(batch_norm_momentum, batch_norm_epsilon)
 
   inputs = keras.Input((spec.resolution, spec.resolution, 3), name="images",
@@ -122,26 +121,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                          name="stem_conv", bn_name="stem_bn",
                          act_name="stem_activation", **bn_args)
 
-  endpoints = {}
-  blocks = spec.scaled_blocks()
-  total_blocks = sum(block.repeats for block in blocks)
-  block_index = 0
-  for stage, block in enumerate(blocks):
-    for repeat in range(block.repeats):
-      # Stride 2 blocks open a new reduction level: record the level below.
-      strides = block.strides if repeat == 0 else 1
-      if strides > 1:
-        endpoints[f"reduction_{len(endpoints) + 1}"] = x
-      drop_fraction = (1.0 - spec.survival_prob) * block_index / total_blocks
-      x = layers.mbconv_block(
-          x, kernel_size=block.kernel_size, strides=strides,
-          expand_ratio=block.expand_ratio,
-          output_filters=block.output_filters, se_ratio=block.se_ratio,
-          activation=spec.activation, survival_prob=1.0 - drop_fraction,
-          name=block_name(stage, repeat), **bn_args)
-      block_index += 1
-  endpoints[f"reduction_{len(endpoints) + 1}"] = x
-
+  x, endpoints = _mbconv_stages(x, spec, bn_args)
   x = layers.conv_bn_act(x, spec.head_filters, 1, 1, spec.activation,
                          name="top_conv", bn_name="top_bn",
                          act_name="top_activation", **bn_args)
@@ -158,3 +138,38 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
   if return_endpoints:
     outputs = endpoints
   return keras.Model(inputs, outputs, name=name or variant)
+
+
+def _mbconv_stages(x, spec: specs.ModelSpec, bn_args):
+  """Applies every MBConv block of `spec` to `x`.
+
+  Args:
+    x: the stem output.
+    spec: the variant.
+    bn_args: batch_norm_momentum and batch_norm_epsilon for every block.
+
+  Returns:
+    The last block's output and a dict of "reduction_i" endpoints: the
+    tensor just before each stride-2 block, and the last block's output.
+  """
+  endpoints = {}
+  blocks = spec.scaled_blocks()
+  total_blocks = sum(block.repeats for block in blocks)
+  block_index = 0
+  for stage, block in enumerate(blocks):
+    for repeat in range(block.repeats):
+      strides = block.strides if repeat == 0 else 1
+      if strides > 1:
+        endpoints[f"reduction_{len(endpoints) + 1}"] = x
+      # Deeper blocks are dropped more often: linear decay from 1 at the
+      # first block towards survival_prob (Huang et al. 2016).
+      drop_fraction = (1.0 - spec.survival_prob) * block_index / total_blocks
+      x = layers.mbconv_block(
+          x, kernel_size=block.kernel_size, strides=strides,
+          expand_ratio=block.expand_ratio,
+          output_filters=block.output_filters, se_ratio=block.se_ratio,
+          activation=spec.activation, survival_prob=1.0 - drop_fraction,
+          name=block_name(stage, repeat), **bn_args)
+      block_index += 1
+  endpoints[f"reduction_{len(endpoints) + 1}"] = x
+  return x, endpoints
