@@ -1,0 +1,169 @@
+"""Tests of strategy selection, TPU errors, chief election and precision."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import gin
+import keras
+import pytest
+import tensorflow as tf
+
+from effnet_gin.train import strategy as strategy_lib
+
+
+@pytest.fixture(name="no_tf_config")
+def _no_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+
+
+def _cluster(workers, chief=False):
+  cluster = {"worker": [f"localhost:{2000 + i}" for i in range(workers)]}
+  if chief:
+    cluster["chief"] = ["localhost:1999"]
+  return cluster
+
+
+def test_auto_selects_default_strategy_on_cpu(no_tf_config):
+  del no_tf_config
+  assert strategy_lib.select_strategy_kind() == "cpu"
+  strategy = strategy_lib.build_strategy()
+  assert strategy is tf.distribute.get_strategy()
+  assert strategy_lib.is_chief(strategy)
+
+
+@pytest.mark.parametrize("tf_config, expected", [
+    ({"cluster": _cluster(2), "task": {"type": "worker", "index": 1}},
+     "multi_worker"),
+    ({"cluster": _cluster(1, chief=True), "task": {"type": "chief",
+                                                   "index": 0}},
+     "multi_worker"),
+    ({"cluster": _cluster(1), "task": {"type": "worker", "index": 0}}, "cpu"),
+])
+def test_auto_reads_tf_config(monkeypatch, tf_config, expected):
+  monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+  assert strategy_lib.select_strategy_kind() == expected
+  assert strategy_lib.select_strategy_kind(tpu="my-tpu") == "tpu"
+
+
+def test_bad_kind_and_tf_config_raise(monkeypatch):
+  with pytest.raises(ValueError, match="'fpga'"):
+    strategy_lib.build_strategy(kind="fpga")
+  monkeypatch.setenv("TF_CONFIG", "{not json")
+  with pytest.raises(ValueError, match="not json"):
+    strategy_lib.select_strategy_kind()
+  with pytest.raises(ValueError, match="no GPU"):
+    strategy_lib.build_strategy(kind="gpu")
+
+
+def test_mirrored_cpu_from_gin():
+  gin.parse_config("effnet_gin.train.build_strategy.kind = 'mirrored_cpu'")
+  strategy = strategy_lib.build_strategy()
+  assert isinstance(strategy, tf.distribute.MirroredStrategy)
+  assert strategy.num_replicas_in_sync == 2
+  assert strategy_lib.is_chief(strategy)
+  # conftest already initialised TensorFlow with two logical CPUs.
+  with pytest.raises(ValueError, match="num_cpu_replicas=3"):
+    strategy_lib.build_strategy(kind="mirrored_cpu", num_cpu_replicas=3)
+
+
+def test_unresolvable_tpu_fails_fast_naming_it(monkeypatch):
+  # No GCE metadata server here: the zone/project look-up must fail at once.
+  monkeypatch.delenv("GCE_METADATA_HOST", raising=False)
+  monkeypatch.setenv("GCE_METADATA_IP", "metadata.invalid")
+  start = time.monotonic()
+  with pytest.raises(ValueError, match="'nonexistent-tpu-name'"):
+    strategy_lib.build_strategy(tpu="nonexistent-tpu-name",
+                                tpu_resolve_timeout_secs=30)
+  assert time.monotonic() - start < 20
+
+
+def test_silent_metadata_server_times_out(monkeypatch):
+  # A server that accepts connections and never answers: without the guard
+  # the resolver's urlopen would wait forever.
+  with socket.socket() as silent:
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    monkeypatch.setenv("GCE_METADATA_HOST",
+                       f"127.0.0.1:{silent.getsockname()[1]}")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="'my-tpu'.*within 1 s"):
+      strategy_lib.build_strategy(tpu="my-tpu", tpu_resolve_timeout_secs=1)
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("cluster, task_type, task_id, expected", [
+    (_cluster(2), "worker", 0, True),
+    (_cluster(2), "worker", 1, False),
+    (_cluster(2, chief=True), "chief", 0, True),
+    (_cluster(2, chief=True), "worker", 0, False),
+    (dict(_cluster(2), evaluator=["localhost:3000"]), "evaluator", 0, False),
+    ({}, None, None, True),
+])
+def test_is_chief_task(cluster, task_type, task_id, expected):
+  assert strategy_lib.is_chief_task(cluster, task_type, task_id) is expected
+
+
+def test_is_chief_task_from_tf_config_resolver(monkeypatch):
+  monkeypatch.setenv("TF_CONFIG", json.dumps(
+      {"cluster": _cluster(2, chief=True),
+       "task": {"type": "worker", "index": 0}}))
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  assert not strategy_lib.is_chief_task(resolver.cluster_spec().as_dict(),
+                                        resolver.task_type, resolver.task_id)
+
+
+_WORKER = textwrap.dedent("""
+    from effnet_gin.train import strategy
+    built = strategy.build_strategy()
+    print(type(built).__name__, strategy.is_chief(built))
+""")
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_multi_worker_strategy_elects_worker_zero(tmp_path):
+  """Two real worker processes: MultiWorkerMirroredStrategy from TF_CONFIG."""
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER)
+  workers = []
+  for index in range(2):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    workers.append(subprocess.Popen(
+        [sys.executable, str(script)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  for worker in workers:
+    try:
+      out, err = worker.communicate(timeout=120)
+    finally:
+      worker.kill()
+    assert worker.returncode == 0, err[-2000:]
+    outputs.append(out.strip().splitlines()[-1])
+  assert outputs == ["CollectiveAllReduceStrategy True",
+                     "CollectiveAllReduceStrategy False"]
+
+
+def test_set_precision_policy():
+  try:
+    assert strategy_lib.set_precision_policy("mixed_bfloat16") == (
+        "mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="'bfloat16'"):
+      strategy_lib.set_precision_policy("bfloat16")
+  finally:
+    strategy_lib.set_precision_policy("float32")
+  assert keras.mixed_precision.global_policy().name == "float32"
