@@ -1,12 +1,13 @@
 """Benchmarks the training input pipeline against a minimal tf.data pipeline.
 
-Prints images/sec of `build_dataset(split='train')` and of a minimal fused
-decode-crop-resize-flip pipeline over the same TFRecord files, measured in
-alternating rounds in one run, and their ratio. With no `train-*` files in
---data_dir, first writes --num_images ImageNet-sized (500x375) JPEGs there.
+Prints images/sec (best round) and CPU milliseconds per image (best round) of
+`build_dataset(split='train')` and of a minimal fused decode-crop-resize-flip
+pipeline over the same TFRecord files, measured in alternating rounds in one
+run, and their ratios. With no `train-*` files in --data_dir, first writes
+--num_images ImageNet-sized (500x375) JPEGs there.
 
     python3 bench/input_pipeline.py --data_dir=/tmp/bench_imagenet \
-        --image_size=224 --batch_size=64 --seconds=20
+        --image_size=224 --batch_size=64 --seconds=10 --rounds=3
 """
 import functools
 import os
@@ -25,8 +26,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFRecord directory.',
                                 required=True)
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Output resolution.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Batch size.')
-_SECONDS = flags.DEFINE_float('seconds', 20.0, 'Measured seconds per round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Alternating rounds per pipeline.')
+_SECONDS = flags.DEFINE_float('seconds', 10.0, 'Measured seconds per round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per pipeline.')
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images', 1024, 'Images to generate when --data_dir has none.')
 
@@ -58,17 +59,24 @@ def minimal_pipeline(files, image_size, batch_size):
       tf.data.AUTOTUNE)
 
 
-def images_per_second(dataset, batch_size, seconds):
-  """Iterates `dataset` for ~`seconds` after a warm-up; returns images/s."""
+def measure(dataset, batch_size, seconds):
+  """Iterates `dataset` for ~`seconds` after a warm-up.
+
+  Returns:
+    (images per second, CPU milliseconds per image). CPU time per image is
+    the steadier figure when other processes share the machine.
+  """
   iterator = iter(dataset)
   for _ in range(5):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   batches = 0
   while time.perf_counter() - start < seconds:
     next(iterator)
     batches += 1
-  return batches * batch_size / (time.perf_counter() - start)
+  images = batches * batch_size
+  return (images / (time.perf_counter() - start),
+          (time.process_time() - cpu_start) * 1000 / images)
 
 
 def main(argv):
@@ -89,18 +97,22 @@ def main(argv):
       'minimal tf.data': lambda: minimal_pipeline(
           list(source.files('train')), size, batch),
   }
-  best = {name: 0.0 for name in candidates}
+  rates = {name: [] for name in candidates}
+  cpu_costs = {name: [] for name in candidates}
   for _ in range(_ROUNDS.value):
     for name, build in candidates.items():
-      rate = images_per_second(build(), batch, _SECONDS.value)
-      best[name] = max(best[name], rate)
-      print(f'  {name}: {rate:.1f} img/s')
-  ours, minimal = best.values()
+      rate, cpu_ms = measure(build(), batch, _SECONDS.value)
+      rates[name].append(rate)
+      cpu_costs[name].append(cpu_ms)
+      print(f'  {name}: {rate:.1f} img/s, {cpu_ms:.3f} CPU ms/img')
+  ours, minimal = (max(rates[name]) for name in candidates)
+  ours_cpu, minimal_cpu = (min(cpu_costs[name]) for name in candidates)
   print(f'image_size={size} batch_size={batch} cores={os.cpu_count()} '
-        f'(best of {_ROUNDS.value} rounds)')
-  print(f'ours:    {ours:.1f} img/s')
-  print(f'minimal: {minimal:.1f} img/s')
-  print(f'ratio:   {ours / minimal:.3f}')
+        f'(best of {_ROUNDS.value} alternating rounds)')
+  print(f'ours:    {ours:.1f} img/s  {ours_cpu:.3f} CPU ms/img')
+  print(f'minimal: {minimal:.1f} img/s  {minimal_cpu:.3f} CPU ms/img')
+  print(f'ratio:   {ours / minimal:.3f} (throughput)  '
+        f'{minimal_cpu / ours_cpu:.3f} (CPU cost, minimal / ours)')
 
 
 if __name__ == '__main__':

@@ -186,8 +186,9 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
     # user errors and still fail, so they are checked after the skipping.
     dataset = dataset.ignore_errors(log_warning=True).map(
         lambda image, label: (image, _with_label_check(label, num_classes)))
-  dataset = dataset.batch(batch_size, drop_remainder=True,
-                          num_parallel_calls=tf.data.AUTOTUNE)
+  # A plain batch right after the map lets tf.data fuse them (map_and_batch
+  # writes each image straight into the batch; a parallel batch copies it).
+  dataset = dataset.batch(batch_size, drop_remainder=True)
   if mixup_alpha > 0:
     dataset = dataset.enumerate().map(
         lambda step, batch: augment_lib.mixup(
