@@ -276,3 +276,33 @@ def test_sources_are_gin_configurable(imagenet_dir):
   gin.clear_config()
   with pytest.raises(Exception, match='data_dir'):
     data.TFRecordSource()
+
+
+class _ListSource(sources.Source):
+  """A minimal source that relies on the base class to count its shards."""
+
+  def __init__(self, labels):
+    self.labels = labels
+    self.calls = 0
+
+  def examples(self, split, input_context=None, *, is_training, seed=None):
+    self.calls += 1
+    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    labels = tf.data.Dataset.from_tensor_slices(self.labels).filter(
+        lambda label: label >= 0)  # Unknown cardinality: counting iterates.
+    return labels.shard(num_pipelines, pipeline_id).map(
+        lambda label: {'image': tf.zeros([4, 4, 3], tf.uint8),
+                       'label': label})
+
+
+def test_base_source_counts_each_pipeline_once():
+  source = _ListSource(list(range(7)))
+  assert source.num_examples('eval') is None
+  assert source.examples_per_pipeline('eval', 3) == [3, 2, 2]
+  assert source.examples_per_pipeline('eval', 3) == [3, 2, 2]
+  assert source.calls == 3
+  batches = list(data.build_dataset(
+      sources.pipeline_context(3, 2), split='eval', global_batch_size=6,
+      image_size=8, source=source, num_classes=7))
+  assert len(batches) == 2
+  assert float(sum(tf.reduce_sum(b[2]) for b in batches)) == 2

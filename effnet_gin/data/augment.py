@@ -59,7 +59,7 @@ RANDAUGMENT_OPS = (
 # --- Pixel ops: uint8 [H, W, 3] -> uint8 [H, W, 3] ---------------------------
 
 def blend(image1, image2, factor):
-  """image1 + factor * (image2 - image1), clipped to uint8 (factor may be > 1)."""
+  """image1 + factor * (image2 - image1) as uint8; factor may exceed 1."""
   image1 = tf.cast(image1, tf.float32)
   image2 = tf.cast(image2, tf.float32)
   blended = image1 + factor * (image2 - image1)

@@ -1,4 +1,4 @@
-"""`build_dataset`: a source's examples -> per-replica batches for training/eval.
+"""`build_dataset`: a source's examples -> per-replica train or eval batches.
 
 Used through `strategy.distribute_datasets_from_function`:
 
@@ -113,7 +113,7 @@ def num_eval_steps(source, *, global_batch_size, input_context=None,
 
 
 def _with_label_check(label, num_classes):
-  """int32 `label`; fails with InvalidArgumentError naming it if out of range."""
+  """int32 `label`; an InvalidArgumentError names it if out of range."""
   message = (f'label out of range [0, {num_classes}) after the source\'s '
              'label offset; check num_classes and label_offset')
   checks = [

@@ -1,4 +1,4 @@
-"""Image preprocessing for training and eval, as the reference EfficientNet does.
+"""Image preprocessing for training and eval, as in the reference EfficientNet.
 
 Pure tensor functions (no gin, no randomness outside the `seed` argument), so
 a result is the same eagerly and inside tf.data. They accept an image as
@@ -30,12 +30,14 @@ def center_crop_window(shape, image_size):
 
   Returns:
     int32 [4] (offset_y, offset_x, size, size) with
-    size = int(S / (S + 32) * min(height, width)).
+    size = max(1, int(S / (S + 32) * min(height, width))).
   """
   height, width = shape[0], shape[1]
   crop_size = tf.cast(
       image_size / (image_size + CROP_PADDING)
       * tf.cast(tf.minimum(height, width), tf.float64), tf.int32)
+  # Images of a few pixels would otherwise get an empty crop.
+  crop_size = tf.maximum(crop_size, 1)
   offset_y = (height - crop_size + 1) // 2
   offset_x = (width - crop_size + 1) // 2
   return tf.stack([offset_y, offset_x, crop_size, crop_size])

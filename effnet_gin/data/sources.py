@@ -53,6 +53,17 @@ def pipeline_shard(input_context):
   return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
+def pipeline_context(num_input_pipelines, input_pipeline_id):
+  """The InputContext of pipeline `input_pipeline_id` of `num_input_pipelines`.
+
+  For code that walks all pipelines' shards (counting, tests); one replica
+  per pipeline.
+  """
+  return tf.distribute.InputContext(num_input_pipelines=num_input_pipelines,
+                                    input_pipeline_id=input_pipeline_id,
+                                    num_replicas_in_sync=num_input_pipelines)
+
+
 def parse_imagenet_example(serialized, *, label_offset=1):
   """Parses one serialized ImageNet-format tf.Example.
 
@@ -159,18 +170,14 @@ class Source(abc.ABC):
       if key not in counts:
         counts[key] = [
             _count_elements(self.examples(
-                split,
-                tf.distribute.InputContext(
-                    num_input_pipelines=num_input_pipelines,
-                    input_pipeline_id=i,
-                    num_replicas_in_sync=num_input_pipelines),
+                split, pipeline_context(num_input_pipelines, i),
                 is_training=False))
             for i in range(num_input_pipelines)]
       return list(counts[key])
 
 
 def _count_elements(dataset):
-  """Counts the elements of a finite dataset without materialising them."""
+  """Counts the elements of a finite dataset, iterating it if need be."""
   cardinality = int(dataset.cardinality())
   if cardinality >= 0:
     return cardinality

@@ -1,9 +1,10 @@
-"""Sharded ImageNet-format TFRecord files: reading (`TFRecordSource`) and writing.
+"""Sharded ImageNet-format TFRecord files: `TFRecordSource` and a writer.
 
 Files are sharded per input pipeline, so different hosts read different files
 (pipeline i reads files i, i + k, ... of the sorted list). Training shuffles the
 file order each epoch and interleaves parallel reads; eval reads its files in
-sorted order, one after the other. All I/O goes through TensorFlow file ops, so `gs://` paths work.
+sorted order, one after the other. All I/O goes through TensorFlow file ops,
+so `gs://` paths work.
 """
 import concurrent.futures
 import functools
@@ -140,6 +141,7 @@ class TFRecordSource(sources.Source):
     self.holdout_train_shards = holdout_train_shards
     self.cycle_length = cycle_length
     self.read_buffer_bytes = read_buffer_bytes
+    self._files = {}
 
   def _glob(self, pattern):
     files = sorted(tf.io.gfile.glob(os.path.join(self.data_dir, pattern)))
@@ -148,15 +150,21 @@ class TFRecordSource(sources.Source):
           f'no files match pattern {pattern!r} in data_dir {self.data_dir!r}')
     return files
 
-  @functools.lru_cache(maxsize=None)
   def files(self, split):
     """The sorted files of `split` (holdout applied), as a tuple.
+
+    Listed once per source: globbing `gs://` is slow.
 
     Raises:
       FileNotFoundError: no file matches the split's pattern.
       ValueError: bad split, or the holdout leaves no training file.
     """
     sources.check_split(split)
+    if split not in self._files:
+      self._files[split] = self._list_files(split)
+    return self._files[split]
+
+  def _list_files(self, split):
     if not self.holdout_train_shards:
       return tuple(self._glob(
           self.train_pattern if split == 'train' else self.eval_pattern))
@@ -222,8 +230,5 @@ class TFRecordSource(sources.Source):
                       count_records_in_files(self.files(split))))
     return [
         sum(counts[path] for path in self.pipeline_files(
-            split, tf.distribute.InputContext(
-                num_input_pipelines=num_input_pipelines,
-                input_pipeline_id=i,
-                num_replicas_in_sync=num_input_pipelines)))
+            split, sources.pipeline_context(num_input_pipelines, i)))
         for i in range(num_input_pipelines)]
