@@ -28,6 +28,9 @@ setuptools.setup(
                    if not path.endswith((".pyc", "__pycache__"))),
     install_requires=[
         "tensorflow>=2.20,<2.22",
+        # tf.summary writes through TensorBoard, which TF 2.21 no longer
+        # installs itself.
+        "tensorboard>=2.20,<2.22",
         "gin-config>=0.5,<0.6",
         "tensorflow-datasets>=4.9,<5",
         "absl-py>=2.0,<3",

@@ -167,26 +167,6 @@ def checkpoint_step(path):
   return int(suffix) if suffix.isdigit() else None
 
 
-def checkpoint_num_classes(path):
-  """Reads the class count of a checkpoint that follows the trainer's contract.
-
-  The classifier's kernel is the model's only rank-2 weight (convolution
-  kernels have rank 4); its optimizer slots and EMA average share its shape.
-  Every rank-2 variable is looked at, not only those under `model/`: a
-  checkpoint saves each variable once, under its shortest path in the object
-  graph, which for the kernel can be `optimizer/_trainable_variables/N`.
-
-  Raises:
-    ValueError: when the checkpoint has no single classifier width.
-  """
-  shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-  widths = {shape[1] for shape in shapes.values() if len(shape) == 2}
-  if len(widths) != 1:
-    raise ValueError(f"cannot tell the class count of checkpoint {path!r}: "
-                     f"found classifier widths {sorted(widths)}")
-  return widths.pop()
-
-
 class ResultsLog:
   """model_dir/eval/results.jsonl: one JSON object per evaluated checkpoint.
 
@@ -328,7 +308,7 @@ class _CheckpointEvaluator:
     """Restores `path`; returns False when it vanished before it was read."""
     try:
       names = [name for name, _ in tf.train.list_variables(path)]
-      num_classes = checkpoint_num_classes(path)
+      num_classes = checkpointing.checkpoint_num_classes(path)
       if num_classes != self._model.output_shape[-1]:
         raise ValueError(
             f"checkpoint {path!r} has {num_classes} classes but the "

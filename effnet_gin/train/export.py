@@ -26,7 +26,7 @@ from effnet_gin.data import preprocessing
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
 from effnet_gin.train.evaluate import BEST_SUBDIR
-from effnet_gin.train.evaluate import checkpoint_num_classes
+from effnet_gin.train.checkpointing import checkpoint_num_classes
 from effnet_gin.train import optim
 
 SERVING_DEFAULT = "serving_default"

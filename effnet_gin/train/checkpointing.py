@@ -1,0 +1,164 @@
+"""Checkpoints in model_dir: save, resume, and initialise for fine-tuning.
+
+Checkpoints are `model_dir/ckpt-<STEP>`, written by a
+`tf.train.CheckpointManager` around `tf.train.Checkpoint(step, model,
+optimizer, ema)`. All I/O goes through TensorFlow's file system layer, so
+model_dir may be a gs:// path.
+
+Under MultiWorkerMirroredStrategy every worker must take part in a save, but
+only the chief's copy is kept: the others write into a scratch directory
+that is removed right after (the pattern the TF multi-worker guide gives).
+"""
+import os
+
+from absl import logging
+import tensorflow as tf
+
+CHECKPOINT_NAME = "ckpt"
+
+
+def write_text(directory, filename, text):
+  """Writes `text` to `directory/filename` atomically (write, then rename)."""
+  path = f"{directory}/{filename}"
+  tmp_path = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp_path, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp_path, path, overwrite=True)
+
+
+class Manager:
+  """Saves and restores one `tf.train.Checkpoint` in model_dir.
+
+  Args:
+    checkpoint: the `tf.train.Checkpoint` to save and restore.
+    model_dir: the directory shared by all workers.
+    max_to_keep: checkpoints retained (older ones are deleted).
+    chief: whether this worker's saves are the ones kept.
+    worker_id: distinguishes the scratch directories of non-chief workers.
+  """
+
+  def __init__(self, checkpoint, model_dir, *, max_to_keep=5, chief=True,
+               worker_id=None):
+    self._checkpoint = checkpoint
+    self._model_dir = model_dir
+    self._chief = chief
+    if chief:
+      write_dir = model_dir
+    else:
+      write_dir = f"{model_dir}/.worker_scratch_{worker_id or os.getpid()}"
+    self._write_dir = write_dir
+    self._manager = tf.train.CheckpointManager(
+        checkpoint, write_dir, max_to_keep=max_to_keep if chief else 1,
+        checkpoint_name=CHECKPOINT_NAME)
+
+  @property
+  def latest(self):
+    """Path of the newest checkpoint in model_dir, or None."""
+    return tf.train.latest_checkpoint(self._model_dir)
+
+  def restore_latest(self):
+    """Restores the newest checkpoint in model_dir; returns its path or None."""
+    latest = self.latest
+    if latest is None:
+      return None
+    self._checkpoint.restore(latest).assert_existing_objects_matched()
+    return latest
+
+  def save(self, step):
+    """Saves the checkpoint numbered `step`; returns the chief's path."""
+    path = self._manager.save(checkpoint_number=step)
+    if not self._chief:
+      tf.io.gfile.rmtree(self._write_dir)
+      return None
+    logging.info("Saved checkpoint %s", path)
+    return path
+
+
+def resolve_checkpoint(path):
+  """Turns a checkpoint prefix or a directory into a checkpoint prefix.
+
+  Raises:
+    FileNotFoundError: when `path` holds no checkpoint.
+  """
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise FileNotFoundError(f"no checkpoint in directory {path!r}")
+    return latest
+  if not tf.io.gfile.exists(path + ".index"):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist "
+                            f"(no {path}.index)")
+  return path
+
+
+def checkpoint_num_classes(path):
+  """Reads the class count of a checkpoint that follows the trainer's contract.
+
+  The classifier's kernel is the model's only rank-2 weight (convolution
+  kernels have rank 4); its optimizer slots and EMA average share its shape.
+  Every rank-2 variable is looked at, not only those under `model/`: a
+  checkpoint saves each variable once, under its shortest path in the object
+  graph, which for the kernel can be `optimizer/_trainable_variables/N`.
+
+  Raises:
+    ValueError: when the checkpoint has no single classifier width.
+  """
+  shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+  widths = {shape[1] for shape in shapes.values() if len(shape) == 2}
+  if len(widths) != 1:
+    raise ValueError(f"cannot tell the class count of checkpoint {path!r}: "
+                     f"found classifier widths {sorted(widths)}")
+  return widths.pop()
+
+
+def initialize_from(model, path, *, model_builder, use_ema=True,
+                    ema_factory=None):
+  """Initialises `model` from another run's checkpoint (fine-tuning).
+
+  The source model is rebuilt with the checkpoint's own class count, restored
+  (with its EMA weights when asked and present), and copied into `model`
+  layer by layer by name; a layer whose weights differ in shape — the
+  classifier, when the class count changed — keeps its fresh initialisation.
+
+  Args:
+    model: the freshly built model to initialise.
+    path: a checkpoint prefix or a directory holding checkpoints.
+    model_builder: callable(num_classes) building the source architecture.
+    use_ema: take the EMA weights when the checkpoint has them.
+    ema_factory: callable(model) building an EMA for the source model.
+
+  Returns:
+    The names of the layers left at their initialisation.
+
+  Raises:
+    FileNotFoundError: when `path` holds no checkpoint.
+  """
+  path = resolve_checkpoint(path)
+  source = model_builder(checkpoint_num_classes(path))
+  trackables = dict(model=source)
+  ema = None
+  has_ema = any(name.startswith("ema/") for name, _ in
+                tf.train.list_variables(path))
+  if use_ema and has_ema and ema_factory is not None:
+    ema = ema_factory(source)
+    trackables["ema"] = ema
+  tf.train.Checkpoint(**trackables).read(path).expect_partial()
+  if ema is not None:
+    ema.copy_to_model()
+  skipped = []
+  for layer in model.layers:
+    try:
+      source_layer = source.get_layer(layer.name)
+    except ValueError:
+      skipped.append(layer.name)
+      continue
+    pairs = list(zip(layer.weights, source_layer.weights))
+    if (len(layer.weights) != len(source_layer.weights) or
+        any(t.shape != s.shape for t, s in pairs)):
+      skipped.append(layer.name)
+      continue
+    for target, value in pairs:
+      target.assign(value)
+  logging.info("Initialised from %s%s; left at initialisation: %s", path,
+               " (EMA weights)" if ema is not None else "", skipped)
+  return skipped
