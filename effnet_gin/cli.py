@@ -171,15 +171,15 @@ def _quiet_include_lookups():
   # gin tries each include relative to the working directory before its
   # search paths and logs an ERROR for that first miss; a path missing
   # everywhere still raises, so the message carries no information.
+  # On the root logger, not its handlers: gin's module-level logging.error
+  # installs a handler (basicConfig) when there is none yet.
   log_filter = _DropIncludeMisses()
-  handlers = py_logging.getLogger().handlers
-  for handler in handlers:
-    handler.addFilter(log_filter)
+  root = py_logging.getLogger()
+  root.addFilter(log_filter)
   try:
     yield
   finally:
-    for handler in handlers:
-      handler.removeFilter(log_filter)
+    root.removeFilter(log_filter)
 
 
 def command_line():
