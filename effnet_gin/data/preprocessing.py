@@ -32,15 +32,15 @@ def center_crop_window(shape, image_size):
     int32 [4] (offset_y, offset_x, size, size) with
     size = max(1, int(S / (S + 32) * min(height, width))).
   """
-  height, width = shape[0], shape[1]
-  crop_size = tf.cast(
-      image_size / (image_size + CROP_PADDING)
-      * tf.cast(tf.minimum(height, width), tf.float64), tf.int32)
+  # Integer arithmetic: exact, and fewer ops than the reference's float
+  # product (this runs for every training image too, see train_crop_window).
+  height_width = tf.cast(shape[:2], tf.int32)
+  crop_size = tf.reduce_min(height_width) * image_size // (
+      image_size + CROP_PADDING)
   # Images of a few pixels would otherwise get an empty crop.
   crop_size = tf.maximum(crop_size, 1)
-  offset_y = (height - crop_size + 1) // 2
-  offset_x = (width - crop_size + 1) // 2
-  return tf.stack([offset_y, offset_x, crop_size, crop_size])
+  offsets = (height_width - crop_size + 1) // 2
+  return tf.concat([offsets, tf.fill([2], crop_size)], axis=0)
 
 
 def distorted_crop_window(shape, seed, *, min_object_covered=0.1,
@@ -106,8 +106,7 @@ def _resize(image, image_size):
   """Bicubic resize to [S, S, 3] float32, clipped to [0, 255]."""
   image = tf.image.resize(image[tf.newaxis], [image_size, image_size],
                           method=tf.image.ResizeMethod.BICUBIC)[0]
-  image = tf.clip_by_value(image, 0.0, 255.0)
-  return tf.ensure_shape(image, [image_size, image_size, 3])
+  return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def _crop_and_resize(image, image_size, crop_window_fn):
