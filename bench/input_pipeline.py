@@ -28,6 +28,9 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Output resolution.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Batch size.')
 _SECONDS = flags.DEFINE_float('seconds', 10.0, 'Measured seconds per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per pipeline.')
+_AUGMENT = flags.DEFINE_enum(
+    'augment', None, ['autoaugment', 'randaugment'],
+    'Augmentation in our pipeline (the minimal one never augments).')
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images', 1024, 'Images to generate when --data_dir has none.')
 
@@ -93,7 +96,7 @@ def main(argv):
   candidates = {
       'effnet_gin build_dataset': lambda: pipeline.build_dataset(
           split='train', global_batch_size=batch, image_size=size,
-          source=source, num_classes=1000),
+          source=source, num_classes=1000, augment=_AUGMENT.value),
       'minimal tf.data': lambda: minimal_pipeline(
           list(source.files('train')), size, batch),
   }
@@ -107,8 +110,8 @@ def main(argv):
       print(f'  {name}: {rate:.1f} img/s, {cpu_ms:.3f} CPU ms/img')
   ours, minimal = (max(rates[name]) for name in candidates)
   ours_cpu, minimal_cpu = (min(cpu_costs[name]) for name in candidates)
-  print(f'image_size={size} batch_size={batch} cores={os.cpu_count()} '
-        f'(best of {_ROUNDS.value} alternating rounds)')
+  print(f'image_size={size} batch_size={batch} augment={_AUGMENT.value} '
+        f'cores={os.cpu_count()} (best of {_ROUNDS.value} alternating rounds)')
   print(f'ours:    {ours:.1f} img/s  {ours_cpu:.3f} CPU ms/img')
   print(f'minimal: {minimal:.1f} img/s  {minimal_cpu:.3f} CPU ms/img')
   print(f'ratio:   {ours / minimal:.3f} (throughput)  '

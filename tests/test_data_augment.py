@@ -55,6 +55,29 @@ def test_histogram_ops():
   np.testing.assert_array_equal(augment.contrast(flat, 0.3), flat)
 
 
+def _pil_equalize(image):
+  """PIL's ImageOps.equalize, per channel, in numpy (the reference's model)."""
+  output = image.copy()
+  for c in range(3):
+    histogram = np.bincount(image[..., c].ravel(), minlength=256)
+    nonzero = histogram[histogram > 0]
+    step = (nonzero.sum() - nonzero[-1]) // 255
+    if step:
+      lut = (np.cumsum(histogram) + step // 2) // step
+      lut = np.clip(np.concatenate([[0], lut[:-1]]), 0, 255)
+      output[..., c] = lut[image[..., c]]
+  return output
+
+
+@pytest.mark.parametrize('low,high', [(100, 141), (0, 256), (0, 3), (7, 8)])
+def test_equalize_matches_pil(low, high):
+  image = np.random.default_rng(low).integers(low, high, [40, 30, 3]).astype(
+      np.uint8)
+  image[..., 2] = 9  # One flat channel.
+  np.testing.assert_array_equal(augment.equalize(tf.constant(image)),
+                                _pil_equalize(image))
+
+
 def test_geometric_ops_fill_with_grey():
   image = tf.fill([10, 10, 3], tf.constant(255, tf.uint8))
   shifted = augment.translate_x(image, 4).numpy()

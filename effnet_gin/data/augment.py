@@ -59,7 +59,10 @@ RANDAUGMENT_OPS = (
 # --- Pixel ops: uint8 [H, W, 3] -> uint8 [H, W, 3] ---------------------------
 
 def blend(image1, image2, factor):
-  """image1 + factor * (image2 - image1) as uint8; factor may exceed 1."""
+  """image1 + factor * (image2 - image1) as uint8; factor may exceed 1.
+
+  `image1` may be a scalar or broadcastable grey level.
+  """
   image1 = tf.cast(image1, tf.float32)
   image2 = tf.cast(image2, tf.float32)
   blended = image1 + factor * (image2 - image1)
@@ -71,15 +74,17 @@ def invert(image):
 
 
 def solarize(image, threshold=128):
-  """Inverts pixels at or above `threshold` (which may exceed 255)."""
-  return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
+  """Inverts pixels at or above the int `threshold` (which may exceed 255)."""
+  if threshold > 255:
+    return image
+  return tf.where(image < threshold, image, 255 - image)
 
 
 def solarize_add(image, addition=0, threshold=128):
-  """Adds `addition` to pixels below `threshold` (saturating)."""
-  added = tf.cast(tf.clip_by_value(
-      tf.cast(image, tf.int32) + addition, 0, 255), tf.uint8)
-  return tf.where(tf.cast(image, tf.int32) < threshold, added, image)
+  """Adds the int `addition` >= 0 to pixels below `threshold`, saturating."""
+  addition = min(max(addition, 0), 255)
+  added = tf.minimum(image, 255 - addition) + addition  # No uint8 overflow.
+  return tf.where(image < min(threshold, 255), added, image)
 
 
 def color(image, factor):
@@ -91,12 +96,12 @@ def color(image, factor):
 def contrast(image, factor):
   """Blends with the mean grey level: 0 flat grey, 1 unchanged."""
   mean = tf.reduce_mean(tf.cast(tf.image.rgb_to_grayscale(image), tf.float32))
-  return blend(tf.fill(tf.shape(image), mean), image, factor)
+  return blend(mean, image, factor)
 
 
 def brightness(image, factor):
   """Blends with black: 0 black, 1 unchanged."""
-  return blend(tf.zeros_like(image), image, factor)
+  return blend(0.0, image, factor)
 
 
 def posterize(image, bits):
@@ -107,13 +112,14 @@ def posterize(image, bits):
 
 def autocontrast(image):
   """Stretches each channel to the full 0..255 range (if not constant)."""
-  def stretch(channel):
-    channel = tf.cast(channel, tf.float32)
-    low, high = tf.reduce_min(channel), tf.reduce_max(channel)
-    scale = 255.0 / tf.maximum(high - low, 1.0)
-    stretched = tf.clip_by_value((channel - low) * scale, 0.0, 255.0)
-    return tf.cast(tf.where(high > low, stretched, channel), tf.uint8)
-  return tf.stack([stretch(image[..., c]) for c in range(3)], axis=-1)
+  low = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)
+  high = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
+  # Constant channels keep their value: scale 1, offset 0.
+  constant = high <= low
+  scale = tf.where(constant, 1.0, 255.0 / tf.maximum(high - low, 1.0))
+  low = tf.where(constant, 0.0, low)
+  stretched = (tf.cast(image, tf.float32) - low) * scale
+  return tf.cast(tf.clip_by_value(stretched, 0.0, 255.0), tf.uint8)
 
 
 def sharpness(image, factor):
@@ -135,10 +141,12 @@ def equalize(image):
     channel = tf.cast(channel, tf.int32)
     histogram = tf.math.bincount(channel, minlength=256, maxlength=256)
     nonzero = tf.boolean_mask(histogram, histogram > 0)
+    # PIL's step: pixels not in the last non-empty bin, over 255 levels.
     step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
     lut = (tf.cumsum(histogram) + step // 2) // tf.maximum(step, 1)
     lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
     equalized = tf.gather(lut, channel)
+    # One dominant level (step 0): PIL leaves the channel unchanged.
     return tf.cast(tf.where(step > 0, equalized, channel), tf.uint8)
   return tf.stack([equalize_channel(image[..., c]) for c in range(3)], axis=-1)
 

@@ -130,10 +130,13 @@ def _checked_labels(labels, num_classes):
 
 
 def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
-  """Applies AutoAugment/RandAugment in the uint8 domain to a float image."""
+  """Applies AutoAugment/RandAugment in the uint8 domain to a float image.
+
+  `image` is already clipped to [0, 255] by the preprocessing.
+  """
   if augment is None:
     return image
-  pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
+  pixels = tf.cast(image, tf.uint8)
   if augment == 'autoaugment':
     pixels = augment_lib.autoaugment(pixels, seed)
   else:
