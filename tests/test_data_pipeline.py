@@ -255,3 +255,21 @@ def test_gin_configured_build_dataset_under_mirrored_strategy(imagenet_dir):
                         strategy.experimental_local_results(weights))
     steps += 1
   assert total_weight == 12 and steps == 2
+
+
+def test_truncated_tfrecord_fails_or_is_skipped(tmp_path):
+  _write_records(tmp_path, 'train', [1, 2, 3, 4, 5])
+  path = tmp_path / 'train-00000-of-00001'
+  path.write_bytes(path.read_bytes()[:-30])
+  _write_records(tmp_path, 'validation', [1, 2])
+  source = data.TFRecordSource(str(tmp_path))
+  with pytest.raises(tf.errors.DataLossError, match='truncated'):
+    list(_build(source, 'train').take(3))
+  _, labels = next(iter(_build(source, 'train', global_batch_size=8,
+                               skip_corrupt=True, shuffle_buffer=1)))
+  assert set(labels.numpy()) == {0, 1, 2, 3}
+  # Eval counts its records first; a truncated eval file is named.
+  path = tmp_path / 'validation-00000-of-00001'
+  path.write_bytes(path.read_bytes()[:-30])
+  with pytest.raises(tf.errors.DataLossError, match='validation-00000-of'):
+    _build(source, 'eval')

@@ -1,7 +1,15 @@
 """Input pipelines: sources of labelled images and `build_dataset`.
 
 Sources (gin-configurable as `effnet_gin.data.<Name>`) implement the `Source`
-protocol of sources.py; `build_dataset` turns one into per-replica batches.
+protocol of sources.py: `examples(split, input_context, *, is_training, seed)`
+gives one pipeline's shard as {'image': encoded bytes or uint8 [H, W, 3],
+'label': int32, 0-based}. `build_dataset` (gin: `effnet_gin.data.build_dataset`)
+turns a source into per-replica batches:
+  train: (images float32 [b, S, S, 3] in 0..255, labels int32 [b]), forever;
+  eval:  (images, labels, weights float32 [b]), finite, padded with weight 0.
+
+Data tools: `write_fake_imagenet` (bin/make_fake_imagenet) and
+`image_folder.convert_image_folder` (bin/images_to_tfrecords).
 """
 from effnet_gin.data.augment import autoaugment
 from effnet_gin.data.augment import mixup

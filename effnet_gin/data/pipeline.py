@@ -276,7 +276,9 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     seed: int for reproducible shuffling and augmentation; None draws one.
       Training is non-deterministic in order (faster) unless a seed is given.
     skip_corrupt: drop records/images that fail to read or decode (each one
-      is logged) instead of failing. Out-of-range labels always fail.
+      is logged as a warning) instead of failing. Out-of-range labels always
+      fail, and so does a truncated eval TFRecord file (named), which the
+      eval record count cannot get past.
     private_threadpool_size: optional dedicated tf.data thread count.
 
   Returns:
@@ -290,10 +292,16 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
       `num_eval_steps(...) * replicas_per_pipeline`.
 
   Raises:
-    ValueError: bad split, augment, batch size or num_eval_examples.
+    ValueError: bad split, augment, sizes or num_eval_examples.
     FileNotFoundError: the source's files are missing.
+    tf.errors.DataLossError: a truncated eval file (named), while counting.
+    tf.errors.InvalidArgumentError: when iterated, for an out-of-range label
+      (listed) or, without skip_corrupt, an undecodable image.
   """
   sources.check_split(split)
+  if image_size < 1 or num_classes < 1:
+    raise ValueError(f'image_size and num_classes must be >= 1, got '
+                     f'image_size={image_size}, num_classes={num_classes}')
   if augment not in AUGMENTATIONS:
     raise ValueError(f'augment must be one of {AUGMENTATIONS}, got {augment!r}')
   if mixup_alpha < 0:
