@@ -22,3 +22,15 @@ def _clear_gin_config():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+  """One MirroredStrategy over the two logical CPUs, shared by all tests.
+
+  Every MirroredStrategy in a process numbers its collective ops from the same
+  keys, so two of them over the same devices collide ("Collective instance
+  100 expected type 2 ... got type 0"); a single shared one never does. The
+  trainer builds one strategy per process, so only tests need this.
+  """
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

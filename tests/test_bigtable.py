@@ -145,8 +145,8 @@ def test_build_dataset_batches_bigtable_examples(loaded):
   assert images.shape == (8, 16, 16, 3) and labels.shape == (8,)
 
 
-def test_distributed_eval_batches_cover_the_split(loaded):
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+def test_distributed_eval_batches_cover_the_split(loaded, mirrored_strategy):
+  strategy = mirrored_strategy
   source = loaded.source(table='imagenet', num_parallel_scans=2)
   dataset = strategy.distribute_datasets_from_function(
       lambda ctx: pipeline.build_dataset(

@@ -44,11 +44,11 @@ def test_loss_with_soft_labels_and_bfloat16_logits():
   np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
 
-def test_loss_summed_over_replicas_is_the_global_mean():
+def test_loss_summed_over_replicas_is_the_global_mean(mirrored_strategy):
   rng = np.random.default_rng(2)
   logits = rng.normal(size=(8, 3)).astype(np.float32)
   labels = rng.integers(0, 3, size=8).astype(np.int32)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = mirrored_strategy
   dataset = tf.data.Dataset.from_tensor_slices((labels, logits)).batch(8)
   batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
 
@@ -136,8 +136,8 @@ def test_batch_norm_path_pattern(path, is_bn):
   assert losses._is_batch_norm_path(path) is is_bn
 
 
-def test_weight_decay_is_split_across_replicas():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_weight_decay_is_split_across_replicas(mirrored_strategy):
+  strategy = mirrored_strategy
   with strategy.scope():
     model = _decay_model()
   full = float(losses.weight_decay_loss(model))

@@ -277,8 +277,8 @@ def test_batch_norm_updates_under_xla():
   np.testing.assert_allclose(bn.moving_mean.numpy(), 2.0)
 
 
-def test_batch_norm_updates_under_mirrored_strategy():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_batch_norm_updates_under_mirrored_strategy(mirrored_strategy):
+  strategy = mirrored_strategy
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
     bn = layers.BatchNorm(momentum=0.5)

@@ -266,7 +266,8 @@ def _train(strategy, model, optimizer, features, labels, steps):
   return [v.numpy() for v in model.trainable_variables]
 
 
-def test_rmsprop_under_mirrored_strategy_matches_single_device():
+def test_rmsprop_under_mirrored_strategy_matches_single_device(
+    mirrored_strategy):
   rng = np.random.default_rng(4)
   features = rng.normal(size=(8, 5)).astype(np.float32)
   labels = rng.normal(size=(8, 3)).astype(np.float32)
@@ -278,7 +279,7 @@ def test_rmsprop_under_mirrored_strategy_matches_single_device():
   optimizer.build(model.trainable_variables)
   expected = _train(single, model, optimizer, features, labels, steps=3)
 
-  mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  mirrored = mirrored_strategy
   with mirrored.scope():
     model = _dense_model()
     optimizer = optim.build_optimizer(schedule)
@@ -437,8 +438,8 @@ def test_averaged_weights_swaps_in_and_restores():
 
 
 @pytest.mark.parametrize("context", ["replica", "cross_replica", "no_scope"])
-def test_ema_under_mirrored_strategy(context):
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_ema_under_mirrored_strategy(context, mirrored_strategy):
+  strategy = mirrored_strategy
   with strategy.scope():
     model = _bn_model()
     ema = optim.ExponentialMovingAverage(model, decay=0.5)
