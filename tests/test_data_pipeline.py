@@ -231,7 +231,7 @@ def test_generated_uint8_source_through_the_pipeline():
   assert sum(float(tf.reduce_sum(b[2])) for b in batches) == 5
 
 
-def test_gin_configured_build_dataset_under_mirrored_strategy(imagenet_dir):
+def test_gin_configured_build_dataset_under_mirrored_strategy(imagenet_dir, mirrored_strategy):
   gin.parse_config([
       'import effnet_gin.data',
       'build_dataset.source = @effnet_gin.data.TFRecordSource()',
@@ -239,7 +239,7 @@ def test_gin_configured_build_dataset_under_mirrored_strategy(imagenet_dir):
       f'build_dataset.num_classes = {NUM_CLASSES}',
       'build_dataset.augment = "randaugment"',
   ])
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  strategy = mirrored_strategy
   train = strategy.distribute_datasets_from_function(
       lambda ctx: data.build_dataset(ctx, split='train', global_batch_size=8,
                                      image_size=SIZE))
