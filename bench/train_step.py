@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from effnet_gin.model import build_model
 from effnet_gin.train import loop
+from effnet_gin.train import averaging
 from effnet_gin.train import optim
 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input resolution.")
@@ -51,7 +52,7 @@ def ours(images, labels, steps, rounds, jit_compile):
                                   num_train_images=1_281_167)
   optimizer = optim.build_optimizer(schedule)
   optimizer.build(model.trainable_variables)
-  ema = optim.ExponentialMovingAverage(model)
+  ema = averaging.ExponentialMovingAverage(model)
   step = tf.Variable(0, dtype=tf.int64)
   host_loop = loop.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,

@@ -19,6 +19,7 @@ from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
+from effnet_gin.train import averaging
 from effnet_gin.train import optim
 from effnet_gin.train import strategy as strategy_lib
 
@@ -65,7 +66,7 @@ class ContractWriter:
     self.model = build_model()
     self.optimizer = optim.build_optimizer(0.01)
     self.optimizer.build(self.model.trainable_variables)
-    self.ema = optim.ExponentialMovingAverage(self.model) if use_ema else None
+    self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
     self.step = tf.Variable(0, dtype=tf.int64)
     trackables = dict(step=self.step, model=self.model,
                       optimizer=self.optimizer)

@@ -15,6 +15,7 @@ from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
+from effnet_gin.train import averaging
 from effnet_gin.train import optim
 
 # `effnet_gin.train.export` the attribute is the function; these are modules.
@@ -53,7 +54,7 @@ def run_fixture(tmp_path):
   model = build_model()
   optimizer = optim.build_optimizer(0.01)
   optimizer.build(model.trainable_variables)
-  ema = optim.ExponentialMovingAverage(model)
+  ema = averaging.ExponentialMovingAverage(model)
   step = tf.Variable(0, dtype=tf.int64)
   manager = tf.train.CheckpointManager(
       tf.train.Checkpoint(step=step, model=model, optimizer=optimizer,
@@ -83,7 +84,7 @@ def classify_in_process(checkpoint_path, image_files, use_ema=True):
   """Top-1 classes and probabilities of the checkpoint's (EMA) weights."""
   model = build_model()
   trackables = dict(model=model)
-  ema = optim.ExponentialMovingAverage(model) if use_ema else None
+  ema = averaging.ExponentialMovingAverage(model) if use_ema else None
   if ema is not None:
     trackables["ema"] = ema
   tf.train.Checkpoint(**trackables).read(checkpoint_path).expect_partial()

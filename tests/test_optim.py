@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin.train import averaging
 from effnet_gin.train import optim
 
 # Reference defaults: ImageNet, global batch 2048.
@@ -341,18 +342,18 @@ def _bn_model(seed=5):
 
 
 def _shift_weights(model, delta):
-  for v in optim.averaged_variables(model):
+  for v in averaging.averaged_variables(model):
     v.assign(v + delta)
 
 
 def test_ema_covers_trainable_and_moving_statistics_only():
   model = _bn_model()
-  names = [v.path for v in optim.averaged_variables(model)]
+  names = [v.path for v in averaging.averaged_variables(model)]
   assert names == ["dense/kernel", "dense/bias", "bn/gamma", "bn/beta",
                    "logits/kernel", "logits/bias", "bn/moving_mean",
                    "bn/moving_variance"]
   assert any("seed" in v.path for v in model.non_trainable_variables)
-  ema = optim.ExponentialMovingAverage(model)
+  ema = averaging.ExponentialMovingAverage(model)
   assert len(ema.averages) == len(names)
   assert not ema.trainable_variables
 
@@ -360,9 +361,9 @@ def test_ema_covers_trainable_and_moving_statistics_only():
 @pytest.mark.parametrize("use_num_updates", [True, False])
 def test_ema_update_follows_the_formula(use_num_updates):
   model = _bn_model()
-  ema = optim.ExponentialMovingAverage(model, decay=0.99,
+  ema = averaging.ExponentialMovingAverage(model, decay=0.99,
                                        use_num_updates=use_num_updates)
-  sources = optim.averaged_variables(model)
+  sources = averaging.averaged_variables(model)
   expected = [v.numpy() for v in sources]
   for step, delta in ((0, 1.0), (5, -0.5), (5000, 2.0)):
     _shift_weights(model, delta)
@@ -378,16 +379,16 @@ def test_ema_update_follows_the_formula(use_num_updates):
 
 def test_ema_rejects_bad_decay_and_unbuilt_model():
   with pytest.raises(ValueError, match="1.0"):
-    optim.ExponentialMovingAverage(_bn_model(), decay=1.0)
+    averaging.ExponentialMovingAverage(_bn_model(), decay=1.0)
   with pytest.raises(ValueError, match="build it"):
-    optim.ExponentialMovingAverage(keras.Sequential([keras.layers.Dense(2)]))
+    averaging.ExponentialMovingAverage(keras.Sequential([keras.layers.Dense(2)]))
 
 
 def test_ema_update_compiles_under_xla():
   model = _bn_model()
   eager_model = _bn_model()
-  compiled_ema = optim.ExponentialMovingAverage(model)
-  eager_ema = optim.ExponentialMovingAverage(eager_model)
+  compiled_ema = averaging.ExponentialMovingAverage(model)
+  eager_ema = averaging.ExponentialMovingAverage(eager_model)
   update = tf.function(compiled_ema.update, jit_compile=True)
   step = tf.Variable(0, dtype=tf.int64)
   for _ in range(3):
@@ -402,14 +403,14 @@ def test_ema_update_compiles_under_xla():
 
 def test_ema_checkpoint_round_trip(tmp_path):
   model = _bn_model()
-  ema = optim.ExponentialMovingAverage(model)
+  ema = averaging.ExponentialMovingAverage(model)
   _shift_weights(model, 1.0)
   ema.update(3)
   saved = [a.numpy() for a in ema.averages]
   path = tf.train.Checkpoint(model=model, ema=ema).save(str(tmp_path / "ckpt"))
 
   restored_model = _bn_model(seed=9)
-  restored_ema = optim.ExponentialMovingAverage(restored_model)
+  restored_ema = averaging.ExponentialMovingAverage(restored_model)
   tf.train.Checkpoint(model=restored_model,
                       ema=restored_ema).restore(path).assert_consumed()
   for a, s in zip(restored_ema.averages, saved):
@@ -422,18 +423,18 @@ def test_ema_checkpoint_round_trip(tmp_path):
 
 def test_averaged_weights_swaps_in_and_restores():
   model = _bn_model()
-  ema = optim.ExponentialMovingAverage(model)
+  ema = averaging.ExponentialMovingAverage(model)
   _shift_weights(model, 1.0)
   ema.update(100)
   raw = [v.numpy() for v in model.weights]
   averages = [a.numpy() for a in ema.averages]
   with ema.averaged_weights():
-    for v, a in zip(optim.averaged_variables(model), averages):
+    for v, a in zip(averaging.averaged_variables(model), averages):
       np.testing.assert_allclose(v.numpy(), a)
   for v, r in zip(model.weights, raw):
     np.testing.assert_allclose(v.numpy(), r)
   ema.copy_to_model()
-  for v, a in zip(optim.averaged_variables(model), averages):
+  for v, a in zip(averaging.averaged_variables(model), averages):
     np.testing.assert_allclose(v.numpy(), a)
 
 
@@ -442,8 +443,8 @@ def test_ema_under_mirrored_strategy(context, mirrored_strategy):
   strategy = mirrored_strategy
   with strategy.scope():
     model = _bn_model()
-    ema = optim.ExponentialMovingAverage(model, decay=0.5)
-  initial = [v.numpy() for v in optim.averaged_variables(model)]
+    ema = averaging.ExponentialMovingAverage(model, decay=0.5)
+  initial = [v.numpy() for v in averaging.averaged_variables(model)]
   with strategy.scope():
     _shift_weights(model, 2.0)
 
@@ -460,7 +461,7 @@ def test_ema_under_mirrored_strategy(context, mirrored_strategy):
     with strategy.scope():
       update(tf.constant(1000, tf.int64))
   for average, start, source in zip(ema.averages, initial,
-                                    optim.averaged_variables(model)):
+                                    averaging.averaged_variables(model)):
     expected = start - 0.5 * (start - source.numpy())
     for local in strategy.experimental_local_results(average):
       np.testing.assert_allclose(local.numpy(), expected, rtol=1e-6)
@@ -477,5 +478,5 @@ def test_ema_is_gin_configurable():
       effnet_gin.train.ExponentialMovingAverage.decay = 0.5
       effnet_gin.train.ExponentialMovingAverage.use_num_updates = False
   """)
-  ema = optim.ExponentialMovingAverage(_bn_model())
+  ema = averaging.ExponentialMovingAverage(_bn_model())
   assert float(ema.effective_decay(0)) == 0.5

@@ -12,6 +12,7 @@ from effnet_gin import cli
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
 from effnet_gin.train import loop
+from effnet_gin.train import averaging
 from effnet_gin.train import optim
 import trainer_helpers
 
@@ -155,7 +156,7 @@ def test_fine_tuning_skips_a_classifier_of_another_size(tmp_path):
   skipped = checkpointing.initialize_from(
       model, str(source_dir), use_ema=True,
       model_builder=lambda n: build_model(num_classes=n),
-      ema_factory=optim.ExponentialMovingAverage)
+      ema_factory=averaging.ExponentialMovingAverage)
   assert skipped == ["predictions"]
   reader = tf.train.load_checkpoint(source_ckpt)
   stem = model.get_layer("stem_conv").kernel.numpy()
@@ -189,7 +190,7 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
                           dropout_rate=0.0, survival_prob=1.0)
       optimizer = optim.build_optimizer(0.01)
       optimizer.build(model.trainable_variables)
-      ema = optim.ExponentialMovingAverage(model)
+      ema = averaging.ExponentialMovingAverage(model)
       step = tf.Variable(0, dtype=tf.int64,
                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     dataset = strategy.distribute_datasets_from_function(

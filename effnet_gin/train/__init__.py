@@ -4,7 +4,7 @@ from effnet_gin.train.evaluate import run_evaluation
 from effnet_gin.train.export import export
 from effnet_gin.train.loop import PREEMPTED_EXIT_CODE
 from effnet_gin.train.loop import train
-from effnet_gin.train.optim import ExponentialMovingAverage
+from effnet_gin.train.averaging import ExponentialMovingAverage
 from effnet_gin.train.optim import build_optimizer
 from effnet_gin.train.optim import build_schedule
 from effnet_gin.train.strategy import build_strategy

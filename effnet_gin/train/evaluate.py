@@ -25,9 +25,9 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
+from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import losses
-from effnet_gin.train import optim
 from effnet_gin.train import strategy as strategy_lib
 
 EVAL_SUBDIR = "eval"
@@ -292,7 +292,7 @@ class _CheckpointEvaluator:
                jit_compile):
     with strategy.scope():
       self._model = build_model()
-      self._ema = (optim.ExponentialMovingAverage(self._model) if use_ema
+      self._ema = (averaging.ExponentialMovingAverage(self._model) if use_ema
                    else None)
       self._step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="global_step")

@@ -24,10 +24,10 @@ import tensorflow as tf
 
 from effnet_gin.data import preprocessing
 from effnet_gin.model import build_model
+from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
-from effnet_gin.train.evaluate import BEST_SUBDIR
 from effnet_gin.train.checkpointing import checkpoint_num_classes
-from effnet_gin.train import optim
+from effnet_gin.train.evaluate import BEST_SUBDIR
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -127,7 +127,7 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None):
                 for name, _ in tf.train.list_variables(path))
   ema = None
   if use_ema and has_ema:
-    ema = optim.ExponentialMovingAverage(model)
+    ema = averaging.ExponentialMovingAverage(model)
   elif use_ema:
     logging.warning("Checkpoint %s has no EMA weights; serving its raw "
                     "weights", path)

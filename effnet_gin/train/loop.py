@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
+from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train.evaluate import EvalRunner
 from effnet_gin.train import losses
@@ -158,10 +159,10 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
     checkpointing.initialize_from(
         model, init_checkpoint, use_ema=init_from_ema,
         model_builder=lambda num_classes: build_model(num_classes=num_classes),
-        ema_factory=optim.ExponentialMovingAverage)
+        ema_factory=averaging.ExponentialMovingAverage)
   with strategy.scope():
     # Created after any initialisation, so the averages start from it.
-    ema = optim.ExponentialMovingAverage(model) if use_ema else None
+    ema = averaging.ExponentialMovingAverage(model) if use_ema else None
   trackables = dict(step=step, model=model, optimizer=optimizer)
   if ema is not None:
     trackables["ema"] = ema
