@@ -79,7 +79,7 @@ def test_sigterm_checkpoints_and_exits_resumable(tmp_path):
   rerun = trainer_helpers.run_trainer(
       str(model_dir), f"TRAIN_STEPS = {stopped_at + 2}", *params[1:])
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"Resumed from" in rerun.stderr
+  assert "Resumed from" in rerun.stderr
   assert trainer_helpers.latest_step(str(model_dir)) == stopped_at + 2
 
 
