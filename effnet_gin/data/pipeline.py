@@ -102,6 +102,13 @@ def num_eval_steps(source, *, global_batch_size, input_context=None,
   Raises:
     ValueError: the eval split is empty or the limit is out of range.
   """
+  _, steps = _eval_plan(source, input_context, global_batch_size,
+                        num_eval_examples)
+  return steps
+
+
+def _eval_plan(source, input_context, global_batch_size, num_eval_examples):
+  """(per-pipeline eval quotas, eval steps); counts the source once."""
   num_pipelines, _ = sources.pipeline_shard(input_context)
   counts = source.examples_per_pipeline('eval', num_pipelines)
   quotas = eval_quotas(counts, num_eval_examples)
@@ -109,7 +116,7 @@ def num_eval_steps(source, *, global_batch_size, input_context=None,
     raise ValueError(f'the eval split of {source!r} is empty')
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   replicas = _replicas_per_pipeline(input_context)
-  return math.ceil(max(quotas) / (batch_size * replicas))
+  return quotas, math.ceil(max(quotas) / (batch_size * replicas))
 
 
 def _checked_labels(labels, num_classes):
@@ -216,14 +223,14 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
                   image_size, num_classes, cache, num_eval_examples,
                   skip_corrupt):
   """The finite, padded eval pipeline; see `build_dataset`."""
-  num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
-  quota = eval_quotas(source.examples_per_pipeline('eval', num_pipelines),
-                      num_eval_examples)[pipeline_id]
-  num_batches = _replicas_per_pipeline(input_context) * num_eval_steps(
-      source, global_batch_size=global_batch_size,
-      input_context=input_context, num_eval_examples=num_eval_examples)
+  # The quotas and step count come from one count of the source (on gs://,
+  # every count stats each eval file again).
+  quotas, num_steps = _eval_plan(source, input_context, global_batch_size,
+                                 num_eval_examples)
+  _, pipeline_id = sources.pipeline_shard(input_context)
+  num_batches = _replicas_per_pipeline(input_context) * num_steps
   examples = source.examples('eval', input_context, is_training=False)
-  examples = examples.take(quota)
+  examples = examples.take(quotas[pipeline_id])
   if cache:
     examples = examples.cache()
 
