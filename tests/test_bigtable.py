@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from effnet_gin.data import bigtable
 from effnet_gin.data import pipeline
+from effnet_gin.data import sources
 from effnet_gin.data import tfrecord_source
 
 # The client announces the emulator once per client it creates.
@@ -43,12 +44,6 @@ def as_multiset(dataset):
   """(image bytes, label) pairs of a dataset of example dicts, sorted."""
   return sorted((bytes(e['image']), int(e['label']))
                 for e in dataset.as_numpy_iterator())
-
-
-def context(num_pipelines, pipeline_id):
-  return tf.distribute.InputContext(num_input_pipelines=num_pipelines,
-                                    input_pipeline_id=pipeline_id,
-                                    num_replicas_in_sync=num_pipelines)
 
 
 @pytest.fixture(scope='module')
@@ -103,8 +98,8 @@ def test_split_index_range_covers_the_prefix_contiguously():
 def test_eval_reads_every_row_once_across_pipelines(loaded, tfrecord_examples,
                                                     num_pipelines):
   source = loaded.source(table='imagenet', num_parallel_scans=2)
-  shards = [as_multiset(source.examples('eval', context(num_pipelines, i),
-                                        is_training=False))
+  shards = [as_multiset(source.examples(
+      'eval', sources.pipeline_context(num_pipelines, i), is_training=False))
             for i in range(num_pipelines)]
   assert all(shards)
   assert sorted(sum(shards, [])) == tfrecord_examples['eval']
@@ -175,9 +170,10 @@ def test_more_pipelines_than_rows(loaded):
   source = loaded.source(table='imagenet', num_parallel_scans=1)
   counts = source.examples_per_pipeline('eval', 50)
   assert counts == [1] * NUM_EVAL + [0] * (50 - NUM_EVAL)
-  assert not list(source.examples('eval', context(50, 49), is_training=False))
+  assert not list(source.examples('eval', sources.pipeline_context(50, 49),
+                                  is_training=False))
   with pytest.raises(ValueError, match='pipeline 49 of 50 has no'):
-    source.examples('eval', context(50, 49), is_training=True)
+    source.examples('eval', sources.pipeline_context(50, 49), is_training=True)
 
 
 def test_keys_without_index_split_on_sample_keys_for_one_pipeline(loaded):
@@ -196,7 +192,7 @@ def test_keys_without_index_split_on_sample_keys_for_one_pipeline(loaded):
   assert len(as_multiset(source.examples('eval', is_training=False))) == (
       NUM_EVAL)
   with pytest.raises(ValueError, match='not .*zero-filled index'):
-    source.examples('eval', context(2, 0), is_training=False)
+    source.examples('eval', sources.pipeline_context(2, 0), is_training=False)
 
 
 # Errors.

@@ -14,12 +14,6 @@ from effnet_gin.data import tfrecord_source
 from tests import data_helpers
 
 
-def _context(num_pipelines, pipeline_id):
-  return tf.distribute.InputContext(num_input_pipelines=num_pipelines,
-                                    input_pipeline_id=pipeline_id,
-                                    num_replicas_in_sync=num_pipelines)
-
-
 def _labels(dataset):
   return [int(example['label']) for example in dataset]
 
@@ -54,14 +48,14 @@ def test_parse_imagenet_example_round_trips():
 def test_input_pipelines_read_disjoint_files_covering_the_split(imagenet_dir):
   source = data.TFRecordSource(imagenet_dir['data_dir'])
   for num_pipelines in (1, 2, 3, 6):
-    files = [source.pipeline_files('train', _context(num_pipelines, i))
-             for i in range(num_pipelines)]
+    contexts = [sources.pipeline_context(num_pipelines, i)
+                for i in range(num_pipelines)]
+    files = [source.pipeline_files('train', ctx) for ctx in contexts]
     flat = [path for pipeline_files in files for path in pipeline_files]
     assert sorted(flat) == sorted(imagenet_dir['train_files'])
     assert len(set(flat)) == len(flat)
     images = [{e['image'].numpy() for e in source.examples(
-        'train', _context(num_pipelines, i), is_training=True, seed=1)}
-              for i in range(num_pipelines)]
+        'train', ctx, is_training=True, seed=1)} for ctx in contexts]
     assert sum(len(i) for i in images) == 24
     assert len(set.union(*images)) == 24
 
@@ -112,7 +106,7 @@ def test_missing_or_empty_data_dir_names_it(tmp_path, imagenet_dir):
 def test_fewer_files_than_pipelines_is_an_error(imagenet_dir):
   source = data.TFRecordSource(imagenet_dir['data_dir'])
   with pytest.raises(ValueError, match='has 3 files, fewer than the 4'):
-    source.examples('eval', _context(4, 0), is_training=False)
+    source.examples('eval', sources.pipeline_context(4, 0), is_training=False)
 
 
 def test_bad_split_is_an_error(imagenet_dir):
@@ -144,7 +138,7 @@ def test_generated_sources(source_class):
                         image_size=12)
   assert source.num_examples('eval') == 7
   assert source.examples_per_pipeline('eval', 2) == [4, 3]
-  pipelines = [list(source.examples('eval', _context(2, i),
+  pipelines = [list(source.examples('eval', sources.pipeline_context(2, i),
                                     is_training=False)) for i in range(2)]
   assert [len(p) for p in pipelines] == [4, 3]
   example = pipelines[0][0]
@@ -153,7 +147,8 @@ def test_generated_sources(source_class):
   assert example['label'].dtype == tf.int32
   labels = [int(e['label']) for p in pipelines for e in p]
   assert all(0 <= label < 5 for label in labels)
-  again = list(source.examples('eval', _context(2, 0), is_training=False))
+  again = list(source.examples('eval', sources.pipeline_context(2, 0),
+                               is_training=False))
   np.testing.assert_array_equal(again[0]['image'], example['image'])
 
 
@@ -257,7 +252,7 @@ def test_tfds_source_reads_a_prepared_dataset(tmp_path):
   examples = list(source.examples('eval', is_training=False))
   assert sorted(int(e['label']) for e in examples) == [0, 1, 2]
   assert examples[0]['image'].dtype == tf.string
-  pipelines = [_labels(source.examples('train', _context(2, i),
+  pipelines = [_labels(source.examples('train', sources.pipeline_context(2, i),
                                        is_training=True)) for i in range(2)]
   assert sorted(pipelines[0] + pipelines[1]) == [0, 0, 1, 1, 2, 2]
   with pytest.raises(FileNotFoundError, match='not prepared'):
