@@ -91,6 +91,12 @@ def resolve_checkpoint(path):
   return path
 
 
+def has_ema(path):
+  """Whether the checkpoint at prefix `path` holds EMA weights (`ema/...`)."""
+  return any(name.startswith("ema/")
+             for name, _ in tf.train.list_variables(path))
+
+
 def checkpoint_num_classes(path):
   """Reads the class count of a checkpoint that follows the trainer's contract.
 
@@ -137,9 +143,7 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
   source = model_builder(checkpoint_num_classes(path))
   trackables = dict(model=source)
   ema = None
-  has_ema = any(name.startswith("ema/") for name, _ in
-                tf.train.list_variables(path))
-  if use_ema and has_ema and ema_factory is not None:
+  if use_ema and ema_factory is not None and has_ema(path):
     ema = ema_factory(source)
     trackables["ema"] = ema
   tf.train.Checkpoint(**trackables).read(path).expect_partial()

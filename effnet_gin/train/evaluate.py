@@ -307,15 +307,13 @@ class _CheckpointEvaluator:
   def _restore(self, path):
     """Restores `path`; returns False when it vanished before it was read."""
     try:
-      names = [name for name, _ in tf.train.list_variables(path)]
       num_classes = checkpointing.checkpoint_num_classes(path)
       if num_classes != self._model.output_shape[-1]:
         raise ValueError(
             f"checkpoint {path!r} has {num_classes} classes but the "
             f"configured model has {self._model.output_shape[-1]}; set "
             "NUM_CLASSES (build_model.num_classes) to match the run")
-      if self._ema is not None and not any(n.startswith("ema/")
-                                           for n in names):
+      if self._ema is not None and not checkpointing.has_ema(path):
         raise ValueError(
             f"checkpoint {path!r} holds no EMA weights (trained with "
             "train.use_ema=False?); evaluate its raw weights with "

@@ -123,10 +123,8 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None):
   """
   num_classes = num_classes or checkpoint_num_classes(path)
   model = build_model(num_classes=num_classes)
-  has_ema = any(name.startswith("ema/")
-                for name, _ in tf.train.list_variables(path))
   ema = None
-  if use_ema and has_ema:
+  if use_ema and checkpointing.has_ema(path):
     ema = averaging.ExponentialMovingAverage(model)
   elif use_ema:
     logging.warning("Checkpoint %s has no EMA weights; serving its raw "
