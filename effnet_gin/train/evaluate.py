@@ -1,7 +1,7 @@
 """Evaluation: one pass over the validation set, eval-only, and continuous.
 
-`run_evaluation` scores a model in memory (the trainer's train_and_eval mode
-calls it); `evaluate` is what `bin/evaluator` runs: it follows a model_dir the
+`EvalRunner` scores a model in memory (the trainer's train_and_eval mode keeps
+one; `run_evaluation` is the one-shot form); `evaluate` is what `bin/evaluator` runs: it follows a model_dir the
 way the reference's `--mode=eval` job did, evaluating every checkpoint the
 trainer writes exactly once, or a single checkpoint given by path.
 
