@@ -1,9 +1,10 @@
 """Evaluation: one pass over the validation set, eval-only, and continuous.
 
 `EvalRunner` scores a model in memory (the trainer's train_and_eval mode keeps
-one; `run_evaluation` is the one-shot form); `evaluate` is what `bin/evaluator` runs: it follows a model_dir the
-way the reference's `--mode=eval` job did, evaluating every checkpoint the
-trainer writes exactly once, or a single checkpoint given by path.
+one; `run_evaluation` is the one-shot form); `evaluate` is what `bin/evaluator`
+runs: it follows a model_dir the way the reference's `--mode=eval` job did,
+evaluating every checkpoint the trainer writes exactly once, or a single
+checkpoint given by path.
 
 What the evaluator writes, and only there (never into the trainer's files):
   model_dir/eval/          TensorBoard scalars top_1_accuracy, top_5_accuracy
