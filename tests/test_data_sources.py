@@ -126,6 +126,12 @@ def test_truncated_tfrecord_count_names_the_file(tmp_path, imagenet_dir):
     tfrecord_source.count_records(path)
 
 
+def test_count_records_of_a_missing_file_names_it(tmp_path):
+  path = str(tmp_path / 'validation-00000-of-00001')
+  with pytest.raises(FileNotFoundError, match='validation-00000-of-00001'):
+    tfrecord_source.count_records(path)
+
+
 def test_write_tfrecord_shards_checks_shard_count(tmp_path):
   with pytest.raises(ValueError, match='num_shards'):
     tfrecord_source.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)

@@ -36,9 +36,12 @@ def count_records(path):
     FileNotFoundError: `path` does not exist.
     tf.errors.DataLossError: the file is truncated or corrupt (names `path`).
   """
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f'TFRecord file not found: {path}')
-  key = (path, tf.io.gfile.stat(path).length)
+  try:
+    # One stat, no separate exists(): each is a round trip on `gs://`, and
+    # this runs for every eval file whenever the eval split is counted.
+    key = (path, tf.io.gfile.stat(path).length)
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(f'TFRecord file not found: {path}') from e
   with _RECORD_COUNTS_LOCK:
     if key in _RECORD_COUNTS:
       return _RECORD_COUNTS[key]
