@@ -146,12 +146,8 @@ def _records_after(paths, skip):
         continue
     records = tf.data.TFRecordDataset(path).skip(skip)
     skip = 0
-    try:
+    with tfrecord_source.naming_corrupt_file(path):
       yield from records.as_numpy_iterator()
-    except tf.errors.DataLossError as e:
-      raise tf.errors.DataLossError(
-          None, None, f'corrupt or truncated TFRecord file {path}: '
-          f'{e.message}') from e
 
 
 def _ensure_table(admin, admin_table, column_family, timeout):

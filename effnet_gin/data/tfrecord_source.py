@@ -7,6 +7,7 @@ sorted order, one after the other. All I/O goes through TensorFlow file ops,
 so `gs://` paths work.
 """
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
@@ -21,6 +22,17 @@ from effnet_gin.data import sources
 # give every input pipeline the same number of batches).
 _RECORD_COUNTS = {}
 _RECORD_COUNTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def naming_corrupt_file(path):
+  """Re-raises a DataLossError of reading `path` with `path` in its message."""
+  try:
+    yield
+  except tf.errors.DataLossError as e:
+    raise tf.errors.DataLossError(
+        None, None,
+        f'corrupt or truncated TFRecord file {path}: {e.message}') from e
 
 
 def count_records(path):
@@ -45,13 +57,9 @@ def count_records(path):
   with _RECORD_COUNTS_LOCK:
     if key in _RECORD_COUNTS:
       return _RECORD_COUNTS[key]
-  try:
+  with naming_corrupt_file(path):
     count = int(tf.data.TFRecordDataset(path).reduce(
         tf.constant(0, tf.int64), lambda n, _: n + 1))
-  except tf.errors.DataLossError as e:
-    raise tf.errors.DataLossError(
-        None, None,
-        f'corrupt or truncated TFRecord file {path}: {e.message}') from e
   with _RECORD_COUNTS_LOCK:
     _RECORD_COUNTS[key] = count
   return count
