@@ -163,19 +163,21 @@ def _ensure_table(admin, admin_table, column_family, timeout):
       predicate=api_retry.if_exception_type(api_exceptions.ServiceUnavailable),
       timeout=timeout)
   gc_rule = column_family_lib.MaxVersionsGCRule(1)
-  try:
-    schema = admin.get_table(
+
+  def get_schema():
+    return admin.get_table(
         request={'name': admin_table.name, 'view': Table.View.SCHEMA_VIEW},
         retry=retry, timeout=timeout)
+
+  try:
+    schema = get_schema()
   except api_exceptions.NotFound:
     logging.info('Creating Bigtable table %s.', admin_table.name)
     try:
       admin_table.create(column_families={column_family: gc_rule})
       return
     except api_exceptions.AlreadyExists:  # Created concurrently.
-      schema = admin.get_table(
-          request={'name': admin_table.name, 'view': Table.View.SCHEMA_VIEW},
-          retry=retry, timeout=timeout)
+      schema = get_schema()
   if column_family not in schema.column_families:
     logging.info('Creating column family %r in %s.', column_family,
                  admin_table.name)
