@@ -28,6 +28,8 @@ from effnet_gin.data import bigtable
 from effnet_gin.data import tfrecord_source
 
 _MAX_MUTATIONS_PER_REQUEST = 100_000
+# Every run writes the same cell timestamp, so rewriting a row replaces its
+# cell instead of adding a version: loads are idempotent.
 _CELL_TIMESTAMP = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -214,9 +216,6 @@ class _RowWriter:
     self._column_family = column_family
     self._column_qualifier = column_qualifier
     self._max_retries = max_retries
-    # Every run writes the same cell timestamp, so rewriting a row replaces
-    # its cell instead of adding a version: loads are idempotent.
-    self._timestamp = _CELL_TIMESTAMP
 
   def write(self, prefix, first_index, values, batch_size, max_batch_bytes,
             log_every_seconds):
@@ -226,7 +225,7 @@ class _RowWriter:
     for value in values:
       row = self._table.direct_row(bigtable.row_key(prefix, index))
       row.set_cell(self._column_family, self._column_qualifier, value,
-                   timestamp=self._timestamp)
+                   timestamp=_CELL_TIMESTAMP)
       batch.append(row)
       batch_bytes += len(value)
       index += 1
