@@ -83,10 +83,8 @@ class EvalRunner:
           labels=labels, logits=logits)
       return tf.stack([
           tf.reduce_sum(weights),
-          tf.cast(losses.top_k_correct(labels, logits, 1, weights),
-                  tf.float32),
-          tf.cast(losses.top_k_correct(labels, logits, 5, weights),
-                  tf.float32),
+          losses.top_k_correct(labels, logits, 1, weights),
+          losses.top_k_correct(labels, logits, 5, weights),
           tf.reduce_sum(cross_entropy * weights),
       ])
 

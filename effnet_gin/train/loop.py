@@ -310,8 +310,7 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
     if ema is not None:
       ema.update(step + 1)
     step.assign_add(1)
-    if labels.shape.rank == 2:  # Mixup's soft targets: score the argmax.
-      labels = tf.argmax(labels, axis=-1, output_type=tf.int32)
+    # Mixup's soft targets are scored by their argmax inside top_k_correct.
     correct = losses.top_k_correct(labels, logits, 1)
     return loss, correct
 
@@ -331,7 +330,7 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
                            tf.logical_not(tf.math.is_finite(loss)))
       first_bad_step = tf.where(bad, step.read_value(), first_bad_step)
       loss_sum += loss
-      correct_sum += tf.cast(correct, tf.float32)
+      correct_sum += correct
     return loss_sum, correct_sum, first_bad_step
 
   return host_loop
