@@ -141,8 +141,6 @@ def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
 
   `image` is already clipped to [0, 255] by the preprocessing.
   """
-  if augment is None:
-    return image
   pixels = tf.cast(image, tf.uint8)
   if augment == 'autoaugment':
     pixels = augment_lib.autoaugment(pixels, seed)
