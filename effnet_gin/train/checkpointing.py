@@ -26,6 +26,17 @@ def write_text(directory, filename, text):
   tf.io.gfile.rename(tmp_path, path, overwrite=True)
 
 
+def build_checkpoint(*, model, step=None, optimizer=None, ema=None):
+  """The `tf.train.Checkpoint` of the trainer's contract.
+
+  Parts given as None are left out: an evaluator has no optimizer, a run
+  trained with `use_ema=False` has no EMA.
+  """
+  parts = dict(step=step, model=model, optimizer=optimizer, ema=ema)
+  return tf.train.Checkpoint(
+      **{name: part for name, part in parts.items() if part is not None})
+
+
 class Manager:
   """Saves and restores one `tf.train.Checkpoint` in model_dir.
 
@@ -141,12 +152,10 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
   """
   path = resolve_checkpoint(path)
   source = model_builder(checkpoint_num_classes(path))
-  trackables = dict(model=source)
   ema = None
   if use_ema and ema_factory is not None and has_ema(path):
     ema = ema_factory(source)
-    trackables["ema"] = ema
-  tf.train.Checkpoint(**trackables).read(path).expect_partial()
+  build_checkpoint(model=source, ema=ema).read(path).expect_partial()
   if ema is not None:
     ema.copy_to_model()
   skipped = []

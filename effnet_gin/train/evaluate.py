@@ -295,10 +295,8 @@ class _CheckpointEvaluator:
                    else None)
       self._step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="global_step")
-    trackables = dict(step=self._step, model=self._model)
-    if self._ema is not None:
-      trackables["ema"] = self._ema
-    self.checkpoint = tf.train.Checkpoint(**trackables)
+    self.checkpoint = checkpointing.build_checkpoint(
+        step=self._step, model=self._model, ema=self._ema)
     self._runner = EvalRunner(strategy=strategy, model=self._model,
                               eval_batch_size=eval_batch_size,
                               image_size=image_size, jit_compile=jit_compile)

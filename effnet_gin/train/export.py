@@ -129,10 +129,7 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None):
   elif use_ema:
     logging.warning("Checkpoint %s has no EMA weights; serving its raw "
                     "weights", path)
-  trackables = dict(model=model)
-  if ema is not None:
-    trackables["ema"] = ema
-  tf.train.Checkpoint(**trackables).read(
+  checkpointing.build_checkpoint(model=model, ema=ema).read(
       path).assert_existing_objects_matched().expect_partial()
   if ema is not None:
     ema.copy_to_model()

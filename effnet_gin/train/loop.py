@@ -163,11 +163,10 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   with strategy.scope():
     # Created after any initialisation, so the averages start from it.
     ema = averaging.ExponentialMovingAverage(model) if use_ema else None
-  trackables = dict(step=step, model=model, optimizer=optimizer)
-  if ema is not None:
-    trackables["ema"] = ema
   manager = checkpointing.Manager(
-      tf.train.Checkpoint(**trackables), model_dir,
+      checkpointing.build_checkpoint(step=step, model=model,
+                                     optimizer=optimizer, ema=ema),
+      model_dir,
       max_to_keep=keep_checkpoints, chief=chief,
       worker_id=_worker_id(strategy))
   if manager.restore_latest():
