@@ -102,6 +102,12 @@ def resolve_checkpoint(path):
   return path
 
 
+def checkpoint_step(path):
+  """The step number in a `.../ckpt-<STEP>` checkpoint path, or None."""
+  suffix = path.rsplit("-", 1)[-1]
+  return int(suffix) if suffix.isdigit() else None
+
+
 def has_ema(path):
   """Whether the checkpoint at prefix `path` holds EMA weights (`ema/...`)."""
   return any(name.startswith("ema/")

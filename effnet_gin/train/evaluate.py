@@ -160,12 +160,6 @@ def run_evaluation(*, strategy, model, eval_batch_size, image_size,
 # ---------------------------------------------------------------------------
 
 
-def checkpoint_step(path):
-  """The step number in a `.../ckpt-<STEP>` checkpoint path, or None."""
-  suffix = path.rsplit("-", 1)[-1]
-  return int(suffix) if suffix.isdigit() else None
-
-
 class ResultsLog:
   """model_dir/eval/results.jsonl: one JSON object per evaluated checkpoint.
 
@@ -357,7 +351,7 @@ def _pending_checkpoints(model_dir, done_steps):
   paths = list(state.all_model_checkpoint_paths)
   if state.model_checkpoint_path not in paths:
     paths.append(state.model_checkpoint_path)
-  numbered = [(checkpoint_step(p), p) for p in paths]
+  numbered = [(checkpointing.checkpoint_step(p), p) for p in paths]
   return [p for s, p in sorted((s, p) for s, p in numbered if s is not None)
           if s not in done_steps]
 
@@ -447,7 +441,7 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
       model_dir, min_interval_secs=min_interval_secs, timeout=eval_timeout):
     for path in _pending_checkpoints(model_dir, done_steps):
       result = evaluate_and_record(path)
-      done_steps.add(checkpoint_step(path))
+      done_steps.add(checkpointing.checkpoint_step(path))
       if result is not None:
         results.append(result)
     if max(done_steps, default=-1) >= train_steps:
