@@ -113,3 +113,12 @@ def write_records(path, records):
     for record in records:
       writer.write(record)
   return str(path)
+
+
+def read_records(data_dir, pattern):
+  """The raw records of the files matching `pattern` in `data_dir`, in order.
+
+  Files are read in sorted order, as the sources and the loader read them.
+  """
+  paths = sorted(tf.io.gfile.glob(os.path.join(str(data_dir), pattern)))
+  return [record.numpy() for record in tf.data.TFRecordDataset(paths)]

@@ -180,8 +180,7 @@ def test_keys_without_index_split_on_sample_keys_for_one_pipeline(loaded):
   admin = bigtable_admin.Client(project=loaded.project, admin=True)
   table = admin.instance(loaded.instance).table('named')
   table.create(column_families={'tfexample': None})
-  records = [r.numpy() for r in tf.data.TFRecordDataset(
-      sorted(tf.io.gfile.glob(os.path.join(loaded.data_dir, 'validation-*'))))]
+  records = data_helpers.read_records(loaded.data_dir, 'validation-*')
   rows = []
   for i, record in enumerate(records):
     row = table.direct_row(f'validation_img{i:03d}'.encode())
@@ -306,7 +305,6 @@ def test_scan_gives_up_after_bounded_retries(loaded, monkeypatch):
 
 def test_loader_roundtrip_keeps_bytes(loaded, data_dir):
   source = loaded.source(table='imagenet')
-  records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(
-      tf.io.gfile.glob(os.path.join(data_dir, 'validation-*'))))]
+  records = data_helpers.read_records(data_dir, 'validation-*')
   ((start, end),) = bigtable.split_index_range(b'validation_', 0, 0, 1, 10)
   assert list(source.serialized_examples(start, end)) == records

@@ -6,6 +6,7 @@ import sys
 
 from bigtable_emulator import bigtable_emulator  # noqa: F401 (fixture)
 from bigtable_emulator import load_dataset_into_emulator
+import data_helpers
 from google.cloud import bigtable as bigtable_admin
 import pytest
 import tensorflow as tf
@@ -28,11 +29,6 @@ def data_dir(tmp_path_factory):
   return str(directory)
 
 
-def records(data_dir, pattern):
-  paths = sorted(tf.io.gfile.glob(os.path.join(data_dir, pattern)))
-  return [record.numpy() for record in tf.data.TFRecordDataset(paths)]
-
-
 def table_contents(emulator, table):
   """{row key: [every cell value, all versions]} of the whole table."""
   admin = bigtable_admin.Client(project=emulator.project, admin=True)
@@ -46,7 +42,8 @@ def expected_contents(data_dir):
   expected = {}
   for prefix, pattern in (('train_', 'train-*'),
                           ('validation_', 'validation-*')):
-    for index, record in enumerate(records(data_dir, pattern)):
+    records = data_helpers.read_records(data_dir, pattern)
+    for index, record in enumerate(records):
       expected[f'{prefix}{index:010d}'.encode()] = [record]
   return expected
 
@@ -111,5 +108,6 @@ def test_bin_script_loads_with_flags(bigtable_emulator, data_dir):  # noqa: F811
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'rows in the table' in result.stderr
   keys = set(table_contents(bigtable_emulator, 'from_bin'))
-  num_eval_in_first_file = len(records(data_dir, 'validation-00000-*'))
+  num_eval_in_first_file = len(
+      data_helpers.read_records(data_dir, 'validation-00000-*'))
   assert len(keys) == NUM_TRAIN + num_eval_in_first_file
