@@ -99,11 +99,12 @@ def resolve_serving_checkpoint(model_dir, checkpoint="latest"):
       raise ValueError(f"checkpoint={checkpoint!r} needs a model_dir")
     if checkpoint == "best":
       best_dir = f"{model_dir}/{BEST_SUBDIR}"
-      if tf.train.latest_checkpoint(best_dir) is None:
+      best = tf.train.latest_checkpoint(best_dir)
+      if best is None:
         raise FileNotFoundError(
             f"no best checkpoint in {best_dir!r}: bin/evaluator writes it "
             "there as it evaluates the run")
-      return tf.train.latest_checkpoint(best_dir)
+      return best
     return checkpointing.resolve_checkpoint(model_dir)
   return checkpointing.resolve_checkpoint(checkpoint)
 
