@@ -169,8 +169,9 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       model_dir,
       max_to_keep=keep_checkpoints, chief=chief,
       worker_id=_worker_id(strategy))
-  if manager.restore_latest():
-    logging.info("Resumed from %s at step %d", manager.latest, int(step))
+  resumed_from = manager.restore_latest()
+  if resumed_from:
+    logging.info("Resumed from %s at step %d", resumed_from, int(step))
   start_step = int(step.numpy())
   if start_step >= train_steps:
     logging.info("model_dir %s is already at step %d of %d: nothing to do",
