@@ -24,6 +24,7 @@ from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train.evaluate import EvalRunner
+from effnet_gin.train.evaluate import METRICS
 from effnet_gin.train import losses
 from effnet_gin.train import optim
 from effnet_gin.train import strategy as strategy_lib
@@ -345,7 +346,7 @@ def _evaluate_in_process(runner, ema, current, model_dir, chief):
   if chief:
     eval_writer = tf.summary.create_file_writer(f"{model_dir}/train_eval")
     with eval_writer.as_default():
-      for name in ("top_1_accuracy", "top_5_accuracy", "loss"):
+      for name in METRICS:
         tf.summary.scalar(name, metrics[name], step=current)
     eval_writer.close()
   return metrics
