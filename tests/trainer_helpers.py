@@ -6,6 +6,8 @@ import sys
 import keras
 import tensorflow as tf
 
+from effnet_gin.train import checkpointing
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "bin")
 
@@ -38,7 +40,7 @@ def reset_precision():
 def latest_step(model_dir):
   """The step number of the newest checkpoint in model_dir, or None."""
   latest = tf.train.latest_checkpoint(model_dir)
-  return None if latest is None else int(latest.rsplit("-", 1)[1])
+  return None if latest is None else checkpointing.checkpoint_step(latest)
 
 
 def subprocess_env(**extra):
