@@ -215,3 +215,16 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
   np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
   np.testing.assert_allclose(two_kernel, one_kernel, rtol=1e-3, atol=1e-5)
   assert two_losses[2] != two_losses[0]  # Training moved the weights.
+
+
+def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
+  result = _train(tmp_path, "TRAIN_STEPS = 5",
+                  "effnet_gin.train.train.schedule = 'train_and_eval'",
+                  "effnet_gin.train.train.steps_per_eval = 2")
+  assert result["eval"]["num_examples"] == 16
+  steps = []
+  for path in glob.glob(str(tmp_path / "train_eval" / "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      if any(value.tag == "top_1_accuracy" for value in event.summary.value):
+        steps.append(event.step)
+  assert sorted(steps) == [2, 4, 5]
