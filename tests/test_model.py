@@ -202,6 +202,13 @@ def test_gin_rejects_a_misspelled_parameter():
 # ---------------------------------------------------------------- validation
 
 
+def test_advprop_normalization_maps_0_255_to_minus_one_one():
+  net = model_lib.build_model("efficientnet-b0", resolution=32,
+                              input_normalization="advprop")
+  out = net.get_layer("normalization")(tf.constant([[[[0.0, 127.5, 255.0]]]]))
+  np.testing.assert_allclose(out.numpy().ravel(), [-1.0, 0.0, 1.0])
+
+
 def test_unknown_variant_lists_known_names():
   with pytest.raises(ValueError, match="efficientnet-b0.*efficientnet-lite"):
     model_lib.build_model("efficientnet-b10")
@@ -216,6 +223,7 @@ def test_unknown_variant_lists_known_names():
     (dict(resolution=32.5), "resolution"),
     (dict(dropout_rate=1.0), "dropout_rate"),
     (dict(survival_prob=1.5), "survival_prob"),
+    (dict(input_normalization="caffe"), "input_normalization"),
     (dict(batch_norm_momentum=1.5), "momentum"),
     (dict(batch_norm_epsilon=0.0), "epsilon"),
 ])

@@ -22,7 +22,7 @@ from effnet_gin.model import layers
 from effnet_gin.model import specs
 
 _OVERRIDES = ("width_coefficient", "depth_coefficient", "resolution",
-              "dropout_rate", "survival_prob")
+              "dropout_rate", "survival_prob", "input_normalization")
 
 
 def resolve_spec(variant: str = "efficientnet-b0", **overrides
@@ -32,7 +32,8 @@ def resolve_spec(variant: str = "efficientnet-b0", **overrides
   Args:
     variant: a name in `specs.VARIANTS`.
     **overrides: any of width_coefficient, depth_coefficient, resolution,
-      dropout_rate, survival_prob; None keeps the variant's value.
+      dropout_rate, survival_prob, input_normalization; None keeps the
+      variant's value.
 
   Returns:
     The resulting `ModelSpec`.
@@ -66,6 +67,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 resolution: Optional[int] = None,
                 dropout_rate: Optional[float] = None,
                 survival_prob: Optional[float] = None,
+                input_normalization: Optional[str] = None,
                 batch_norm_momentum: float = 0.99,
                 batch_norm_epsilon: float = 1e-3,
                 include_top: bool = True,
@@ -86,6 +88,9 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
     dropout_rate: overrides the dropout before the classifier, in [0, 1).
     survival_prob: overrides the stochastic depth survival probability of the
       last block (default 0.8), in (0, 1]; 1 disables stochastic depth.
+    input_normalization: overrides the variant's input normalisation, a key
+      of `specs.INPUT_NORMALIZATIONS` ("imagenet" mean/std for B-models,
+      "lite", or "advprop" for AdvProp checkpoints, which expect [-1, 1]).
     batch_norm_momentum: moving-statistics momentum of every BatchNorm.
     batch_norm_epsilon: epsilon of every BatchNorm.
     include_top: if False the model ends at the head activation
@@ -107,7 +112,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
   spec = resolve_spec(variant, width_coefficient=width_coefficient,
                       depth_coefficient=depth_coefficient,
                       resolution=resolution, dropout_rate=dropout_rate,
-                      survival_prob=survival_prob)
+                      survival_prob=survival_prob,
+                      input_normalization=input_normalization)
   bn_args = dict(batch_norm_momentum=batch_norm_momentum,
                  batch_norm_epsilon=batch_norm_epsilon)
   # Fail on bad batch-norm arguments before building any layer.

@@ -23,6 +23,9 @@ INPUT_NORMALIZATIONS: Mapping[str, Tuple[Tuple[float, ...],
                  (0.229 * 255, 0.224 * 255, 0.225 * 255)),
     # EfficientNet-Lite maps 0..255 to about -1..1 so it quantises well.
     "lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+    # AdvProp checkpoints were trained on 0..255 mapped to exactly [-1, 1]
+    # (the reference's `advprop_preprocessing`).
+    "advprop": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
 }
 
 ACTIVATIONS = ("swish", "relu6")
