@@ -17,6 +17,7 @@ import time
 
 from absl import logging
 import gin
+import keras
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
@@ -78,7 +79,7 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
           label_smoothing=0.1, weight_decay=1e-5, precision="float32",
           jit_compile=False, use_ema=True, checkpoint_every_steps=None,
           keep_checkpoints=5, init_checkpoint=None, init_from_ema=True,
-          command=None):
+          seed=None, command=None):
   """Trains an EfficientNet with a custom loop under a tf.distribute strategy.
 
   Args:
@@ -107,6 +108,11 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       when model_dir holds none; the classifier is skipped when its class
       count differs (fine-tuning).
     init_from_ema: take the init checkpoint's EMA weights when it has them.
+    seed: int that makes a run repeatable: it seeds the weight initialisers,
+      dropout and stochastic depth (Python, NumPy and TensorFlow global
+      seeds, through `keras.utils.set_random_seed`) and, in place of
+      `build_dataset.seed`, the input pipeline's order and augmentation.
+      None (the default) leaves all of them unseeded.
     command: the command line to record in model_dir (bin/trainer passes it).
 
   Returns:
@@ -130,6 +136,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                     steps_per_eval=steps_per_eval)
 
   # --- Strategy and precision -------------------------------------------
+  if seed is not None:
+    keras.utils.set_random_seed(seed)
   strategy_lib.set_precision_policy(precision)
   strategy = strategy_lib.build_strategy()
   num_replicas = strategy.num_replicas_in_sync
@@ -181,10 +189,12 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                 preempted=False, eval=None)
 
   # --- Input pipeline -----------------------------------------------------
+  seed_kwargs = {} if seed is None else {"seed": seed}
+
   def dataset_fn(input_context):
     return build_dataset(input_context, split="train",
                          global_batch_size=train_batch_size,
-                         image_size=image_size)
+                         image_size=image_size, **seed_kwargs)
 
   iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
