@@ -216,12 +216,19 @@ def compare_int8(model, classifier, *, max_drop):
   logging.info("int8 vs float on %d eval images: %s",
                int8_metrics["num_examples"], format_comparison(comparison))
   if drop > max_drop:
-    logging.warning(
-        "int8 loses %.2f points of top-1 (more than max_int8_drop=%.2f). "
-        "Swish and squeeze-excite B-models quantize badly: for int8 on a "
-        "device train an EfficientNet-Lite variant (ReLU6, no SE), or ship "
-        "the float16 model.", drop, max_drop)
+    logging.warning("int8 loses %.2f points of top-1 (more than "
+                    "max_int8_drop=%.2f). %s", drop, max_drop,
+                    _int8_advice(model))
   return comparison
+
+
+def _int8_advice(model):
+  if "lite" in model.name:
+    return ("Calibrate on more images (--calibration_images), or ship the "
+            "float16 model.")
+  return ("Swish and squeeze-excite B-models quantize badly: for int8 on a "
+          "device train an EfficientNet-Lite variant (ReLU6, no SE, made "
+          "for int8), or ship the float16 model.")
 
 
 def format_comparison(comparison):
