@@ -86,12 +86,12 @@ def export_variant(variant, directory):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from effnet_gin.model import build_model  # pylint: disable=g-import-not-at-top
   from effnet_gin.model.inference import inference_model  # pylint: disable=g-import-not-at-top
-  from effnet_gin.train import export  # pylint: disable=g-import-not-at-top
+  from effnet_gin.train.export import ServingModule  # pylint: disable=g-import-not-at-top
   from effnet_gin.train import lite_export  # pylint: disable=g-import-not-at-top
   model = inference_model(build_model(variant))
   size = int(model.input_shape[1])
   paths = {"saved_model": f"{directory}/{variant}_saved_model"}
-  module = export.ServingModule(model, size)
+  module = ServingModule(model, size)
   tf.saved_model.save(module, paths["saved_model"],
                       signatures=module.signatures())
   calibration = [np.random.default_rng(i).uniform(
