@@ -266,3 +266,48 @@ def test_failed_overwrite_leaves_the_previous_export_loadable(
   assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
       "format"] == "saved_model"
   assert sorted(os.listdir(tmp_path)) == ["export", "run"]
+
+
+def test_export_into_an_existing_directory_without_a_model(run, tmp_path):
+  export_dir = tmp_path / "export"
+  export_dir.mkdir()
+  (export_dir / "notes.txt").write_text("kept")
+  export_lib.export(model_dir=run, export_dir=str(export_dir),
+                    format="onnx")
+  assert sorted(os.listdir(export_dir)) == ["metadata.json", "model.onnx",
+                                            "notes.txt"]
+  assert (export_dir / "notes.txt").read_text() == "kept"
+
+
+def test_exporter_command_line(run, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import trainer_helpers  # pylint: disable=g-import-not-at-top
+  export_dir = str(tmp_path / "export")
+  export_lib.export(model_dir=run, export_dir=export_dir, format="tflite")
+  command = [
+      sys.executable, os.path.join(trainer_helpers.BIN, "exporter"),
+      "--gin_file=demo.gin", f"--model_dir={run}",
+      f"--export_dir={export_dir}", "--gin_param=MODEL_NAME = "
+      "'efficientnet-lite0'", f"--gin_param=IMAGE_SIZE = {IMAGE_SIZE}",
+      f"--gin_param=NUM_CLASSES = {NUM_CLASSES}",
+      "--gin_param=effnet_gin.model.build_model.width_coefficient = 0.25",
+      "--gin_param=effnet_gin.model.build_model.depth_coefficient = 0.25"]
+
+  def exporter(*flags):
+    return subprocess.run(command + list(flags), capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env=trainer_helpers.subprocess_env())
+
+  refused = exporter("--format=tflite_float16")
+  assert refused.returncode != 0
+  assert "already holds a model (model.tflite)" in refused.stderr
+  unknown = exporter("--format=coreml", "--overwrite")
+  assert unknown.returncode != 0 and "'coreml'" in unknown.stderr
+  replaced = exporter("--format=tflite_float16", "--overwrite",
+                      "--batch_size=4")
+  assert replaced.returncode == 0, replaced.stderr[-3000:]
+  assert "tflite_float16 of efficientnet-lite0 at 32x32" in replaced.stdout
+  metadata = lite_export.read_metadata(export_dir)
+  assert metadata["format"] == "tflite_float16"
+  assert metadata["input"]["shape"][0] == 4
