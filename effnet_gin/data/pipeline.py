@@ -292,8 +292,9 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
 
   Returns:
     split='train': an infinite dataset of (images float32 [b, S, S, 3] on
-      the 0..255 scale (bicubic overshoots it a little), labels int32 [b]); with mixup_alpha > 0, labels are soft
-      targets float32 [b, num_classes] instead.
+      the 0..255 scale (bicubic overshoots it a little, as in the reference),
+      labels int32 [b]); with mixup_alpha > 0, labels are soft targets
+      float32 [b, num_classes] instead.
     split='eval': a finite dataset of (images float32 [b, S, S, 3],
       labels int32 [b], weights float32 [b]); weight 1 marks real examples,
       0 padding. Every eval example appears exactly once over all pipelines,

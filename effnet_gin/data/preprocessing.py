@@ -193,9 +193,8 @@ def train_crop_window(shape, image_size, seed, options=REFERENCE):
   """
   window = distorted_crop_window(shape, seed, options)
   whole_image = tf.reduce_all(tf.equal(window[2:], shape[:2]))
-  return tf.where(whole_image,
-                  center_crop_window(shape, options.eval_crop_share(image_size)),
-                  window)
+  center_crop = center_crop_window(shape, options.eval_crop_share(image_size))
+  return tf.where(whole_image, center_crop, window)
 
 
 def _to_rgb(image):
