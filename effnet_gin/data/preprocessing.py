@@ -73,7 +73,9 @@ class Preprocessing:
     max_attempts: training crops sampled before falling back to the eval
       center crop, >= 1.
     eval_crop_padding: the eval crop keeps S / (S + padding) of the short side
-      (S the output size); 0 keeps all of it. Pixels, >= 0.
+      (S the output size); 0 keeps all of it. Pixels, >= 0. The reference's
+      32 keeps 87.5% at 224 px but only 50% at 32 px. (A later revision of
+      the reference derives the padding as round(S / 7), equal at 224 px.)
     eval_crop_fraction: if set, the eval crop keeps this fraction of the short
       side instead, in (0, 1], whatever S is.
     resize_method: 'tf1_bicubic' (the reference's), or a `tf.image.resize`
