@@ -129,3 +129,10 @@ def test_gin_preprocessing_reaches_pipeline_and_export_alike(
   np.testing.assert_allclose(served, from_pipeline, atol=1e-4)
   # The bindings took effect: a wider crop, another resize.
   assert np.abs(from_pipeline - reference).mean() > 5.0
+
+
+def test_build_dataset_takes_no_preprocessing_of_its_own_from_gin():
+  # One source of truth: a binding here would bypass the exporter.
+  with pytest.raises(ValueError, match="preprocessing"):
+    gin.parse_config("effnet_gin.data.build_dataset.preprocessing = "
+                     "@effnet_gin.data.Preprocessing()")
