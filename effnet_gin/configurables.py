@@ -7,8 +7,10 @@ functions stay gin-free; only the builders listed below are configurable.
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
   model:  build_model
-  data:   build_dataset and the sources TFRecordSource, FakeSource,
-          SyntheticSource, TFDSSource, ImageFolderSource, BigtableSource
+  data:   build_dataset, Preprocessing (crop and resize settings, read by
+          build_dataset and export alike) and the sources TFRecordSource,
+          FakeSource, SyntheticSource, TFDSSource, ImageFolderSource,
+          BigtableSource
   train:  build_strategy, build_schedule, build_optimizer,
           ExponentialMovingAverage, train, evaluate, export
 """

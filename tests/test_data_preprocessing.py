@@ -1,4 +1,5 @@
 """Tests of effnet_gin.data.preprocessing on real encoded images."""
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,7 +21,7 @@ def _jpeg(height=30, width=44, seed=0):
 
 
 @pytest.mark.parametrize('kind', ['jpeg', 'png', 'uint8', 'grey_uint8'])
-def test_train_and_eval_shapes_dtypes_and_range(kind):
+def test_train_and_eval_shapes_dtypes_and_scale(kind):
   pixels = _pixels()
   image = {
       'jpeg': tf.io.encode_jpeg(pixels),
@@ -32,8 +33,10 @@ def test_train_and_eval_shapes_dtypes_and_range(kind):
                  preprocessing.preprocess_for_eval(image, SIZE)):
     assert output.shape == (SIZE, SIZE, 3)
     assert output.dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(output))
-    assert float(tf.reduce_max(output)) <= 255.0
+    # On the 0..255 scale, not clipped: bicubic overshoots near edges, by
+    # less than its kernel's negative lobes allow.
+    assert 0 < np.mean(output) < 255
+    assert -128 < np.min(output) and np.max(output) < 384
 
 
 def test_png_uint8_and_jpeg_inputs_agree():
@@ -106,7 +109,8 @@ def test_distorted_crops_respect_area_and_aspect_ranges():
 
 
 def test_center_crop_window_follows_the_reference_formula():
-  window = preprocessing.center_crop_window(tf.constant([375, 500, 3]), 224)
+  window = preprocessing.center_crop_window(
+      tf.constant([375, 500, 3]), preprocessing.REFERENCE.eval_crop_share(224))
   size = int(224 / (224 + 32) * 375)
   np.testing.assert_array_equal(
       window, [(375 - size + 1) // 2, (500 - size + 1) // 2, size, size])
@@ -118,7 +122,7 @@ def test_failed_distorted_crop_falls_back_to_center_crop():
   shape = tf.constant([1, 1000, 3])
   np.testing.assert_array_equal(
       preprocessing.train_crop_window(shape, SIZE, tf.constant([0, 0])),
-      preprocessing.center_crop_window(shape, SIZE))
+      preprocessing.center_crop_window(shape, SIZE / (SIZE + 32)))
 
 
 def test_flat_image_stays_flat():
@@ -159,3 +163,159 @@ def test_normalize_uses_imagenet_mean_and_std():
   np.testing.assert_allclose(preprocessing.normalize(mean), 0.0, atol=1e-6)
   np.testing.assert_allclose(
       preprocessing.normalize(mean + preprocessing.STDDEV_RGB), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The Preprocessing knobs.
+# ---------------------------------------------------------------------------
+
+Preprocessing = preprocessing.Preprocessing
+
+
+@pytest.mark.parametrize('method', ['tf1_bicubic', 'bicubic', 'bilinear'])
+def test_resize_methods_same_eagerly_and_in_tf_data(method):
+  options = Preprocessing(resize_method=method)
+  images = tf.stack([_jpeg(seed=i) for i in range(3)])
+  seeds = tf.constant([[i, 9] for i in range(3)], tf.int64)
+  dataset = tf.data.Dataset.from_tensor_slices((images, seeds)).map(
+      lambda image, seed: (
+          preprocessing.preprocess_for_train(image, SIZE, seed, options),
+          preprocessing.preprocess_for_eval(image, SIZE, options)),
+      num_parallel_calls=2)
+  for image, seed, (train, evaluation) in zip(images, seeds, dataset):
+    np.testing.assert_array_equal(
+        preprocessing.preprocess_for_train(image, SIZE, seed, options), train)
+    np.testing.assert_array_equal(
+        preprocessing.preprocess_for_eval(image, SIZE, options), evaluation)
+
+
+def test_tf1_bicubic_is_not_clipped_and_differs_from_tf2():
+  # A hard black/white edge: bicubic rings past both ends.
+  pixels = np.zeros([30, 30, 3], np.uint8)
+  pixels[:, 15:] = 255
+  tf1 = preprocessing.resize(tf.constant(pixels), 64).numpy()
+  assert tf1.min() < -1.0 and tf1.max() > 256.0
+  tf2 = preprocessing.resize(tf.constant(pixels), 64, 'bicubic').numpy()
+  assert np.abs(tf1 - tf2).max() > 10.0
+
+
+def test_resize_method_is_the_one_named():
+  pixels = _pixels()
+  square = pixels[:, 7:37]  # The centre crop of the 30x44 image.
+  for method in ('bilinear', 'area', 'bicubic'):
+    output = preprocessing.preprocess_for_eval(
+        pixels, SIZE, Preprocessing(eval_crop_padding=0, resize_method=method))
+    np.testing.assert_allclose(
+        output, tf.image.resize(square, [SIZE, SIZE], method=method),
+        atol=1e-4)
+  nearest = preprocessing.preprocess_for_eval(
+      pixels, SIZE, Preprocessing(eval_crop_padding=0, resize_method='nearest'))
+  assert nearest.dtype == tf.float32
+  np.testing.assert_array_equal(
+      nearest, tf.cast(tf.image.resize(square, [SIZE, SIZE], 'nearest'),
+                       tf.float32))
+
+
+def test_eval_crop_padding_zero_keeps_the_whole_short_side():
+  window = preprocessing.center_crop_window(
+      tf.constant([30, 44, 3]), Preprocessing(eval_crop_padding=0)
+      .eval_crop_share(SIZE))
+  np.testing.assert_array_equal(window, [0, 7, 30, 30])
+  # At S equal to the short side the TF1 resize is the identity.
+  pixels = _pixels(30, 30)
+  np.testing.assert_array_equal(
+      preprocessing.preprocess_for_eval(
+          pixels, 30, Preprocessing(eval_crop_padding=0)),
+      tf.cast(pixels, tf.float32))
+
+
+def test_eval_crop_fraction_overrides_the_padding():
+  # Padding 32 keeps S / (S + 32): half of the short side at 32 px.
+  assert preprocessing.REFERENCE.eval_crop_share(32) == 0.5
+  assert preprocessing.REFERENCE.eval_crop_share(224) == 0.875
+  options = Preprocessing(eval_crop_fraction=0.9)
+  for size in (32, 224, 600):
+    assert options.eval_crop_share(size) == 0.9
+  window = preprocessing.center_crop_window(tf.constant([100, 200, 3]), 0.9)
+  np.testing.assert_array_equal(window, [5, 55, 90, 90])
+  pixels = _pixels()
+  np.testing.assert_array_equal(
+      preprocessing.preprocess_for_eval(
+          pixels, SIZE, Preprocessing(eval_crop_fraction=1.0)),
+      preprocessing.preprocess_for_eval(
+          pixels, SIZE, Preprocessing(eval_crop_padding=0)))
+
+
+def _sampled_crops(options, shape=(375, 500), count=200):
+  """(crops, fallbacks): the sampled (h, w) and how many samples failed."""
+  crops, fallbacks = [], 0
+  for i in range(count):
+    _, _, h, w = preprocessing.distorted_crop_window(
+        tf.constant([*shape, 3]), tf.constant([i, 5]), options).numpy()
+    if (h, w) == shape:
+      fallbacks += 1
+    else:
+      crops.append((h, w))
+  return crops, fallbacks
+
+
+def test_area_and_aspect_ranges_shape_the_training_crops():
+  crops, _ = _sampled_crops(
+      Preprocessing(area_range=(0.25, 0.3), aspect_ratio_range=(2.0, 2.5)))
+  assert len(crops) > 100
+  for h, w in crops:
+    # Rounding to whole pixels widens the ranges slightly.
+    assert 0.25 * 0.95 <= h * w / (375 * 500) <= 0.3 * 1.05
+    assert 2.0 * 0.95 <= w / h <= 2.5 * 1.05
+  default_crops, _ = _sampled_crops(preprocessing.REFERENCE)
+  assert min(h * w for h, w in default_crops) < 0.2 * 375 * 500
+
+
+def test_min_object_covered_and_max_attempts():
+  # Covering the whole image allows only the whole image: every sample fails
+  # and training falls back to the eval crop.
+  shape = tf.constant([375, 500, 3])
+  for i in range(5):
+    np.testing.assert_array_equal(
+        preprocessing.train_crop_window(
+            shape, SIZE, tf.constant([i, 0]),
+            Preprocessing(min_object_covered=1.0)),
+        preprocessing.center_crop_window(shape, SIZE / (SIZE + 32)))
+  # On a 1:10 strip few samples meet the aspect range: fewer attempts fail
+  # more often.
+  _, few = _sampled_crops(Preprocessing(max_attempts=1), shape=(100, 1000))
+  _, many = _sampled_crops(Preprocessing(max_attempts=50), shape=(100, 1000))
+  assert few > many + 20
+
+
+@pytest.mark.parametrize('knob,value', [
+    ('area_range', (0.0, 1.0)),
+    ('area_range', (0.5, 0.2)),
+    ('area_range', (0.1, 1.5)),
+    ('area_range', 0.5),
+    ('aspect_ratio_range', (0.0, 1.0)),
+    ('aspect_ratio_range', (2.0, 1.0, 3.0)),
+    ('min_object_covered', 1.5),
+    ('min_object_covered', None),
+    ('max_attempts', 0),
+    ('max_attempts', 2.5),
+    ('eval_crop_padding', -1),
+    ('eval_crop_padding', 8.0),
+    ('eval_crop_fraction', 0.0),
+    ('eval_crop_fraction', 1.2),
+    ('resize_method', 'cubic'),
+])
+def test_bad_knob_values_raise_naming_the_knob(knob, value):
+  with pytest.raises(ValueError, match=f'Preprocessing.{knob} must'):
+    Preprocessing(**{knob: value})
+
+
+def test_gin_binds_the_knobs():
+  gin.parse_config("""
+      effnet_gin.data.Preprocessing.area_range = [0.5, 1.0]
+      effnet_gin.data.Preprocessing.eval_crop_padding = 0
+  """)
+  assert Preprocessing() == Preprocessing(area_range=(0.5, 1.0),
+                                          eval_crop_padding=0)
+  assert preprocessing.REFERENCE == Preprocessing(area_range=(0.08, 1.0),
+                                                  eval_crop_padding=32)

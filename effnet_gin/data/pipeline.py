@@ -22,7 +22,7 @@ import gin
 import tensorflow as tf
 
 from effnet_gin.data import augment as augment_lib
-from effnet_gin.data import preprocessing
+from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.data import sources
 
 AUGMENTATIONS = (None, 'autoaugment', 'randaugment')
@@ -137,11 +137,9 @@ def _checked_labels(labels, num_classes):
 
 
 def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
-  """Applies AutoAugment/RandAugment in the uint8 domain to a float image.
-
-  `image` is already clipped to [0, 255] by the preprocessing.
-  """
-  pixels = tf.cast(image, tf.uint8)
+  """Applies AutoAugment/RandAugment in the uint8 domain to a float image."""
+  # Bicubic resizing overshoots [0, 255] a little; the cast would wrap.
+  pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   if augment == 'autoaugment':
     pixels = augment_lib.autoaugment(pixels, seed)
   else:
@@ -169,7 +167,7 @@ def _options(deterministic, private_threadpool_size):
 def _train_dataset(source, input_context, *, batch_size, image_size,
                    num_classes, augment, randaugment_layers,
                    randaugment_magnitude, mixup_alpha, shuffle_buffer, cache,
-                   seed, skip_corrupt):
+                   seed, skip_corrupt, preprocessing):
   """The infinite training pipeline; see `build_dataset`."""
   base_seed = _pipeline_seed(seed, input_context)
   examples = source.examples('train', input_context, is_training=True,
@@ -185,13 +183,13 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
   def preprocess(index, example):
     seed = tf.stack([tf.constant(base_seed, tf.int64), index])
     if augment is None:
-      image = preprocessing.preprocess_for_train(example['image'], image_size,
-                                                 seed)
+      image = preprocessing_lib.preprocess_for_train(
+          example['image'], image_size, seed, preprocessing)
     else:
       crop_seed, augment_seed = tf.unstack(
           tf.random.experimental.stateless_split(seed, num=2))
-      image = preprocessing.preprocess_for_train(example['image'], image_size,
-                                                 crop_seed)
+      image = preprocessing_lib.preprocess_for_train(
+          example['image'], image_size, crop_seed, preprocessing)
       image = _augment(image, augment, augment_seed, randaugment_layers,
                        randaugment_magnitude)
     return image, example['label']
@@ -219,7 +217,7 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
 
 def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
                   image_size, num_classes, cache, num_eval_examples,
-                  skip_corrupt):
+                  skip_corrupt, preprocessing):
   """The finite, padded eval pipeline; see `build_dataset`."""
   # The quotas and step count come from one count of the source (on gs://,
   # every count stats each eval file again).
@@ -233,7 +231,8 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
     examples = examples.cache()
 
   def preprocess(example):
-    image = preprocessing.preprocess_for_eval(example['image'], image_size)
+    image = preprocessing_lib.preprocess_for_eval(example['image'], image_size,
+                                                  preprocessing)
     return image, tf.cast(example['label'], tf.int32), tf.constant(1.0)
 
   dataset = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -250,13 +249,16 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
       images, _checked_labels(labels, num_classes), weights))
 
 
-@gin.configurable('build_dataset', module='effnet_gin.data')
+# `preprocessing` is not bindable here: bind `effnet_gin.data.Preprocessing`,
+# which the exporter reads too, so serving preprocesses as eval does.
+@gin.configurable('build_dataset', module='effnet_gin.data',
+                  denylist=['preprocessing'])
 def build_dataset(input_context=None, *, split, global_batch_size, image_size,
                   source=gin.REQUIRED, num_classes=1000, augment=None,
                   randaugment_layers=2, randaugment_magnitude=10,
                   mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
                   num_eval_examples=None, seed=None, skip_corrupt=False,
-                  private_threadpool_size=None):
+                  private_threadpool_size=None, preprocessing=None):
   """Builds one input pipeline's batches of a split.
 
   Args:
@@ -285,11 +287,14 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
       fail, and so does a truncated eval TFRecord file (named), which the
       eval record count cannot get past.
     private_threadpool_size: optional dedicated tf.data thread count.
+    preprocessing: the crops and resize, a `Preprocessing`; None takes
+      `Preprocessing()`, i.e. its gin bindings (the reference's by default).
 
   Returns:
-    split='train': an infinite dataset of (images float32 [b, S, S, 3] in
-      0..255, labels int32 [b]); with mixup_alpha > 0, labels are soft
-      targets float32 [b, num_classes] instead.
+    split='train': an infinite dataset of (images float32 [b, S, S, 3] on
+      the 0..255 scale (bicubic overshoots it a little, as in the reference),
+      labels int32 [b]); with mixup_alpha > 0, labels are soft targets
+      float32 [b, num_classes] instead.
     split='eval': a finite dataset of (images float32 [b, S, S, 3],
       labels int32 [b], weights float32 [b]); weight 1 marks real examples,
       0 padding. Every eval example appears exactly once over all pipelines,
@@ -312,6 +317,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
   if mixup_alpha < 0:
     raise ValueError(f'mixup_alpha must be >= 0, got {mixup_alpha}')
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
+  if preprocessing is None:
+    preprocessing = preprocessing_lib.Preprocessing()
   if split == 'train':
     dataset = _train_dataset(
         source, input_context, batch_size=batch_size, image_size=image_size,
@@ -319,14 +326,14 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         randaugment_layers=randaugment_layers,
         randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
-        skip_corrupt=skip_corrupt)
+        skip_corrupt=skip_corrupt, preprocessing=preprocessing)
     deterministic = seed is not None
   else:
     dataset = _eval_dataset(
         source, input_context, global_batch_size=global_batch_size,
         batch_size=batch_size, image_size=image_size, num_classes=num_classes,
         cache=cache, num_eval_examples=num_eval_examples,
-        skip_corrupt=skip_corrupt)
+        skip_corrupt=skip_corrupt, preprocessing=preprocessing)
     deterministic = True
   dataset = dataset.with_options(
       _options(deterministic, private_threadpool_size))

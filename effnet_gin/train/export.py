@@ -6,13 +6,17 @@ saves a `tf.Module` with two signatures:
 
   serving_default   image_bytes: tf.string [N] (JPEG or PNG files' bytes),
                     decoded and preprocessed exactly as the eval split
-                    (center crop with padding 32, bicubic resize) inside the
-                    graph, one image at a time with `tf.map_fn`.
+                    (the `Preprocessing()` gin configures: by default the
+                    reference's center crop with padding 32 and TF1 bicubic
+                    resize) inside the graph, one image at a time with
+                    `tf.map_fn`.
   serving_images    images: float32 [N, S, S, 3], RGB 0-255, already
                     preprocessed.
 
 Both return `classes` (int64 [N], the top-1 class) and `probabilities`
-(float32 [N, num_classes], softmax of the logits). `predict` classifies image
+(float32 [N, num_classes], softmax of the logits). The module's
+`preprocess_image_bytes` function (image_bytes -> float32 [N, S, S, 3]) is
+saved with it, the pixels serving_default classifies. `predict` classifies image
 files with such a SavedModel, or straight from a checkpoint through the same
 module (`bin/predict`).
 """
@@ -22,7 +26,7 @@ from absl import logging
 import gin
 import tensorflow as tf
 
-from effnet_gin.data import preprocessing
+from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.model import build_model
 from effnet_gin.model.inference import inference_model
 from effnet_gin.train import averaging
@@ -42,12 +46,18 @@ class ServingModule(tf.Module):
   Args:
     model: a Keras model mapping float32 RGB 0-255 [N, S, S, 3] to logits.
     image_size: S, the resolution images are preprocessed to.
+    preprocessing: the eval crop and resize, a `Preprocessing`; None takes
+      `Preprocessing()`, i.e. the same gin bindings as the eval pipeline.
   """
 
-  def __init__(self, model, image_size):
+  def __init__(self, model, image_size, preprocessing=None):
     super().__init__(name="efficientnet_serving")
     self.model = model
     self.image_size = image_size
+    self.preprocessing = preprocessing or preprocessing_lib.Preprocessing()
+    self.preprocess_image_bytes = tf.function(
+        self._preprocess_image_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     self.serve_image_bytes = tf.function(
         self._serve_image_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -66,13 +76,16 @@ class ServingModule(tf.Module):
     return {"classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
             "probabilities": tf.nn.softmax(logits)}
 
-  def _serve_image_bytes(self, image_bytes):
+  def _preprocess_image_bytes(self, image_bytes):
     size = self.image_size
-    images = tf.map_fn(
-        lambda encoded: preprocessing.preprocess_for_eval(encoded, size),
+    return tf.map_fn(
+        lambda encoded: preprocessing_lib.preprocess_for_eval(
+            encoded, size, self.preprocessing),
         image_bytes,
         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-    return self._classify(images)
+
+  def _serve_image_bytes(self, image_bytes):
+    return self._classify(self.preprocess_image_bytes(image_bytes))
 
 
 # ---------------------------------------------------------------------------
