@@ -226,7 +226,7 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
   with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
     extra = {}
     if format == lite_export.SAVED_MODEL:
-      module = ServingModule(model, module.image_size)
+      module = ServingModule(model, module.image_size, module.preprocessing)
       tf.saved_model.save(module, staging, signatures=module.signatures())
     else:
       extra = lite_export.export_lite(
