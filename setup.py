@@ -11,6 +11,12 @@ import setuptools
 with open("README.md", encoding="utf-8") as readme:
   LONG_DESCRIPTION = readme.read()
 
+# LiteRT runs .tflite models (with XNNPACK); TensorFlow's converter writes
+# them. tf2onnx converts to ONNX (tested with TF 2.21, numpy 2, protobuf 7)
+# and onnxruntime runs the result.
+LITE = ["ai-edge-litert>=2.0,<3"]
+ONNX = ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"]
+
 setuptools.setup(
     name="effnet_gin",
     version="0.1.0",
@@ -37,7 +43,11 @@ setuptools.setup(
         "google-cloud-bigtable>=2.20,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # Exported models' runtimes and converters (bin/exporter --format,
+        # bin/evaluator --tflite/--onnx, bin/predict --tflite/--onnx).
+        "lite": LITE,
+        "onnx": ONNX,
+        "test": ["pytest>=8,<10"] + LITE + ONNX,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

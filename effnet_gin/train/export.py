@@ -28,8 +28,11 @@ import tensorflow as tf
 
 from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.model import build_model
+from effnet_gin.model.inference import inference_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
+from effnet_gin.train import export_dirs
+from effnet_gin.train import lite_export
 from effnet_gin.train.checkpointing import checkpoint_num_classes
 from effnet_gin.train.evaluate import BEST_SUBDIR
 
@@ -178,42 +181,74 @@ def load_serving_module(*, model_dir=None, checkpoint="latest",
 @gin.configurable("export", module="effnet_gin.train",
                   denylist=["model_dir", "export_dir"])
 def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
-           use_ema=True, num_classes=None, overwrite=False):
-  """Exports a checkpoint of a run as a SavedModel for serving.
+           use_ema=True, num_classes=None, overwrite=False,
+           format="saved_model", batch_size=1, labels_file=None):  # pylint: disable=redefined-builtin
+  """Exports a checkpoint of a run for serving or for a device.
+
+  Every format exports the inference graph (`inference_model`: batch norm
+  folded, plain swish, no dropout) and writes export_dir/metadata.json
+  (`lite_export.build_metadata`). The export is written beside export_dir
+  and moved into place only when complete (`export_dirs.staged_export`).
 
   Args:
     model_dir: the training run's directory (local or gs://).
-    export_dir: where to write the SavedModel (local or gs://).
+    export_dir: where to write the export (local or gs://).
     image_size: the serving resolution; None takes the model's input size.
     checkpoint: 'latest' (default), 'best' (the evaluator's best by top-1,
       model_dir/best), or a checkpoint prefix or directory.
     use_ema: export the EMA weights (as the reference does) when present.
     num_classes: the classifier width; None reads it from the checkpoint.
-    overwrite: replace an existing SavedModel in export_dir.
+    overwrite: replace a model export_dir already holds, once the new one
+      is complete.
+    format: one of `lite_export.FORMATS`: 'saved_model' (default), 'tflite',
+      'tflite_float16', 'tflite_int8' or 'onnx' (see `lite_export`).
+    batch_size: the fixed batch size of a TFLite or ONNX model.
+    labels_file: optional class names recorded in metadata.json (see
+      `read_labels`).
 
   Returns:
     export_dir.
 
   Raises:
     FileNotFoundError: when the checkpoint does not exist.
-    FileExistsError: when export_dir already holds a SavedModel and
-      `overwrite` is False.
+    FileExistsError: when export_dir already holds a model and `overwrite`
+      is False.
+    ValueError: for an unknown format, int8 without calibration data, or
+      labels that do not match the class count.
   """
-  if not export_dir:
-    raise ValueError("export needs an export_dir (--export_dir)")
-  if tf.io.gfile.exists(f"{export_dir}/saved_model.pb"):
-    if not overwrite:
-      raise FileExistsError(f"{export_dir!r} already holds a SavedModel; "
-                            "choose a new export_dir or set "
-                            "export.overwrite=True")
-    tf.io.gfile.rmtree(export_dir)
+  lite_export.check_format(format)
+  export_dirs.check_destination(export_dir, overwrite)
   module, path = load_serving_module(
       model_dir=model_dir, checkpoint=checkpoint, image_size=image_size,
       use_ema=use_ema, num_classes=num_classes)
-  tf.saved_model.save(module, export_dir, signatures=module.signatures())
-  logging.info("Exported %s as a SavedModel (%dx%d) in %s", path,
+  model = inference_model(module.model)
+  labels = _checked_labels(labels_file, model.output_shape[-1])
+  with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
+    extra = {}
+    if format == lite_export.SAVED_MODEL:
+      module = ServingModule(model, module.image_size, module.preprocessing)
+      tf.saved_model.save(module, staging, signatures=module.signatures())
+    else:
+      extra = lite_export.export_lite(
+          model, format_name=format, output_dir=staging,
+          image_size=module.image_size, batch_size=batch_size)
+    lite_export.write_metadata(staging, lite_export.build_metadata(
+        model, format_name=format, image_size=module.image_size,
+        checkpoint=path, labels=labels,
+        ema=use_ema and checkpointing.has_ema(path), extra=extra))
+  logging.info("Exported %s as %s (%dx%d) in %s", path, format,
                module.image_size, module.image_size, export_dir)
   return export_dir
+
+
+def _checked_labels(labels_file, num_classes):
+  names = read_labels(labels_file) if labels_file else None
+  if names is not None and len(names) != num_classes:
+    raise ValueError(
+        f"labels file {labels_file!r} names {len(names)} classes but the "
+        f"model has {num_classes} (one name per class, class 0 first, no "
+        "background class)")
+  return names
 
 
 # ---------------------------------------------------------------------------
@@ -301,12 +336,7 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
     outputs = serve(image_bytes=tf.constant(encoded[start:start + batch_size]))
     probabilities.extend(outputs["probabilities"].numpy())
   num_classes = len(probabilities[0])
-  names = read_labels(labels_file) if labels_file else None
-  if names is not None and len(names) != num_classes:
-    raise ValueError(
-        f"labels file {labels_file!r} names {len(names)} classes but the "
-        f"model has {num_classes} (one name per class, class 0 first, no "
-        "background class)")
+  names = _checked_labels(labels_file, num_classes)
   results = []
   for path, probs in zip(image_files, probabilities):
     top = probs.argsort()[::-1][:top_k]
