@@ -8,6 +8,8 @@ import glob
 
 import setuptools
 
+TPU_REQUIREMENTS = ["google-api-python-client>=2,<3", "oauth2client>=4.1,<5"]
+
 with open("README.md", encoding="utf-8") as readme:
   LONG_DESCRIPTION = readme.read()
 
@@ -37,7 +39,14 @@ setuptools.setup(
         "google-cloud-bigtable>=2.20,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # What TensorFlow's TPUClusterResolver needs to find a TPU Node by
+        # name (--tpu=NAME) through the Cloud TPU API. The cloud-tpu-client
+        # package its error message names pins google-api-python-client
+        # 1.8, which would downgrade protobuf below TensorFlow's; TensorFlow
+        # falls back to its own client, which needs only these two.
+        "tpu": TPU_REQUIREMENTS,
+        # The TPU requirements too, so the resolver's path is tested.
+        "test": ["pytest>=8,<10"] + TPU_REQUIREMENTS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",
