@@ -242,3 +242,21 @@ def test_the_trainer_names_a_missing_data_dir_and_model_dir(tmp_path):
   assert no_model_dir.returncode != 0
   assert "--model_dir" in no_model_dir.stderr
 
+
+def test_pod_config_is_the_large_batch_recipe():
+  cli.configure(["b0_tpu_pod.gin"], **DATA)
+  assert resolved("effnet_gin.train.train.train_batch_size") == 32768
+  # int(350 × 1281167 / 32768) and int(10 × 1281167 / 32768).
+  assert resolved("effnet_gin.train.train.train_steps") == 13684
+  assert resolved("effnet_gin.train.train.steps_per_eval") == 390
+  assert resolved("effnet_gin.train.build_optimizer.name") == "lars"
+  assert resolved("effnet_gin.train.build_optimizer.lars_weight_decay") == 1e-5
+  assert resolved("effnet_gin.model.build_model.batch_norm_group_size") == (
+      "auto")
+  schedule = schedule_of_config()
+  assert schedule.kind == "polynomial"
+  assert schedule.warmup_steps == 195
+  assert schedule.peak_learning_rate == pytest.approx(2.048)
+  with open(cli.resolve_gin_file("b0_tpu_pod.gin")) as f:
+    assert "v3-512 pod slice (512 TPU cores" in f.read()
+
