@@ -260,3 +260,20 @@ def test_pod_config_is_the_large_batch_recipe():
   with open(cli.resolve_gin_file("b0_tpu_pod.gin")) as f:
     assert "v3-512 pod slice (512 TPU cores" in f.read()
 
+
+# The reference README: RandAugment 2 layers, magnitude 17 for B5, 28 for B7
+# and B8, its default 10 otherwise.
+@pytest.mark.parametrize("name,magnitude", [
+    ("b0_tpu.gin", 10), ("b4_tpu.gin", 10), ("b5_tpu.gin", 17),
+    ("b6_tpu.gin", 10), ("b7_tpu.gin", 28)])
+def test_randaugment_overlay_uses_the_variants_magnitude(name, magnitude):
+  cli.configure([name, "randaugment.gin"], **DATA)
+  assert resolved("effnet_gin.data.build_dataset.augment") == "randaugment"
+  assert resolved("effnet_gin.data.build_dataset.randaugment_layers") == 2
+  assert resolved("effnet_gin.data.build_dataset.randaugment_magnitude") == (
+      magnitude)
+
+
+def test_autoaugment_overlay_selects_policy_v0():
+  cli.configure(["b3_tpu.gin", "autoaugment.gin"], **DATA)
+  assert resolved("effnet_gin.data.build_dataset.augment") == "autoaugment"

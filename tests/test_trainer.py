@@ -23,7 +23,7 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(
 # are per-axis parts that experiment files include.
 RUNNABLE = [name for name in SHIPPED
             if name == "demo.gin" or name.split("_")[0][:1] == "b"]
-OVERLAYS = ["smoke.gin"]
+OVERLAYS = ["smoke.gin", "autoaugment.gin", "randaugment.gin"]
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +77,16 @@ def test_every_runnable_config_trains_two_steps(name, tmp_path):
   assert result["step"] == 2
   assert np.isfinite(result["loss"])
   assert trainer_helpers.latest_step(str(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("overlay", ["randaugment.gin", "autoaugment.gin"])
+def test_augmentation_overlays_train_with_smoke(overlay, tmp_path):
+  gin.clear_config()
+  cli.configure(["b5_tpu.gin", overlay, "smoke.gin"],
+                ["effnet_gin.train.train.precision = 'float32'",
+                 "effnet_gin.train.train.jit_compile = False"])
+  result = loop.train(model_dir=str(tmp_path), command="test")
+  assert result["step"] == 2 and np.isfinite(result["loss"])
 
 
 def test_tpu_config_uses_bfloat16_and_xla():
