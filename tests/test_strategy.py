@@ -103,6 +103,24 @@ def test_a_tpu_config_without_a_tpu_says_so_and_points_elsewhere(
     strategy_lib.build_strategy(kind="tpu")
 
 
+def test_trainer_on_a_tpu_config_without_a_tpu_says_so_in_one_line(
+    tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("TPU_NAME", None)
+  model_dir = tmp_path / "model"
+  trainer = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "bin", "trainer")
+  result = subprocess.run(
+      [sys.executable, trainer, "--gin_file=b0_tpu.gin",
+       f"--data_dir={tmp_path}", f"--model_dir={model_dir}"],
+      env=env, capture_output=True, text=True, timeout=180, check=False)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert "no TPU was named" in last and "b0_gpu.gin / b0_cpu.gin" in last
+  assert not model_dir.exists()  # Stopped before writing anything.
+
+
 def test_missing_api_client_names_the_extra_to_install():
   # The exact error TensorFlow's TPU client raises without the client.
   err = RuntimeError("Missing runtime dependency on the Google API client. "
