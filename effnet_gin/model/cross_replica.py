@@ -124,3 +124,17 @@ def synchronized_moments(x, group_size):
   variance = tf.maximum(mean_of_squares - tf.square(mean), 0.0)
   per_replica = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
   return mean, variance, per_replica * float(group_size)
+
+
+def batch_norm(x, scale, offset, epsilon, group_size):
+  """Training batch norm of NHWC `x` with a replica group's statistics.
+
+  Returns:
+    (outputs in x's dtype, the group's mean, the group's variance with
+    Bessel's correction, as the fused kernel hands the moving average).
+  """
+  mean, variance, count = synchronized_moments(x, group_size)
+  outputs = tf.nn.batch_normalization(tf.cast(x, tf.float32), mean, variance,
+                                      offset, scale, epsilon)
+  unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+  return tf.cast(outputs, x.dtype), mean, unbiased

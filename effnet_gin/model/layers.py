@@ -157,13 +157,8 @@ class BatchNorm(keras.layers.Layer):
           mean=empty, variance=empty, epsilon=self.epsilon,
           is_training=True)[:3]
     else:
-      batch_mean, variance, count = cross_replica.synchronized_moments(
-          inputs, group_size)
-      outputs = tf.cast(tf.nn.batch_normalization(
-          tf.cast(inputs, tf.float32), batch_mean, variance, self.beta.value,
-          self.gamma.value, self.epsilon), inputs.dtype)
-      # As the fused kernel: the moving variance gets Bessel's correction.
-      batch_variance = variance * count / tf.maximum(count - 1.0, 1.0)
+      outputs, batch_mean, batch_variance = cross_replica.batch_norm(
+          inputs, self.gamma.value, self.beta.value, self.epsilon, group_size)
     for moving, batch in ((self.moving_mean, batch_mean),
                           (self.moving_variance, batch_variance)):
       batch = tf.stop_gradient(batch)
