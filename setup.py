@@ -8,6 +8,8 @@ import glob
 
 import setuptools
 
+TPU_REQUIREMENTS = ["google-api-python-client>=2,<3", "oauth2client>=4.1,<5"]
+
 with open("README.md", encoding="utf-8") as readme:
   LONG_DESCRIPTION = readme.read()
 
@@ -47,7 +49,14 @@ setuptools.setup(
         # bin/evaluator --tflite/--onnx, bin/predict --tflite/--onnx).
         "lite": LITE,
         "onnx": ONNX,
-        "test": ["pytest>=8,<10"] + LITE + ONNX,
+        # What TensorFlow's TPUClusterResolver needs to find a TPU Node by
+        # name (--tpu=NAME) through the Cloud TPU API. The cloud-tpu-client
+        # package its error message names pins google-api-python-client
+        # 1.8, which would downgrade protobuf below TensorFlow's; TensorFlow
+        # falls back to its own client, which needs only these two.
+        "tpu": TPU_REQUIREMENTS,
+        # The TPU requirements too, so the resolver's path is tested.
+        "test": ["pytest>=8,<10"] + LITE + ONNX + TPU_REQUIREMENTS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -12,6 +12,7 @@ shortcut flags, then `--gin_param` bindings in the order given.
 """
 import contextlib
 import importlib.resources
+import inspect
 import logging as py_logging
 import os
 import shlex
@@ -131,12 +132,15 @@ def shortcut_bindings(*, tpu=None, zone=None, project=None, data_dir=None,
   return bindings
 
 
-def configure(gin_files, gin_params=(), **shortcuts):
+def configure(gin_files, gin_params=(), *, needs_input=False, **shortcuts):
   """Parses gin files, shortcut flags and `--gin_param` bindings; finalizes.
 
   Args:
     gin_files: gin file paths or shipped names (see `resolve_gin_file`).
     gin_params: extra bindings, applied last.
+    needs_input: also check that the selected input source has every value
+      the files mark `%gin.REQUIRED` (trainer and evaluator read data; the
+      exporter does not).
     **shortcuts: keyword arguments of `shortcut_bindings`.
 
   Returns:
@@ -144,7 +148,8 @@ def configure(gin_files, gin_params=(), **shortcuts):
 
   Raises:
     FileNotFoundError: for a gin file that cannot be found.
-    ValueError: for unknown configurables or parameters, or bad flags.
+    ValueError: for unknown configurables or parameters, bad flags, or (with
+      `needs_input`) a required input-source value left unset.
   """
   if not gin_files:
     raise ValueError("give at least one --gin_file (e.g. --gin_file=demo.gin)")
@@ -154,8 +159,71 @@ def configure(gin_files, gin_params=(), **shortcuts):
   bindings = shortcut_bindings(**shortcuts) + list(gin_params)
   with _quiet_include_lookups():
     gin.parse_config_files_and_bindings(
-        paths, bindings, finalize_config=True, skip_unknown=False)
+        paths, bindings, finalize_config=False, skip_unknown=False)
+  _settle_required_input(needs_input)
+  gin.finalize()
   return bindings
+
+
+_SOURCE_FLAGS = {"TFRecordSource.data_dir": "--data_dir=DIR",
+                 "BigtableSource.instance": "--bigtable_instance=NAME"}
+
+
+def _settle_required_input(needs_input):
+  """Checks the input sources' `%gin.REQUIRED` values before finalizing.
+
+  Gin rejects, when it finalizes, every binding still `%gin.REQUIRED`. For
+  the input source `build_dataset.source` selects that is what we want, with
+  the flag to pass in the message; the other sources (e.g. TFRecordSource's
+  data_dir under `--bigtable_instance`), and every source when the tool reads
+  no data (`needs_input=False`: exporter, predict), are never built, so their
+  required values are waived (bound to None).
+
+  Raises:
+    ValueError: naming a required value of the selected source and the flag
+      that sets it.
+  """
+  selected = _selected_source()
+  for source in _source_classes():
+    selector = f"effnet_gin.data.{source.__name__}"
+    for name in inspect.signature(source).parameters:
+      key = f"{selector}.{name}"
+      try:
+        value = gin.query_parameter(key)
+      except ValueError:
+        continue
+      if not _is_required(value):
+        continue
+      if needs_input and selector == selected:
+        hint = _SOURCE_FLAGS.get(f"{source.__name__}.{name}")
+        how = f"pass {hint} or bind it" if hint else "bind it"
+        raise ValueError(f"{key} is required (%gin.REQUIRED in the config) "
+                         f"and not set: {how}, e.g. --gin_param=\"{key} = "
+                         "...\"")
+      with gin.unlock_config():
+        gin.bind_parameter(key, None)
+
+
+def _selected_source():
+  """The selector of the configurable `build_dataset.source` names, or None."""
+  try:
+    source = gin.query_parameter("effnet_gin.data.build_dataset.source")
+  except ValueError:
+    return None
+  if isinstance(source, gin.config.ConfigurableReference):
+    return source.configurable.selector
+  return None
+
+
+def _source_classes():
+  from effnet_gin import data  # pylint: disable=import-outside-toplevel
+  return (data.TFRecordSource, data.FakeSource, data.SyntheticSource,
+          data.TFDSSource, data.ImageFolderSource, data.BigtableSource)
+
+
+def _is_required(value):
+  return (isinstance(value, gin.config.ConfigurableReference)
+          and value.scoped_selector == "gin.REQUIRED/gin.constant")
 
 
 class _DropIncludeMisses(py_logging.Filter):
@@ -226,9 +294,9 @@ def shortcut_values(flag_values):
           if name in flag_values}
 
 
-def configure_from_flags(flag_values):
+def configure_from_flags(flag_values, *, needs_input=False):
   """Runs `configure` with the values of the flags defined above."""
   bindings = configure(flag_values.gin_file, flag_values.gin_param,
-                       **shortcut_values(flag_values))
+                       needs_input=needs_input, **shortcut_values(flag_values))
   logging.info("gin files: %s; bindings: %s", flag_values.gin_file, bindings)
   return bindings

@@ -31,7 +31,11 @@ def selected_source():
 
 
 def macro(name):
-  return gin.query_parameter(f"{name}/macro.value")
+  """A macro's value, with a derived one (`@fn()`, e.g. TRAIN_STEPS) computed."""
+  value = gin.query_parameter(f"{name}/macro.value")
+  if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+    value = value.scoped_configurable_fn()
+  return value
 
 
 def write_gin(path, *lines):
@@ -250,7 +254,8 @@ print(json.dumps({
     "package": effnet_gin.__file__,
     "shipped": cli.shipped_gin_dir(),
     "resolved": cli.resolve_gin_file("b0_tpu.gin"),
-    "train_steps": gin.query_parameter("TRAIN_STEPS/macro.value"),
+    "train_steps": gin.query_parameter(
+        "TRAIN_STEPS/macro.value").scoped_configurable_fn(),
 }))
 """
 

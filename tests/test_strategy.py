@@ -95,6 +95,57 @@ def test_silent_metadata_server_times_out(monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_a_tpu_config_without_a_tpu_says_so_and_points_elsewhere(
+    monkeypatch):
+  monkeypatch.delenv("TPU_NAME", raising=False)
+  with pytest.raises(strategy_lib.NoTPUError,
+                     match=r"--tpu=local.*--tpu=NAME.*b0_gpu\.gin / b0_cpu"):
+    strategy_lib.build_strategy(kind="tpu")
+
+
+def test_trainer_on_a_tpu_config_without_a_tpu_says_so_in_one_line(
+    tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("TPU_NAME", None)
+  model_dir = tmp_path / "model"
+  trainer = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "bin", "trainer")
+  result = subprocess.run(
+      [sys.executable, trainer, "--gin_file=b0_tpu.gin",
+       f"--data_dir={tmp_path}", f"--model_dir={model_dir}"],
+      env=env, capture_output=True, text=True, timeout=180, check=False)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert "no TPU was named" in last and "b0_gpu.gin / b0_cpu.gin" in last
+  assert not model_dir.exists()  # Stopped before writing anything.
+
+
+def test_missing_api_client_names_the_extra_to_install():
+  # The exact error TensorFlow's TPU client raises without the client.
+  err = RuntimeError("Missing runtime dependency on the Google API client. "
+                     "Run `pip install cloud-tpu-client` to fix.")
+  message = strategy_lib.explain_resolve_error("TPU 'my-tpu'", err)
+  assert "pip install 'effnet_gin[tpu]'" in message
+  assert "'my-tpu'" in message
+  other = strategy_lib.explain_resolve_error("TPU 'x'", RuntimeError("boom"))
+  assert "effnet_gin[tpu]" not in other
+
+
+def test_with_the_tpu_extra_a_named_tpu_gets_past_the_dependency(monkeypatch):
+  # The [tpu] extra (also in [test]) installs what the resolver needs; it
+  # then fails on this machine only for want of a TPU, credentials or
+  # network — never for a missing package.
+  pytest.importorskip("googleapiclient")
+  pytest.importorskip("oauth2client")
+  monkeypatch.setenv("GCE_METADATA_IP", "metadata.invalid")
+  with pytest.raises(ValueError, match="'my-tpu'") as raised:
+    strategy_lib.build_strategy(tpu="my-tpu", zone="us-central1-b",
+                                project="my-project",
+                                tpu_resolve_timeout_secs=20)
+  assert "Missing runtime dependency" not in str(raised.value)
+
+
 @pytest.mark.parametrize("cluster, task_type, task_id, expected", [
     (_cluster(2), "worker", 0, True),
     (_cluster(2), "worker", 1, False),

@@ -18,6 +18,7 @@ Data tools: `write_fake_imagenet` (bin/make_fake_imagenet) and
 from effnet_gin.data.augment import autoaugment
 from effnet_gin.data.augment import mixup
 from effnet_gin.data.augment import randaugment
+from effnet_gin.data.augment_recipes import randaugment_magnitude_for
 from effnet_gin.data.bigtable import BigtableSource
 from effnet_gin.data.image_folder import ImageFolderSource
 from effnet_gin.data.pipeline import build_dataset

@@ -22,6 +22,7 @@ import gin
 import tensorflow as tf
 
 from effnet_gin.data import augment as augment_lib
+from effnet_gin.data import mixing
 from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.data import sources
 
@@ -258,7 +259,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
                   randaugment_layers=2, randaugment_magnitude=10,
                   mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
                   num_eval_examples=None, seed=None, skip_corrupt=False,
-                  private_threadpool_size=None, preprocessing=None):
+                  private_threadpool_size=None, preprocessing=None,
+                  cutmix_alpha=0.0, random_erasing_prob=0.0):
   """Builds one input pipeline's batches of a split.
 
   Args:
@@ -289,6 +291,9 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     private_threadpool_size: optional dedicated tf.data thread count.
     preprocessing: the crops and resize, a `Preprocessing`; None takes
       `Preprocessing()`, i.e. its gin bindings (the reference's by default).
+    cutmix_alpha: if > 0, CutMix with Beta(alpha, alpha) on training batches
+      (not together with mixup); labels become soft targets.
+    random_erasing_prob: probability of random erasing per training image.
 
   Returns:
     split='train': an infinite dataset of (images float32 [b, S, S, 3] on
@@ -316,6 +321,9 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     raise ValueError(f'augment must be one of {AUGMENTATIONS}, got {augment!r}')
   if mixup_alpha < 0:
     raise ValueError(f'mixup_alpha must be >= 0, got {mixup_alpha}')
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    raise ValueError(f'mixup_alpha={mixup_alpha} and cutmix_alpha='
+                     f'{cutmix_alpha}: use one of mixup and CutMix')
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   if preprocessing is None:
     preprocessing = preprocessing_lib.Preprocessing()
@@ -327,6 +335,10 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
         skip_corrupt=skip_corrupt, preprocessing=preprocessing)
+    dataset = mixing.batch_augment(
+        dataset, num_classes=num_classes, cutmix_alpha=cutmix_alpha,
+        random_erasing_prob=random_erasing_prob,
+        seed=_pipeline_seed(seed, input_context))
     deterministic = seed is not None
   else:
     dataset = _eval_dataset(

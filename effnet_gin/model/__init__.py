@@ -5,6 +5,7 @@
 """
 from effnet_gin.model.efficientnet import build_model
 from effnet_gin.model.efficientnet import resolve_spec
+from effnet_gin.model.efficientnet import variant_resolution
 from effnet_gin.model.flops import Cost
 from effnet_gin.model.flops import count_flops
 from effnet_gin.model.flops import count_params

@@ -15,6 +15,7 @@ import dataclasses
 import string
 from typing import Optional
 
+from absl import logging
 import gin
 import keras
 
@@ -53,6 +54,30 @@ def resolve_spec(variant: str = "efficientnet-b0", **overrides
   return dataclasses.replace(spec, **overrides)
 
 
+@gin.configurable("variant_resolution", module="effnet_gin.model")
+def variant_resolution(variant: str = gin.REQUIRED) -> int:
+  """The input size a variant was designed for (the configs' IMAGE_SIZE).
+
+  Raises:
+    ValueError: for an unknown variant.
+  """
+  return specs.default_resolution(variant)
+
+
+# (variant, resolution) pairs already reported, so each is logged once.
+_REPORTED_RESOLUTIONS = set()
+
+
+def _report_resolution(variant: str, resolution: int) -> None:
+  """Logs, once per process, a variant built at another than its own size."""
+  own = specs.default_resolution(variant)
+  if resolution != own and (variant, resolution) not in _REPORTED_RESOLUTIONS:
+    _REPORTED_RESOLUTIONS.add((variant, resolution))
+    logging.warning("%s runs at %dx%d pixels, not its own %dx%d (IMAGE_SIZE "
+                    "overrides the variant table)", variant, resolution,
+                    resolution, own, own)
+
+
 def block_name(stage: int, index_in_stage: int) -> str:
   """Layer-name prefix of a block, e.g. (2, 1) -> "block3b" (0-based args)."""
   letters = string.ascii_lowercase
@@ -70,6 +95,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 input_normalization: Optional[str] = None,
                 batch_norm_momentum: float = 0.99,
                 batch_norm_epsilon: float = 1e-3,
+                batch_norm_group_size="auto",
                 include_top: bool = True,
                 return_endpoints: bool = False,
                 name: Optional[str] = None) -> keras.Model:
@@ -93,6 +119,11 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
       "lite", or "advprop" for AdvProp checkpoints, which expect [-1, 1]).
     batch_norm_momentum: moving-statistics momentum of every BatchNorm.
     batch_norm_epsilon: epsilon of every BatchNorm.
+    batch_norm_group_size: replicas that share batch statistics in training
+      (cross-replica batch norm): 'auto' (TPU: the reference's groups,
+      none up to 8 cores, else max(8, cores // 8); Mirrored and
+      MultiWorkerMirrored: all replicas), 'all', or an int (1 = each replica
+      alone).
     include_top: if False the model ends at the head activation
       [N, s, s, head_filters] (no pooling, dropout or classifier).
     return_endpoints: if True the model outputs a dict: "reduction_1" ..
@@ -114,10 +145,13 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                       resolution=resolution, dropout_rate=dropout_rate,
                       survival_prob=survival_prob,
                       input_normalization=input_normalization)
+  _report_resolution(variant, spec.resolution)
   bn_args = dict(batch_norm_momentum=batch_norm_momentum,
-                 batch_norm_epsilon=batch_norm_epsilon)
+                 batch_norm_epsilon=batch_norm_epsilon,
+                 batch_norm_group_size=batch_norm_group_size)
   # Fail on bad batch-norm arguments before building any layer.
-  layers.BatchNorm(batch_norm_momentum, batch_norm_epsilon)
+  layers.BatchNorm(batch_norm_momentum, batch_norm_epsilon,
+                   group_size=batch_norm_group_size)
 
   inputs = keras.Input((spec.resolution, spec.resolution, 3), name="images",
                        dtype="float32")
@@ -152,7 +186,7 @@ def _mbconv_stages(x, spec: specs.ModelSpec, bn_args):
   Args:
     x: the stem output.
     spec: the variant.
-    bn_args: batch_norm_momentum and batch_norm_epsilon for every block.
+    bn_args: batch_norm_momentum, _epsilon and _group_size for every block.
 
   Returns:
     The last block's output and a dict of "reduction_i" endpoints: the

@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from effnet_gin.model import cross_replica
+
 _PACKAGE = "effnet_gin"
 
 
@@ -89,20 +91,32 @@ class BatchNorm(keras.layers.Layer):
   bfloat16 input gives a bfloat16 output. Under a tf.distribute strategy the
   moving statistics are mean-aggregated, so each replica's update, computed
   from its own batch, is averaged across replicas inside `strategy.run`.
+
+  With `group_size` other than 1, training inside `strategy.run` normalises
+  with statistics averaged over groups of replicas (see cross_replica.py,
+  the reference's TpuBatchNormalization); the moving statistics then move
+  towards the group's statistics, with Bessel's correction over the group.
   """
 
-  def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+  def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3,
+               group_size=1, **kwargs):
     """Creates the layer.
 
     Args:
       momentum: decay of the moving statistics, in [0, 1].
       epsilon: added to the variance before the square root; > 0.
+      group_size: replicas sharing batch statistics in training: 1 (each
+        replica alone), 'auto' (TPU: the reference's grouping, none up to 8
+        cores; other strategies: all replicas), 'all', or an int.
       **kwargs: standard Keras layer arguments (name, dtype, trainable...).
 
     Raises:
-      ValueError: for a momentum outside [0, 1] or a non-positive epsilon.
+      ValueError: for a momentum outside [0, 1], a non-positive epsilon or
+        an invalid group_size.
     """
     super().__init__(**kwargs)
+    cross_replica.validate_group_size(group_size)
+    self.group_size = group_size
     if not 0.0 <= momentum <= 1.0:
       raise ValueError(f"momentum must be in [0, 1], got {momentum!r}.")
     if epsilon <= 0:
@@ -135,10 +149,16 @@ class BatchNorm(keras.layers.Layer):
           x=inputs, scale=self.gamma.value, offset=self.beta.value,
           mean=self.moving_mean.value, variance=self.moving_variance.value,
           epsilon=self.epsilon, is_training=False)[0]
-    empty = tf.constant([], dtype=tf.float32)
-    outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
-        x=inputs, scale=self.gamma.value, offset=self.beta.value, mean=empty,
-        variance=empty, epsilon=self.epsilon, is_training=True)[:3]
+    group_size = cross_replica.replicas_per_group(self.group_size)
+    if group_size is None:
+      empty = tf.constant([], dtype=tf.float32)
+      outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
+          x=inputs, scale=self.gamma.value, offset=self.beta.value,
+          mean=empty, variance=empty, epsilon=self.epsilon,
+          is_training=True)[:3]
+    else:
+      outputs, batch_mean, batch_variance = cross_replica.batch_norm(
+          inputs, self.gamma.value, self.beta.value, self.epsilon, group_size)
     for moving, batch in ((self.moving_mean, batch_mean),
                           (self.moving_variance, batch_variance)):
       batch = tf.stop_gradient(batch)
@@ -151,7 +171,7 @@ class BatchNorm(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "momentum": self.momentum,
-            "epsilon": self.epsilon}
+            "epsilon": self.epsilon, "group_size": self.group_size}
 
 
 def _keep_mask(shape, keep_prob, dtype):
@@ -308,7 +328,7 @@ def squeeze_excite(inputs, reduced_filters: int, activation: str,
 def conv_bn_act(inputs, filters: int, kernel_size: int, strides: int,
                 activation: Optional[str], name: str, bn_name: str,
                 batch_norm_momentum: float, batch_norm_epsilon: float,
-                act_name: Optional[str] = None):
+                act_name: Optional[str] = None, batch_norm_group_size=1):
   """Bias-free convolution, `BatchNorm` and an optional activation.
 
   Args:
@@ -322,6 +342,8 @@ def conv_bn_act(inputs, filters: int, kernel_size: int, strides: int,
     batch_norm_momentum: BatchNorm momentum.
     batch_norm_epsilon: BatchNorm epsilon.
     act_name: name of the activation layer (required with an activation).
+    batch_norm_group_size: BatchNorm group_size (replicas sharing batch
+      statistics).
 
   Returns:
     The output tensor.
@@ -329,7 +351,8 @@ def conv_bn_act(inputs, filters: int, kernel_size: int, strides: int,
   x = keras.layers.Conv2D(
       filters, kernel_size, strides=strides, padding="same", use_bias=False,
       kernel_initializer=conv_kernel_initializer(), name=name)(inputs)
-  x = BatchNorm(batch_norm_momentum, batch_norm_epsilon, name=bn_name)(x)
+  x = BatchNorm(batch_norm_momentum, batch_norm_epsilon,
+                group_size=batch_norm_group_size, name=bn_name)(x)
   if activation is not None:
     x = keras.layers.Activation(activation_function(activation),
                                 name=act_name)(x)
@@ -340,7 +363,7 @@ def mbconv_block(inputs, *, kernel_size: int, strides: int,
                  expand_ratio: int, output_filters: int, se_ratio: float,
                  activation: str, survival_prob: float, name: str,
                  batch_norm_momentum: float = 0.99,
-                 batch_norm_epsilon: float = 1e-3):
+                 batch_norm_epsilon: float = 1e-3, batch_norm_group_size=1):
   """Mobile inverted bottleneck block (MBConv, Sandler et al. 2018) with SE.
 
   Optional 1x1 expansion (when expand_ratio != 1), depthwise conv, optional
@@ -362,13 +385,15 @@ def mbconv_block(inputs, *, kernel_size: int, strides: int,
     name: prefix of the block's layer names, e.g. "block3b".
     batch_norm_momentum: BatchNorm momentum.
     batch_norm_epsilon: BatchNorm epsilon.
+    batch_norm_group_size: BatchNorm group_size.
 
   Returns:
     The block's output tensor.
   """
   input_filters = inputs.shape[-1]
   bn_args = dict(batch_norm_momentum=batch_norm_momentum,
-                 batch_norm_epsilon=batch_norm_epsilon)
+                 batch_norm_epsilon=batch_norm_epsilon,
+                 batch_norm_group_size=batch_norm_group_size)
   x = inputs
   if expand_ratio != 1:
     x = conv_bn_act(x, input_filters * expand_ratio, 1, 1, activation,
@@ -378,7 +403,8 @@ def mbconv_block(inputs, *, kernel_size: int, strides: int,
       kernel_size, strides=strides, padding="same", use_bias=False,
       depthwise_initializer=conv_kernel_initializer(),
       name=f"{name}_dwconv")(x)
-  x = BatchNorm(batch_norm_momentum, batch_norm_epsilon, name=f"{name}_bn")(x)
+  x = BatchNorm(batch_norm_momentum, batch_norm_epsilon,
+                group_size=batch_norm_group_size, name=f"{name}_bn")(x)
   x = keras.layers.Activation(activation_function(activation),
                               name=f"{name}_activation")(x)
   if se_ratio > 0:

@@ -7,4 +7,5 @@ from effnet_gin.train.loop import train
 from effnet_gin.train.averaging import ExponentialMovingAverage
 from effnet_gin.train.optim import build_optimizer
 from effnet_gin.train.optim import build_schedule
+from effnet_gin.train.recipe import steps_for_epochs
 from effnet_gin.train.strategy import build_strategy

@@ -28,6 +28,7 @@ from effnet_gin.train.evaluate import EvalRunner
 from effnet_gin.train.evaluate import METRICS
 from effnet_gin.train import losses
 from effnet_gin.train import optim
+from effnet_gin.train import recipe
 from effnet_gin.train import strategy as strategy_lib
 
 # Exit status of a trainer that saved a checkpoint on SIGTERM and stopped
@@ -160,6 +161,12 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
     # Keras 3 optimizers create their slots lazily; inside strategy.run that
     # fails, so build them here, under the strategy's scope.
     optimizer.build(model.trainable_variables)
+    logging.info("Durations: %s", recipe.durations_of(
+        train_steps=train_steps, num_train_images=num_train_images,
+        global_batch_size=train_batch_size, schedule=learning_rate,
+        steps_per_eval=steps_per_eval if schedule == "train_and_eval" else None,
+        checkpoint_every_steps=checkpoint_every_steps,
+        steps_per_loop=steps_per_loop).describe())
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 

@@ -33,8 +33,10 @@ import gin
 import keras
 import tensorflow as tf
 
-_SCHEDULE_KINDS = ("exponential", "cosine", "constant")
-_OPTIMIZER_NAMES = ("rmsprop", "momentum", "sgd", "adam")
+from effnet_gin.train import lars
+
+_SCHEDULE_KINDS = ("exponential", "cosine", "constant", "polynomial")
+_OPTIMIZER_NAMES = ("rmsprop", "momentum", "sgd", "adam", "lars")
 
 
 # ---------------------------------------------------------------------------
@@ -51,7 +53,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
   """
 
   def __init__(self, *, peak_learning_rate, warmup_steps, kind="exponential",
-               decay_steps=None, decay_factor=None, train_steps=None):
+               decay_steps=None, decay_factor=None, train_steps=None,
+               end_learning_rate=1e-4):
     """Initializes the schedule from step counts (see `build_schedule`).
 
     Args:
@@ -63,8 +66,10 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         for 'exponential'.
       decay_factor: Multiplier applied every `decay_steps`; required for
         'exponential'.
-      train_steps: Total steps over which the cosine falls to 0; required for
-        'cosine'.
+      train_steps: Total steps over which the cosine falls to 0 or the
+        polynomial to `end_learning_rate`; required for both.
+      end_learning_rate: Where 'polynomial' ends (tf.compat.v1's
+        polynomial_decay default).
 
     Raises:
       ValueError: If `kind` is unknown or a value it needs is missing or out of
@@ -85,12 +90,16 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     if kind == "cosine" and not (train_steps and train_steps > 0):
       raise ValueError("Cosine decay needs train_steps > 0, got "
                        f"{train_steps!r}.")
+    if kind == "polynomial" and not (train_steps and train_steps > 0):
+      raise ValueError("Polynomial decay needs train_steps > 0, got "
+                       f"{train_steps!r}.")
     self.peak_learning_rate = float(peak_learning_rate)
     self.warmup_steps = int(warmup_steps)
     self.kind = kind
     self.decay_steps = None if decay_steps is None else float(decay_steps)
     self.decay_factor = None if decay_factor is None else float(decay_factor)
     self.train_steps = None if train_steps is None else int(train_steps)
+    self.end_learning_rate = float(end_learning_rate)
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -103,6 +112,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
       # Clamped so that steps past `train_steps` stay at 0 instead of rising.
       progress = tf.minimum(step, float(self.train_steps)) / self.train_steps
       learning_rate = 0.5 * peak * (1.0 + tf.cos(math.pi * progress))
+    elif self.kind == "polynomial":
+      learning_rate = self._polynomial(step, peak)
     else:
       learning_rate = peak
     if self.warmup_steps:
@@ -110,8 +121,19 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
       learning_rate = tf.where(step < self.warmup_steps, warmup, learning_rate)
     return learning_rate
 
+  def _polynomial(self, step, peak):
+    # The reference's LARS schedule (tensorflow/tpu resnet lars_util.py):
+    # polynomial_decay(peak, max(1, step - warmup), train_steps - warmup + 1,
+    # power=2) after the warm-up.
+    # A run shorter than its warm-up (a smoke test) never leaves it.
+    horizon = float(max(1, self.train_steps - self.warmup_steps + 1))
+    decay_step = tf.minimum(tf.maximum(1.0, step - self.warmup_steps), horizon)
+    end = tf.constant(self.end_learning_rate, tf.float32)
+    return (peak - end) * tf.square(1.0 - decay_step / horizon) + end
+
   def get_config(self):
     return {
+        "end_learning_rate": self.end_learning_rate,
         "peak_learning_rate": self.peak_learning_rate,
         "warmup_steps": self.warmup_steps,
         "kind": self.kind,
@@ -125,7 +147,7 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 def build_schedule(*, global_batch_size, num_train_images,
                    base_learning_rate=0.016, warmup_epochs=5,
                    decay_epochs=2.4, decay_factor=0.97, kind="exponential",
-                   train_steps=None):
+                   train_steps=None, end_learning_rate=1e-4):
   """Builds the reference learning-rate schedule for a global batch size.
 
   peak = base_learning_rate * global_batch_size / 256;
@@ -134,7 +156,9 @@ def build_schedule(*, global_batch_size, num_train_images,
   lr(step) = peak * step / warmup_steps while step < warmup_steps, else
   peak * decay_factor ** floor(step / (decay_epochs * steps_per_epoch)).
   'cosine' replaces the staircase with 0.5 * peak * (1 + cos(pi * step /
-  train_steps)); 'constant' with peak. The decay counts from step 0.
+  train_steps)); 'constant' with peak; 'polynomial' (the LARS schedule)
+  with (peak - end) * (1 - max(1, step - warmup_steps) / (train_steps -
+  warmup_steps + 1))² + end. The exponential decay counts from step 0.
 
   Args:
     global_batch_size: Examples per step summed over all replicas.
@@ -144,7 +168,9 @@ def build_schedule(*, global_batch_size, num_train_images,
     decay_epochs: Epochs between exponential decays.
     decay_factor: Multiplier applied every `decay_epochs`.
     kind: 'exponential', 'cosine' or 'constant'.
-    train_steps: Total training steps; required for 'cosine'.
+    train_steps: Total training steps; required for 'cosine' and
+      'polynomial'.
+    end_learning_rate: Final learning rate of 'polynomial'.
 
   Returns:
     A serializable `WarmupDecaySchedule`.
@@ -173,7 +199,7 @@ def build_schedule(*, global_batch_size, num_train_images,
       kind=kind,
       decay_steps=decay_epochs * steps_per_epoch,
       decay_factor=decay_factor,
-      train_steps=train_steps)
+      train_steps=train_steps, end_learning_rate=end_learning_rate)
 
 
 # ---------------------------------------------------------------------------
@@ -293,7 +319,9 @@ class TF1Momentum(keras.optimizers.Optimizer):
 
 @gin.configurable("build_optimizer", module="effnet_gin.train")
 def build_optimizer(learning_rate, *, name="rmsprop", rho=0.9, momentum=0.9,
-                    epsilon=1e-3, beta_1=0.9, beta_2=0.999):
+                    epsilon=1e-3, beta_1=0.9, beta_2=0.999,
+                    lars_weight_decay=1e-5, lars_eeta=0.001,
+                    lars_epsilon=0.0):
   """Builds the training optimizer.
 
   Under a `mixed_float16` global policy the optimizer is wrapped in
@@ -306,12 +334,17 @@ def build_optimizer(learning_rate, *, name="rmsprop", rho=0.9, momentum=0.9,
   Args:
     learning_rate: A float or a `LearningRateSchedule` (see `build_schedule`).
     name: 'rmsprop' (TF1 semantics, the reference), 'momentum' (TF1
-      semantics), 'sgd' or 'adam'.
+      semantics), 'sgd', 'adam' or 'lars' (the reference's large-batch
+      optimizer, see lars.py).
     rho: RMSProp decay of the mean-square accumulator.
     momentum: Momentum of 'rmsprop' and 'momentum'.
     epsilon: RMSProp epsilon (inside the sqrt) or Adam epsilon.
     beta_1: Adam first-moment decay.
     beta_2: Adam second-moment decay.
+    lars_weight_decay: LARS's own weight decay (the reference's
+      --lars_weight_decay).
+    lars_eeta: LARS coefficient.
+    lars_epsilon: LARS epsilon (the reference's --lars_epsilon).
 
   Returns:
     A `keras.optimizers.Optimizer`.
@@ -326,6 +359,10 @@ def build_optimizer(learning_rate, *, name="rmsprop", rho=0.9, momentum=0.9,
     optimizer = TF1Momentum(learning_rate, momentum=momentum)
   elif name == "sgd":
     optimizer = keras.optimizers.SGD(learning_rate)
+  elif name == "lars":
+    optimizer = lars.LARS(learning_rate, momentum=momentum,
+                          weight_decay=lars_weight_decay, eeta=lars_eeta,
+                          epsilon=lars_epsilon)
   elif name == "adam":
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=beta_1,
                                       beta_2=beta_2, epsilon=epsilon)

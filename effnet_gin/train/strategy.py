@@ -16,6 +16,14 @@ import keras
 import tensorflow as tf
 
 _KINDS = ("auto", "tpu", "gpu", "multi_worker", "cpu", "mirrored_cpu")
+
+# What TensorFlow's TPUClusterResolver raises when a TPU is named but the
+# Google API client it talks to the Cloud TPU API with is not installed.
+_MISSING_API_CLIENT = "Missing runtime dependency on the Google API client"
+
+
+class NoTPUError(ValueError):
+  """A TPU config ran without a TPU named (no --tpu, no TPU_NAME)."""
 _PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -100,11 +108,18 @@ def build_strategy(*, tpu=None, zone=None, project=None, kind="auto",
     A `tf.distribute.Strategy`.
 
   Raises:
+    NoTPUError: If kind is 'tpu' and neither `tpu` nor $TPU_NAME names one.
     ValueError: If `kind` is unknown, a requested device kind is absent, or
       the TPU cannot be resolved, reached or initialised (the message names
-      the TPU, zone and project).
+      the TPU, zone and project, and the extra to install when the resolver
+      lacks its Google API client).
   """
   kind = select_strategy_kind(kind=kind, tpu=tpu)
+  if kind == "tpu" and not (tpu or os.environ.get("TPU_NAME")):
+    raise NoTPUError(
+        "this config trains on a Cloud TPU but no TPU was named: pass "
+        "--tpu=local on a TPU VM or --tpu=NAME for a TPU Node, or use "
+        "b0_gpu.gin / b0_cpu.gin to train without a TPU")
   if kind == "tpu":
     return _tpu_strategy(tpu, zone, project, tpu_resolve_timeout_secs)
   if kind == "multi_worker":
@@ -155,9 +170,27 @@ def _resolve_tpu(tpu, zone, project, timeout_secs):
                      "and the Cloud TPU API.")
   if "error" in outcome:
     err = outcome["error"]
-    raise ValueError(f"Could not resolve {description}: "
-                     f"{type(err).__name__}: {err}") from err
+    raise ValueError(explain_resolve_error(description, err)) from err
   return outcome["resolver"]
+
+
+def explain_resolve_error(description, err):
+  """The message for a TPU that could not be resolved, naming the fix.
+
+  Args:
+    description: the TPU, zone and project, as `_describe_tpu` gives them.
+    err: the exception TPUClusterResolver raised.
+
+  Returns:
+    A message; for the resolver's missing Google API client it names the
+    effnet_gin extra that installs it.
+  """
+  message = f"Could not resolve {description}: {type(err).__name__}: {err}"
+  if _MISSING_API_CLIENT in str(err):
+    message += (" — install effnet_gin's TPU extra: pip install "
+                "'effnet_gin[tpu]' (google-api-python-client and "
+                "oauth2client, which TensorFlow's TPU resolver uses)")
+  return message
 
 
 def _tpu_strategy(tpu, zone, project, timeout_secs):
