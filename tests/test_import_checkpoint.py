@@ -20,14 +20,15 @@ from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import importing
 from effnet_gin.train import loop
+from test_pretrained import write_reference_copy
 import trainer_helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_B0 = os.path.join(os.path.dirname(__file__), "fixtures",
                        "reference_checkpoints", "tiny_b0")
-# The fixture's overrides (meta.json): they cannot be read off its name.
-TINY_B0_FLAGS = ["--width_coefficient=0.1", "--depth_coefficient=0.5",
-                 "--image_size=64"]
+# Width 0.1 and depth 0.5 (meta.json) are inferred from the shapes; the
+# resolution is not in the weights.
+TINY_B0_FLAGS = ["--image_size=64"]
 
 
 def script(name):
@@ -53,6 +54,10 @@ def imported(tmp_path_factory):
       f"--source={TINY_B0}", f"--model_dir={model_dir}"] + TINY_B0_FLAGS,
                model_dir + ".log")
   assert "efficientnet-b0 (reference format, EMA weights" in output
+  with open(f"{model_dir}/model.gin") as f:
+    bindings = f.read()
+  assert "build_model.width_coefficient = 0.1\n" in bindings
+  assert "build_model.depth_coefficient = 0.5\n" in bindings
   return model_dir
 
 
@@ -85,7 +90,8 @@ def test_evaluator_exporter_and_predict_run_on_the_import(imported, tmp_path):
                       kind="learnable")
   flags = ["--gin_file=b0_cpu.gin", f"--gin_file={imported}/model.gin",
            f"--model_dir={imported}", f"--data_dir={data_dir}",
-           "--gin_param=NUM_EVAL_IMAGES = 12", "--gin_param=EVAL_BATCH_SIZE = 4",
+           "--gin_param=NUM_EVAL_IMAGES = 12",
+           "--gin_param=EVAL_BATCH_SIZE = 4",
            "--gin_param=effnet_gin.train.build_strategy.kind = 'cpu'"]
   run(script("evaluator") + flags + [f"--checkpoint={imported}/ckpt-0"],
       str(tmp_path / "evaluator.log"))
@@ -117,14 +123,18 @@ def test_import_errors_write_nothing(tmp_path):
     importing.import_checkpoint(
         source=TINY_B0, model_dir=str(model_dir), variant="efficientnet-lite0",
         width_coefficient=0.1, depth_coefficient=0.5)
-  with pytest.raises(ValueError, match="non-standard shapes.*the model is "
-                     "efficientnet-b0.*--width_coefficient"):
-    importing.import_checkpoint(source=TINY_B0, model_dir=str(model_dir))
+  gone = "efficientnet-b0/blocks_4/se/conv2d_1/bias"
+  (tmp_path / "src").mkdir()
+  broken = write_reference_copy("tiny_b0", tmp_path / "src" / "model.ckpt",
+                                lambda t: [t.pop(n) for n in list(t)
+                                           if n.startswith(gone)])
+  with pytest.raises(ValueError, match=f"{gone}/ExponentialMovingAverage is "
+                     "missing"):
+    importing.import_checkpoint(source=broken, model_dir=str(model_dir))
   with pytest.raises(FileNotFoundError, match="nope"):
     importing.import_checkpoint(source=str(tmp_path / "nope"),
                                 model_dir=str(model_dir))
-  assert not model_dir.exists()
-  assert os.listdir(tmp_path) == []
+  assert os.listdir(tmp_path) == ["src"]  # No model_dir, no scratch copy.
 
 
 def test_import_refuses_a_model_dir_with_a_checkpoint(imported):

@@ -261,10 +261,11 @@ def test_effnet_gin_checkpoint_round_trips_with_its_ema(tmp_path):
 def calibrated_keras_efficientnet(index, image_size, num_classes, images):
   """A random keras.applications EfficientNetB<index> that sees its inputs.
 
-  Random weights with batch-norm statistics taken from `images` (momentum 0,
-  one training pass without dropout; variances floored) and random scales and offsets, so that
-  activations stay normalised, as in a trained network, and the logits depend
-  on the input; ImageNet input normalisation, as Keras' own weights.
+  Seeded random weights with batch-norm statistics taken from `images`
+  (momentum 0, one training pass without dropout; variances floored) and
+  random scales and offsets, so that activations stay normalised as in a
+  trained network and the logits depend on the input; ImageNet input
+  normalisation, as Keras' own weights.
   """
   keras.utils.set_random_seed(index)
   rng = np.random.default_rng(index)
@@ -322,11 +323,11 @@ def test_keras_applications_weights_file_gives_keras_logits(index, tmp_path):
     model = build_model("efficientnet-b0", 7, resolution=64)
     load_pretrained(model, keras_model)
     np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
-    legacy = str(tmp_path / "legacy.h5")  # Keras 2's format, by layer name.
-    keras_model.save(legacy)
-    model = build_model("efficientnet-b0", 7, resolution=64)
-    load_pretrained(model, legacy)
-    np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
+    for name in ("legacy.h5", "model.keras"):  # Keras 2's h5: by layer name.
+      keras_model.save(str(tmp_path / name))
+      model = build_model("efficientnet-b0", 7, resolution=64)
+      load_pretrained(model, str(tmp_path / name))
+      np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
     lite = build_model("efficientnet-b0", 7, resolution=64,
                        input_normalization="lite")
     with pytest.raises(ValueError, match="input_normalization='imagenet'"):

@@ -130,7 +130,7 @@ def load_pretrained(model, source, *, use_ema=True,
       num_classes=None if classifier is None else int(classifier.shape[-1]),
       tensors_mapped=len(model.weights) - len(skipped), ema=weights.ema,
       skipped=tuple(skipped))
-  if use_ema and not weights.ema:
+  if use_ema and not weights.ema and source_format != "keras":
     logging.warning("%s has no EMA weights: loaded its raw weights", label)
   logging.info("Loaded %s", result)
   return result
@@ -138,7 +138,7 @@ def load_pretrained(model, source, *, use_ema=True,
 
 @dataclasses.dataclass(frozen=True)
 class SourceInfo:
-  """What a source says about the model that takes it (see `inspect`)."""
+  """What a source says about the model that takes it (`describe_source`)."""
   source_format: str
   variant: Optional[str]
   num_classes: Optional[int]
@@ -146,7 +146,7 @@ class SourceInfo:
   signature: Optional[weight_sources.Signature]
 
 
-def inspect(source) -> SourceInfo:
+def describe_source(source) -> SourceInfo:
   """Reads a source's format, variant, class count and input normalisation.
 
   The variant of a reference checkpoint is its scope name; Keras and
@@ -179,7 +179,7 @@ def inspect(source) -> SourceInfo:
              if prefix in specs.VARIANTS else None)
   return SourceInfo("reference", prefix,
                     _classifier_width(bases, "head/dense/kernel"), default,
-                    weight_sources._reference_signature(bases))  # pylint: disable=protected-access
+                    weight_sources.reference_signature(bases))
 
 
 def _classifier_width(shapes, key):
@@ -197,7 +197,7 @@ def _normalization_name(normalization):
 
 def _resolve(path):
   # Imported here: effnet_gin.train imports this package.
-  from effnet_gin.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from effnet_gin.train import checkpointing
   return checkpointing.resolve_checkpoint(path)
 
 
@@ -212,8 +212,9 @@ def _list_checkpoint(path):
 
 def _read_effnet_gin(model, path, *, use_ema):
   """Restores an effnet_gin checkpoint into a copy of `model`'s architecture."""
-  from effnet_gin.train import averaging  # pylint: disable=g-import-not-at-top
-  from effnet_gin.train import checkpointing  # pylint: disable=g-import-not-at-top
+  # Imported here: effnet_gin.train imports this package.
+  from effnet_gin.train import averaging
+  from effnet_gin.train import checkpointing
   path = _resolve(path)
   try:
     source, ema = checkpointing.restore_source(

@@ -185,7 +185,8 @@ def reference_prefix(names, path):
   return prefixes.pop() if prefixes else None
 
 
-def _reference_signature(shapes):
+def reference_signature(shapes):
+  """The `Signature` of reference names (without prefix) -> shapes, or None."""
   try:
     stem, head = shapes["stem/conv2d/kernel"], shapes["head/conv2d/kernel"]
   except KeyError:
@@ -235,7 +236,7 @@ def read_reference(model, path, *, use_ema):
   unexpected = sorted(f"{prefix}/{base}{suffix}" for base in
                       set(available) - set(mapping.values()))
   return SourceWeights("reference", tensors, names, tuple(unexpected), ema,
-                       prefix, _reference_signature(available))
+                       prefix, reference_signature(available))
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 Everything is validated and written into a scratch directory first, then
 moved: on any error model_dir is left untouched.
 """
+import dataclasses
 import os
 
 from absl import logging
@@ -17,6 +18,7 @@ import tensorflow as tf
 from effnet_gin.model import build_model
 from effnet_gin.model import pretrained
 from effnet_gin.model import specs
+from effnet_gin.model.weight_sources import spec_signature
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 
@@ -35,7 +37,8 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
       count leaves a freshly initialised classifier.
     advprop: the source is an AdvProp checkpoint (inputs scaled to [-1, 1]).
     width_coefficient, depth_coefficient: for sources of non-standard width
-      or depth (they cannot be read off the variant name).
+      or depth; when both are None they are inferred from the shapes
+      (`infer_scaling`).
     image_size: the resolution to evaluate at; the variant's by default.
     use_ema: import the EMA weights (the published ones) when present.
 
@@ -48,7 +51,7 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
       `load_pretrained`), one whose variant cannot be told, or a model_dir
       that already holds a checkpoint.
   """
-  info = pretrained.inspect(source)
+  info = pretrained.describe_source(source)
   if info.source_format == "effnet_gin":
     raise ValueError(f"{source!r} is already an effnet_gin checkpoint: use it "
                      "directly (train.init_checkpoint, --checkpoint)")
@@ -56,9 +59,13 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
   if variant not in specs.VARIANTS:
     found = info.signature.describe() if info.signature else "unknown shapes"
     raise ValueError(f"cannot tell which variant {source!r} is "
-                     f"({variant or found}); pass --variant (one of {', '.join(specs.VARIANTS)}) "
+                     f"({variant or found}); pass --variant (one of "
+                     f"{', '.join(specs.VARIANTS)}) "
                      "and, for non-standard shapes, --width_coefficient and "
                      "--depth_coefficient")
+  if width_coefficient is None and depth_coefficient is None:
+    width_coefficient, depth_coefficient = infer_scaling(variant,
+                                                         info.signature)
   normalization = "advprop" if advprop else info.input_normalization
   if normalization is None:
     raise ValueError(f"{source!r} normalises its inputs in none of "
@@ -91,6 +98,45 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
   return dict(vars(result), checkpoint=path)
 
 
+# Coefficients tried when a checkpoint's shapes are not its variant's own.
+_COEFFICIENT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 121))
+
+
+def infer_scaling(variant, signature):
+  """Width and depth coefficients that give `variant` these weight shapes.
+
+  Args:
+    variant: a name in `specs.VARIANTS`.
+    signature: the source's `Signature`, or None when unknown.
+
+  Returns:
+    (None, None) when the variant's own coefficients fit (or the signature
+    is unknown), else the fitting (width, depth) on a 0.05 grid closest to
+    the variant's own; every fitting value builds the same weight shapes.
+    Nothing fitting is left to `load_pretrained` to report.
+  """
+  spec = specs.get_variant(variant)
+  if signature is None or spec_signature(spec) == signature:
+    return None, None
+
+  def fits(**coefficients):
+    scaled = spec_signature(dataclasses.replace(spec, **coefficients))
+    return all(getattr(scaled, field) == getattr(signature, field)
+               for field in (_DEPTH_FIELDS if "depth_coefficient" in
+                             coefficients else _WIDTH_FIELDS))
+
+  widths = [w for w in _COEFFICIENT_GRID if fits(width_coefficient=w)]
+  depths = [d for d in _COEFFICIENT_GRID if fits(depth_coefficient=d)]
+  if not widths or not depths:
+    return None, None
+  return (min(widths, key=lambda w: abs(w - spec.width_coefficient)),
+          min(depths, key=lambda d: abs(d - spec.depth_coefficient)))
+
+
+_WIDTH_FIELDS = ("stem_filters", "head_filters", "last_block_filters")
+_DEPTH_FIELDS = ("num_blocks",)
+
+
 def model_gin(source, result, *, variant, num_classes, width_coefficient,
               depth_coefficient, resolution, input_normalization):
   """The text of model.gin: the bindings that build the imported model."""
@@ -98,7 +144,8 @@ def model_gin(source, result, *, variant, num_classes, width_coefficient,
   return f"""\
 # The model of ckpt-0 in this directory, written by bin/import_checkpoint
 # from {source}
-# ({result.source_format} format, {weights} weights, {result.tensors_mapped} tensors).
+# ({result.source_format} format, {weights} weights,
+# {result.tensors_mapped} tensors).
 # Give it after the experiment's .gin files, e.g.
 #   bin/evaluator --gin_file=b0_cpu.gin --gin_file=<this dir>/model.gin \\
 #       --model_dir=<this dir> --checkpoint=<this dir>/ckpt-0 --data_dir=...
