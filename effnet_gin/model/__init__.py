@@ -2,6 +2,8 @@
 
 `build_model` is the gin-configurable entry point (bound as `build_model` or
 `effnet_gin.model.build_model`); everything else is plain Python.
+`load_pretrained` starts a built model from reference TF1, keras.applications
+or effnet_gin weights.
 """
 from effnet_gin.model.efficientnet import build_model
 from effnet_gin.model.efficientnet import resolve_spec
@@ -19,3 +21,6 @@ from effnet_gin.model.specs import ModelSpec
 from effnet_gin.model.specs import round_filters
 from effnet_gin.model.specs import round_repeats
 from effnet_gin.model.specs import VARIANTS
+from effnet_gin.model.pretrained import checkpoint_format
+from effnet_gin.model.pretrained import load_pretrained
+from effnet_gin.model.pretrained import LoadResult

@@ -98,6 +98,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 batch_norm_group_size="auto",
                 include_top: bool = True,
                 return_endpoints: bool = False,
+                freeze_backbone: bool = False,
                 name: Optional[str] = None) -> keras.Model:
   """Builds an EfficientNet as a Keras functional model.
 
@@ -129,6 +130,10 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
     return_endpoints: if True the model outputs a dict: "reduction_1" ..
       "reduction_5" (the last block output at strides 2, 4, 8, 16, 32),
       "features" (the head activation) and, with include_top, "logits".
+    freeze_backbone: make every layer but the classifier (`predictions`)
+      non-trainable, for fine-tuning only the classifier: the optimizer then
+      sees only its weights, and the frozen batch norms normalise with their
+      moving statistics in training too, leaving them unchanged.
     name: model name; defaults to the variant name.
 
   Returns:
@@ -177,7 +182,11 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
     endpoints["logits"] = outputs
   if return_endpoints:
     outputs = endpoints
-  return keras.Model(inputs, outputs, name=name or variant)
+  model = keras.Model(inputs, outputs, name=name or variant)
+  if freeze_backbone:
+    for layer in model.layers:
+      layer.trainable = layer.name == "predictions"
+  return model
 
 
 def _mbconv_stages(x, spec: specs.ModelSpec, bn_args):

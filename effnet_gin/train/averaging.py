@@ -28,27 +28,26 @@ def _variable_path(variable):
 def averaged_variables(model):
   """Returns the variables the reference averages, in a stable order.
 
-  These are the trainable variables followed by the batch-norm moving
-  statistics (non-trainable variables whose path ends with `moving_mean` or
-  `moving_variance`). Other non-trainable state, such as RNG seeds, is left
-  out.
+  These are the weights the optimizer trains followed by the batch-norm
+  moving statistics (weights whose path ends with `moving_mean` or
+  `moving_variance`). Weights of frozen layers (`trainable=False`, e.g.
+  `build_model(freeze_backbone=True)`) are included as if they trained, so
+  a frozen and an unfrozen model average the same list in the same order
+  and their EMA checkpoints stay interchangeable. Other state, such as RNG
+  seeds and integer counters, is left out.
 
   Args:
-    model: A Keras model (anything with `trainable_variables` and
-      `non_trainable_variables`).
+    model: A Keras model (anything with `weights`).
 
   Returns:
     A list of the model's variables, without duplicates.
   """
-  chosen = list(model.trainable_variables) + [
-      v for v in model.non_trainable_variables
-      if _MOVING_STATISTIC.search(_variable_path(v))]
-  unique, seen = [], set()
-  for variable in chosen:
-    if id(variable) not in seen:
-      seen.add(id(variable))
-      unique.append(variable)
-  return unique
+  weights = [v for v in model.weights
+             if tf.as_dtype(v.dtype).is_floating]
+  is_statistic = [bool(_MOVING_STATISTIC.search(_variable_path(v)))
+                  for v in weights]
+  return ([v for v, stat in zip(weights, is_statistic) if not stat] +
+          [v for v, stat in zip(weights, is_statistic) if stat])
 
 
 class _Untracked:

@@ -14,6 +14,8 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.model import pretrained
+
 CHECKPOINT_NAME = "ckpt"
 
 
@@ -134,18 +136,49 @@ def checkpoint_num_classes(path):
   return widths.pop()
 
 
+def restore_source(path, *, model_builder, use_ema=True, ema_factory=None):
+  """Rebuilds and restores the model of an effnet_gin checkpoint.
+
+  Args:
+    path: a checkpoint prefix.
+    model_builder: callable(num_classes) building the source architecture.
+    use_ema: take the EMA weights when the checkpoint has them.
+    ema_factory: callable(model) building an EMA for the source model.
+
+  Returns:
+    (the restored source model, whether its EMA weights were taken).
+
+  Raises:
+    ValueError, AssertionError: when the checkpoint is of another
+      architecture (TensorFlow's restore errors).
+  """
+  source = model_builder(checkpoint_num_classes(path))
+  ema = None
+  if use_ema and ema_factory is not None and has_ema(path):
+    ema = ema_factory(source)
+  status = build_checkpoint(model=source, ema=ema).read(path)
+  status.expect_partial().assert_existing_objects_matched()
+  if ema is not None:
+    ema.copy_to_model()
+  return source, ema is not None
+
+
 def initialize_from(model, path, *, model_builder, use_ema=True,
                     ema_factory=None):
   """Initialises `model` from another run's checkpoint (fine-tuning).
 
-  The source model is rebuilt with the checkpoint's own class count, restored
-  (with its EMA weights when asked and present), and copied into `model`
-  layer by layer by name; a layer whose weights differ in shape — the
-  classifier, when the class count changed — keeps its fresh initialisation.
+  An effnet_gin checkpoint's source model is rebuilt with the checkpoint's
+  own class count, restored (with its EMA weights when asked and present),
+  and copied into `model` layer by layer by name; a layer whose weights
+  differ in shape — the classifier, when the class count changed — keeps its
+  fresh initialisation. Any other format `pretrained.load_pretrained` reads
+  (a reference TF1 checkpoint, Keras weights) is loaded by it, strictly but
+  for the classifier.
 
   Args:
     model: the freshly built model to initialise.
-    path: a checkpoint prefix or a directory holding checkpoints.
+    path: a checkpoint prefix or a directory holding checkpoints, or a Keras
+      weights file.
     model_builder: callable(num_classes) building the source architecture.
     use_ema: take the EMA weights when the checkpoint has them.
     ema_factory: callable(model) building an EMA for the source model.
@@ -155,15 +188,15 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
 
   Raises:
     FileNotFoundError: when `path` holds no checkpoint.
+    ValueError: when a foreign checkpoint does not fit the model.
   """
+  if pretrained.checkpoint_format(path) != "effnet_gin":
+    result = pretrained.load_pretrained(model, path, use_ema=use_ema,
+                                        skip_mismatched_classifier=True)
+    return sorted({key.split("/")[0] for key in result.skipped})
   path = resolve_checkpoint(path)
-  source = model_builder(checkpoint_num_classes(path))
-  ema = None
-  if use_ema and ema_factory is not None and has_ema(path):
-    ema = ema_factory(source)
-  build_checkpoint(model=source, ema=ema).read(path).expect_partial()
-  if ema is not None:
-    ema.copy_to_model()
+  source, used_ema = restore_source(path, model_builder=model_builder,
+                                    use_ema=use_ema, ema_factory=ema_factory)
   skipped = []
   for layer in model.layers:
     try:
@@ -179,5 +212,5 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
     for target, value in pairs:
       target.assign(value)
   logging.info("Initialised from %s%s; left at initialisation: %s", path,
-               " (EMA weights)" if ema is not None else "", skipped)
+               " (EMA weights)" if used_ema else "", skipped)
   return skipped
