@@ -1,5 +1,6 @@
 """The training loop in-process: shipped configs, resume, NaN, summaries."""
 import glob
+import logging
 import os
 
 import gin
@@ -113,8 +114,14 @@ def test_resume_continues_the_step_count(tmp_path):
   assert (third["start_step"], third["step"]) == (8, 8)
 
 
-def test_writes_command_configs_and_summaries(tmp_path):
+def test_writes_command_configs_and_summaries(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="absl")
   _train(tmp_path, "TRAIN_STEPS = 3")
+  # The derived durations are logged at start (smoke.gin: 64 images at
+  # batch 8 are 8 steps per epoch).
+  assert any(r.getMessage().startswith(
+      "Durations: 3 train steps (0.38 epochs of 8.00 steps)")
+             for r in caplog.records)
   assert (tmp_path / "command").read_text() == "test"
   assert "TRAIN_STEPS = 3" in (tmp_path / "config.gin").read_text()
   operative = (tmp_path / "operative_config.gin").read_text()
