@@ -42,6 +42,8 @@ setuptools.setup(
         "gin-config>=0.5,<0.6",
         "tensorflow-datasets>=4.9,<5",
         "absl-py>=2.0,<3",
+        # Keras weights files are read by layer name (model/weight_sources.py).
+        "h5py>=3,<4",
         "google-cloud-bigtable>=2.20,<3",
     ],
     extras_require={
