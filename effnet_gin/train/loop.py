@@ -26,8 +26,8 @@ from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
-from effnet_gin.train.evaluate import EvalRunner
-from effnet_gin.train.evaluate import METRICS
+from effnet_gin.train.eval_runner import EvalRunner
+from effnet_gin.train.eval_runner import METRICS
 from effnet_gin.train import losses
 from effnet_gin.train import optim
 from effnet_gin.train import preemption
