@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.train import losses
+from effnet_gin.train import strategy as strategy_lib
 
 METRICS = ("top_1_accuracy", "top_5_accuracy", "loss")
 
@@ -73,10 +74,14 @@ class EvalRunner:
     self._eval_pass = eval_pass
 
   def _dataset(self):
+    tpu_node = strategy_lib.tpu_node_master(self._strategy)
+
     def dataset_fn(input_context):
-      return build_dataset(input_context, split="eval",
-                           global_batch_size=self._eval_batch_size,
-                           image_size=self._image_size)
+      dataset = build_dataset(input_context, split="eval",
+                              global_batch_size=self._eval_batch_size,
+                              image_size=self._image_size)
+      strategy_lib.check_input_runs_on(tpu_node, dataset)
+      return dataset
 
     return self._strategy.distribute_datasets_from_function(dataset_fn)
 

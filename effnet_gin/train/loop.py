@@ -176,10 +176,14 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   # --- Input pipeline -----------------------------------------------------
   seed_kwargs = {} if seed is None else {"seed": seed}
 
+  tpu_node = strategy_lib.tpu_node_master(strategy)
+
   def dataset_fn(input_context):
-    return build_dataset(input_context, split="train",
-                         global_batch_size=train_batch_size,
-                         image_size=image_size, **seed_kwargs)
+    dataset = build_dataset(input_context, split="train",
+                            global_batch_size=train_batch_size,
+                            image_size=image_size, **seed_kwargs)
+    strategy_lib.check_input_runs_on(tpu_node, dataset)
+    return dataset
 
   iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
