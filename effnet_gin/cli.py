@@ -300,3 +300,10 @@ def configure_from_flags(flag_values, *, needs_input=False):
                        needs_input=needs_input, **shortcut_values(flag_values))
   logging.info("gin files: %s; bindings: %s", flag_values.gin_file, bindings)
   return bindings
+
+
+def sets_train_steps(flag_values):
+  """Whether the command line sets the train steps (flag or gin binding)."""
+  if "train_steps" in flag_values and flag_values.train_steps is not None:
+    return True
+  return any("train_steps" in param.lower() for param in flag_values.gin_param)

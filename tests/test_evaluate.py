@@ -5,7 +5,6 @@ checkpoint contract (`model_dir/ckpt-<STEP>` holding step, model, optimizer
 and EMA); the two-process test with the real bin/trainer lives in
 test_trainer_evaluator_processes.py.
 """
-import importlib
 import json
 import logging
 import os
@@ -17,78 +16,18 @@ import tensorflow as tf
 
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
-from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import optim
 from effnet_gin.train import strategy as strategy_lib
 
-# `effnet_gin.train.evaluate` the attribute is the function; this is the module.
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
-
-NUM_CLASSES = 10
-NUM_EVAL = 37  # Not a multiple of the batch: the last batches are padded.
-IMAGE_SIZE = 32
-EVAL_BATCH_SIZE = 8
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp("data"))
-  write_fake_imagenet(directory, num_train=8, num_eval=NUM_EVAL,
-                      num_classes=NUM_CLASSES, image_size=40, train_shards=1,
-                      eval_shards=3, kind="learnable")
-  return directory
-
-
-def configure(data_dir, strategy_kind="cpu"):
-  gin.parse_config(f"""
-      build_model.variant = 'efficientnet-b0'
-      build_model.num_classes = {NUM_CLASSES}
-      build_model.width_coefficient = 0.25
-      build_model.depth_coefficient = 0.25
-      build_model.resolution = {IMAGE_SIZE}
-      build_dataset.source = @TFRecordSource()
-      build_dataset.num_classes = {NUM_CLASSES}
-      TFRecordSource.data_dir = '{data_dir}'
-      build_strategy.kind = '{strategy_kind}'
-  """)
-
-
-class ContractWriter:
-  """Writes checkpoints the way the trainer does, with made-up weights.
-
-  Before each save the raw weights get noise and the EMA takes one update,
-  so raw and EMA weights (and successive checkpoints) all differ.
-  """
-
-  def __init__(self, model_dir, *, use_ema=True, max_to_keep=10):
-    self.model = build_model()
-    self.optimizer = optim.build_optimizer(0.01)
-    self.optimizer.build(self.model.trainable_variables)
-    self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
-    self.step = tf.Variable(0, dtype=tf.int64)
-    trackables = dict(step=self.step, model=self.model,
-                      optimizer=self.optimizer)
-    if self.ema is not None:
-      trackables["ema"] = self.ema
-    self.manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(**trackables), model_dir, max_to_keep=max_to_keep,
-        checkpoint_name="ckpt")
-
-  def save(self, step):
-    for i, variable in enumerate(self.model.trainable_variables):
-      variable.assign_add(0.3 * tf.random.stateless_normal(
-          variable.shape, [step, i], dtype=variable.dtype))
-    self.step.assign(step)
-    if self.ema is not None:
-      self.ema.update(step)
-    return self.manager.save(checkpoint_number=step)
-
-
-def read_results(model_dir):
-  with open(os.path.join(model_dir, "eval", "results.jsonl")) as f:
-    return [json.loads(line) for line in f]
+from eval_helpers import configure
+from eval_helpers import ContractWriter
+from eval_helpers import data_dir  # noqa: F401  (a fixture)
+from eval_helpers import EVAL_BATCH_SIZE
+from eval_helpers import evaluate
+from eval_helpers import evaluate_lib
+from eval_helpers import IMAGE_SIZE
+from eval_helpers import NUM_EVAL
+from eval_helpers import read_results
 
 
 def direct_metrics(model, data_dir):
@@ -151,13 +90,6 @@ def test_run_evaluation_rejects_batch_not_divisible_by_replicas(data_dir):
                                 eval_batch_size=7, image_size=IMAGE_SIZE)
 
 
-def evaluate(model_dir, **kwargs):
-  kwargs.setdefault("train_steps", 3)
-  return evaluate_lib.evaluate(model_dir=model_dir,
-                               eval_batch_size=EVAL_BATCH_SIZE,
-                               image_size=IMAGE_SIZE, **kwargs)
-
-
 def test_eval_only_matches_in_process_evaluation_of_that_step(
     data_dir, tmp_path):
   configure(data_dir)
@@ -204,7 +136,7 @@ def test_continuous_evaluation_evaluates_each_checkpoint_once(
   paths = [writer.save(step) for step in (1, 2, 3)]
   before = sorted(os.listdir(model_dir))
 
-  results = evaluate(model_dir, train_steps=3)
+  results = evaluate(model_dir, train_steps=3, newest_only=False)
   assert [r["step"] for r in results] == [1, 2, 3]
   assert [r["checkpoint"] for r in results] == paths
   assert read_results(model_dir) == json.loads(json.dumps(results))
@@ -234,10 +166,12 @@ def test_restarted_evaluator_skips_evaluated_steps(data_dir, tmp_path):
   writer.save(1)
   writer.save(2)
   assert [r["step"] for r in evaluate(model_dir, train_steps=4,
-                                      eval_timeout=0.5)] == [1, 2]
+                                      eval_timeout=0.5,
+                                      newest_only=False)] == [1, 2]
   writer.save(3)
   writer.save(4)
-  assert [r["step"] for r in evaluate(model_dir, train_steps=4)] == [3, 4]
+  assert [r["step"] for r in evaluate(model_dir, train_steps=4,
+                                      newest_only=False)] == [3, 4]
   assert [r["step"] for r in read_results(model_dir)] == [1, 2, 3, 4]
   # Everything is evaluated: a third start finds the final step done.
   assert evaluate(model_dir, train_steps=4) == []
@@ -253,7 +187,7 @@ def test_deleted_checkpoint_is_skipped_with_a_warning(
   for filename in tf.io.gfile.glob(deleted + ".*"):
     tf.io.gfile.remove(filename)
   with caplog.at_level(logging.WARNING):
-    results = evaluate(model_dir, train_steps=3)
+    results = evaluate(model_dir, train_steps=3, newest_only=False)
   assert [r["step"] for r in results] == [1, 3]
   assert any(deleted in record.getMessage() and "deleted" in
              record.getMessage() for record in caplog.records)

@@ -218,3 +218,21 @@ def test_set_precision_policy():
   finally:
     strategy_lib.set_precision_policy("float32")
   assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_python_input_on_a_tpu_node_fails_at_start_saying_what_works():
+  # A real resolver of a TPU Node address (no network needed for grpc://).
+  node = tf.distribute.cluster_resolver.TPUClusterResolver(
+      tpu="grpc://10.240.1.2:8470")
+  assert strategy_lib.is_remote_master(node.master())
+  assert not strategy_lib.is_remote_master(
+      tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local").master())
+  assert strategy_lib.tpu_node_master(tf.distribute.get_strategy()) is None
+  rows = tf.data.Dataset.from_generator(
+      lambda: iter([b"row"]), output_signature=tf.TensorSpec([], tf.string))
+  files = tf.data.TFRecordDataset(["validation-00000-of-00001"])
+  for dataset in (rows.map(tf.strings.length), files.map(tf.strings.length)):
+    strategy_lib.check_input_runs_on(None, dataset)  # Not a TPU Node.
+  strategy_lib.check_input_runs_on(node.master(), files)
+  with pytest.raises(ValueError, match=r"grpc://10\.240\.1\.2:8470.*TPU VM"):
+    strategy_lib.check_input_runs_on(node.master(), rows)

@@ -66,7 +66,10 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
   # --- The evaluator waits for checkpoints while the trainer trains -------
   evaluator_log_path = str(tmp_path / "evaluator.log")
   with open(evaluator_log_path, "w") as evaluator_log:
-    evaluator = subprocess.Popen(script("evaluator") + flags, cwd=REPO,
+    # Every checkpoint, even when the trainer gets ahead of it.
+    evaluate_all = ["--gin_param=effnet_gin.train.evaluate.newest_only = False"]
+    evaluator = subprocess.Popen(script("evaluator") + flags + evaluate_all,
+                                 cwd=REPO,
                                  stdout=evaluator_log,
                                  stderr=subprocess.STDOUT)
     try:

@@ -1,6 +1,7 @@
 """bin/trainer as real processes: kills, SIGTERM, and multi-worker training."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,12 +27,12 @@ def _wait_until(condition, process, log_path, what, timeout=240):
   raise AssertionError(f"no {what} within {timeout}s")
 
 
-def _start(model_dir, log_path, *params):
+def _start(model_dir, log_path, *params, env=None):
   """Starts bin/trainer with its log in a file (a pipe could fill and block)."""
   with open(log_path, "w") as log:
     return subprocess.Popen(
         trainer_helpers.trainer_command(str(model_dir), *params),
-        env=trainer_helpers.subprocess_env(), stdout=log, stderr=log)
+        env=env or trainer_helpers.subprocess_env(), stdout=log, stderr=log)
 
 
 def test_killed_trainer_resumes_to_the_right_step(tmp_path):
@@ -58,29 +59,55 @@ def test_killed_trainer_resumes_to_the_right_step(tmp_path):
   assert killed_after <= resumed_at < 200
 
 
-def test_sigterm_checkpoints_and_exits_resumable(tmp_path):
+# One host loop of 1000 steps takes far longer than a preemption's grace
+# period; the in-loop progress line every 20 steps shows the loop is running.
+_LONG_LOOP = ("TRAIN_STEPS = 5000", "STEPS_PER_LOOP = 1000",
+              "effnet_gin.train.train.schedule = 'train'",
+              "effnet_gin.train.train.log_every_steps = 20")
+
+
+def _progress_step_seen(log_path, at_least):
+  """The last in-loop progress step in the log if it is >= at_least."""
+  steps = re.findall(r"in-loop progress: step (\d+)", log_path.read_text())
+  return int(steps[-1]) if steps and int(steps[-1]) >= at_least else None
+
+
+def _stopped_step(log_text):
+  """The step of the log's 'Stopped by SIGTERM at step N' line."""
+  return int(re.search(r"Stopped by SIGTERM at step (\d+)", log_text)[1])
+
+
+def _checkpoint_step_variable(model_dir, step):
+  reader = tf.train.load_checkpoint(f"{model_dir}/ckpt-{step}")
+  return reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
   model_dir, log_path = tmp_path / "model", tmp_path / "log"
-  params = ("TRAIN_STEPS = 5000", "effnet_gin.train.train.schedule = 'train'",
-            "effnet_gin.train.train.checkpoint_every_steps = 10000")
-  process = _start(model_dir, log_path, *params)
+  process = _start(model_dir, log_path, *_LONG_LOOP)
   try:
-    # With checkpoints every 10000 steps, the only early checkpoint is the
-    # one SIGTERM forces; wait for the first training loop's console line.
-    _wait_until(lambda: "step 1/5000" in log_path.read_text(), process,
-                log_path, "the first training loop")
+    seen = _wait_until(lambda: _progress_step_seen(log_path, 40), process,
+                       log_path, "step 40 inside the first loop")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
   finally:
     process.kill()
-  assert process.returncode == 75, log_path.read_text()[-3000:]
-  stopped_at = trainer_helpers.latest_step(str(model_dir))
-  assert stopped_at is not None and 1 <= stopped_at < 5000
-  assert f"Stopped by SIGTERM at step {stopped_at}" in log_path.read_text()
+  log = log_path.read_text()
+  assert process.returncode == 75, log[-3000:]
+  stopped_at = _stopped_step(log)
+  # Stopped inside the loop (it would have ended at step 1000), after the
+  # step the test saw, and saved exactly that step.
+  assert seen <= stopped_at < 1000
+  assert trainer_helpers.latest_step(str(model_dir)) == stopped_at
+  assert _checkpoint_step_variable(model_dir, stopped_at) == stopped_at
+  final = stopped_at + 3
   rerun = trainer_helpers.run_trainer(
-      str(model_dir), f"TRAIN_STEPS = {stopped_at + 2}", *params[1:])
+      str(model_dir), f"TRAIN_STEPS = {final}", *_LONG_LOOP[1:])
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert "Resumed from" in rerun.stderr
-  assert trainer_helpers.latest_step(str(model_dir)) == stopped_at + 2
+  assert f"ckpt-{stopped_at} at step {stopped_at}" in rerun.stderr
+  assert f"step {final}/{final} " in rerun.stderr
+  assert trainer_helpers.latest_step(str(model_dir)) == final
+  assert _checkpoint_step_variable(model_dir, final) == final
 
 
 def _free_port():
@@ -89,37 +116,77 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_multi_worker_mirrored_trains_and_the_chief_saves(tmp_path):
-  ports = [_free_port(), _free_port()]
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-  params = ("TRAIN_STEPS = 4", "STEPS_PER_LOOP = 2",
-            "TRAIN_BATCH_SIZE = 8",
-            "effnet_gin.train.build_strategy.kind = 'multi_worker'",
-            "effnet_gin.train.train.schedule = 'train'")
-  processes = []
+def _start_workers(model_dir, log_dir, *params):
+  """Starts two MultiWorkerMirrored bin/trainer workers on 127.0.0.1."""
+  cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+  workers = []
   for index in range(2):
     env = trainer_helpers.subprocess_env(TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    processes.append(subprocess.Popen(
-        trainer_helpers.trainer_command(str(tmp_path), *params), env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = []
+    log_path = log_dir / f"worker{index}.log"
+    workers.append((_start(model_dir, log_path, *params,
+                           "effnet_gin.train.build_strategy.kind = "
+                           "'multi_worker'", env=env), log_path))
+  return workers
+
+
+def _wait_for_workers(workers, timeout=300):
+  """Waits for every worker to exit; returns their logs."""
   try:
-    for process in processes:
-      outputs.append(process.communicate(timeout=300)[1])
+    for process, _ in workers:
+      process.wait(timeout=timeout)
   finally:
-    for process in processes:
+    for process, _ in workers:
       process.kill()
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-3000:]
-  assert "MultiWorkerMirroredStrategy" in outputs[0] or (
-      "multi_worker" in outputs[0] or "Collective" in outputs[0])
-  assert trainer_helpers.latest_step(str(tmp_path)) == 4
-  # Only the chief's files remain: no scratch directory of the worker.
-  leftovers = [name for name in os.listdir(tmp_path)
+  return [log_path.read_text() for _, log_path in workers]
+
+
+def _assert_only_the_chief_wrote(model_dir):
+  leftovers = [name for name in os.listdir(model_dir)
                if name.startswith(".worker_scratch")]
   assert leftovers == []
-  # Only the chief wrote the run files.
-  assert (tmp_path / "command").exists()
-  reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))
-  assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+
+
+def test_multi_worker_mirrored_trains_and_the_chief_saves(tmp_path):
+  model_dir = tmp_path / "model"
+  workers = _start_workers(model_dir, tmp_path, "TRAIN_STEPS = 4",
+                           "STEPS_PER_LOOP = 2", "TRAIN_BATCH_SIZE = 8",
+                           "effnet_gin.train.train.schedule = 'train'")
+  logs = _wait_for_workers(workers)
+  for (process, _), log in zip(workers, logs):
+    assert process.returncode == 0, log[-3000:]
+  assert "MultiWorkerMirroredStrategy" in logs[0] or (
+      "multi_worker" in logs[0] or "Collective" in logs[0])
+  assert trainer_helpers.latest_step(str(model_dir)) == 4
+  _assert_only_the_chief_wrote(model_dir)
+  assert (model_dir / "command").exists()
+  assert _checkpoint_step_variable(model_dir, 4) == 4
+
+
+@pytest.mark.slow  # Two 2-worker runs: tracing under MultiWorkerMirrored.
+def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(tmp_path):
+  model_dir = tmp_path / "model"
+  workers = _start_workers(model_dir, tmp_path, *_LONG_LOOP)
+  signalled, signalled_log = workers[1]  # Not the chief, which must save.
+  _wait_until(lambda: _progress_step_seen(signalled_log, 40), signalled,
+              signalled_log, "step 40 inside the first loop")
+  signalled.send_signal(signal.SIGTERM)
+  logs = _wait_for_workers(workers, timeout=120)
+  for (process, _), log in zip(workers, logs):
+    assert process.returncode == 75, log[-3000:]
+  stopped_at = _stopped_step(logs[0])
+  assert _stopped_step(logs[1]) == stopped_at < 1000
+  assert "SIGTERM received" in logs[1] and "SIGTERM received" not in logs[0]
+  assert trainer_helpers.latest_step(str(model_dir)) == stopped_at
+  assert _checkpoint_step_variable(model_dir, stopped_at) == stopped_at
+  _assert_only_the_chief_wrote(model_dir)
+  final = stopped_at + 2
+  (tmp_path / "rerun").mkdir()
+  rerun = _start_workers(model_dir, tmp_path / "rerun",
+                         f"TRAIN_STEPS = {final}", *_LONG_LOOP[1:])
+  logs = _wait_for_workers(rerun)
+  for (process, _), log in zip(rerun, logs):
+    assert process.returncode == 0, log[-3000:]
+    assert f"ckpt-{stopped_at} at step {stopped_at}" in log
+  assert trainer_helpers.latest_step(str(model_dir)) == final
+  assert _checkpoint_step_variable(model_dir, final) == final

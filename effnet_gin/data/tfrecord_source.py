@@ -65,6 +65,21 @@ def count_records(path):
   return count
 
 
+def known_record_counts():
+  """The counts counted (or remembered) so far: [(path, size, count), ...]."""
+  with _RECORD_COUNTS_LOCK:
+    return sorted((path, size, count)
+                  for (path, size), count in _RECORD_COUNTS.items())
+
+
+def remember_record_counts(entries):
+  """Takes (path, size, count) entries counted earlier (e.g. by another run
+  of the evaluator); a file whose size changed since is counted afresh."""
+  with _RECORD_COUNTS_LOCK:
+    for path, size, count in entries:
+      _RECORD_COUNTS[(path, int(size))] = int(count)
+
+
 def count_records_in_files(paths, max_workers=8):
   """`count_records` of many files, counted in parallel; returns a list."""
   with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:

@@ -8,8 +8,13 @@ model_dir may be a gs:// path.
 Under MultiWorkerMirroredStrategy every worker must take part in a save, but
 only the chief's copy is kept: the others write into a scratch directory
 that is removed right after (the pattern the TF multi-worker guide gives).
+
+A checkpoint that does not restore (truncated or corrupt files) does not
+strand a run: the trainer resumes from the newest one that does, and moves
+the bad one's files to model_dir/unrestorable/ for inspection.
 """
 import os
+import time
 
 from absl import logging
 import tensorflow as tf
@@ -17,15 +22,63 @@ import tensorflow as tf
 from effnet_gin.model import pretrained
 
 CHECKPOINT_NAME = "ckpt"
+UNRESTORABLE_SUBDIR = "unrestorable"
+
+# What reading a truncated, corrupt or half-deleted checkpoint raises; the
+# checkpoint reader turns OUT_OF_RANGE ("Read less bytes than requested")
+# into IndexError.
+RESTORE_ERRORS = (tf.errors.DataLossError, tf.errors.OutOfRangeError,
+                  tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+                  IndexError)
 
 
 def write_text(directory, filename, text):
-  """Writes `text` to `directory/filename` atomically (write, then rename)."""
+  """Writes `text` to `directory/filename` atomically (write, then rename).
+
+  The directory is created if missing.
+  """
+  tf.io.gfile.makedirs(directory)
   path = f"{directory}/{filename}"
   tmp_path = f"{path}.tmp-{os.getpid()}"
   with tf.io.gfile.GFile(tmp_path, "w") as f:
     f.write(text)
   tf.io.gfile.rename(tmp_path, path, overwrite=True)
+
+
+def write_checkpoint_state(directory, names, timestamps=(),
+                           last_preserved_timestamp=None):
+  """Writes the `checkpoint` state file listing `names`, newest last.
+
+  `tf.train.CheckpointManager` tracks (and retains) only the listed
+  checkpoints whose timestamps are after `last_preserved_timestamp`; pass
+  both from the state being rewritten, or it forgets the older ones.
+  """
+  lines = [f'model_checkpoint_path: "{names[-1]}"\n']
+  lines += [f'all_model_checkpoint_paths: "{name}"\n' for name in names]
+  lines += [f"all_model_checkpoint_timestamps: {t!r}\n" for t in timestamps]
+  if last_preserved_timestamp is not None:
+    lines.append(f"last_preserved_timestamp: {last_preserved_timestamp!r}\n")
+  write_text(directory, "checkpoint", "".join(lines))
+
+
+def listed_checkpoints(directory):
+  """The checkpoint prefixes `directory`'s state file lists, oldest first.
+
+  Ordered by the step in their `ckpt-<STEP>` names; unnumbered ones are left
+  out.
+  """
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  paths = set(state.all_model_checkpoint_paths)
+  paths.add(state.model_checkpoint_path)
+  numbered = [(checkpoint_step(p), p) for p in paths]
+  return [p for s, p in sorted(numbered) if s is not None]
+
+
+def describe_error(err):
+  """One line naming an exception's type and its first line of message."""
+  return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
 
 
 def build_checkpoint(*, model, step=None, optimizer=None, ema=None):
@@ -60,8 +113,12 @@ class Manager:
     else:
       write_dir = f"{model_dir}/.worker_scratch_{worker_id or os.getpid()}"
     self._write_dir = write_dir
-    self._manager = tf.train.CheckpointManager(
-        checkpoint, write_dir, max_to_keep=max_to_keep if chief else 1,
+    self._max_to_keep = max_to_keep if chief else 1
+    self._manager = self._new_manager()
+
+  def _new_manager(self):
+    return tf.train.CheckpointManager(
+        self._checkpoint, self._write_dir, max_to_keep=self._max_to_keep,
         checkpoint_name=CHECKPOINT_NAME)
 
   @property
@@ -70,12 +127,62 @@ class Manager:
     return tf.train.latest_checkpoint(self._model_dir)
 
   def restore_latest(self):
-    """Restores the newest checkpoint in model_dir; returns its path or None."""
-    latest = self.latest
-    if latest is None:
-      return None
-    self._checkpoint.restore(latest).assert_existing_objects_matched()
-    return latest
+    """Restores the newest checkpoint in model_dir that restores.
+
+    Newer checkpoints that fail to read are logged with their error and
+    skipped. The chief then moves their files to model_dir/unrestorable/
+    (never deleting them) and drops them from the checkpoint state, so that
+    neither retention nor a later save of the same step touches them.
+
+    Returns:
+      The restored checkpoint's path, or None when model_dir has none.
+
+    Raises:
+      ValueError: when model_dir lists checkpoints but none of them restores
+        (rather than training from scratch over them).
+    """
+    listed = listed_checkpoints(self._model_dir)
+    failed = []
+    for path in reversed(listed):
+      try:
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+      except RESTORE_ERRORS as err:
+        logging.error("Checkpoint %s does not restore (%s); trying the one "
+                      "before it", path, describe_error(err))
+        failed.append(path)
+        continue
+      if failed:
+        logging.warning("Resuming from %s, the newest checkpoint that "
+                        "restores; unrestorable: %s", path, failed)
+        if self._chief:
+          self._set_aside(failed)
+      return path
+    if failed:
+      raise ValueError(f"none of the checkpoints in {self._model_dir!r} "
+                       f"restores ({failed}); move them away to start afresh")
+    return None
+
+  def _set_aside(self, failed):
+    """Moves unrestorable checkpoints to model_dir/unrestorable/."""
+    state = tf.train.get_checkpoint_state(self._model_dir)
+    paths = state.all_model_checkpoint_paths
+    timestamps = (state.all_model_checkpoint_timestamps
+                  or [time.time()] * len(paths))
+    kept = [(path.rsplit("/", 1)[-1], timestamp)
+            for path, timestamp in zip(paths, timestamps)
+            if path not in failed]
+    # One folder per incident, so an earlier incident's files stay too.
+    directory = f"{self._model_dir}/{UNRESTORABLE_SUBDIR}/{int(time.time())}"
+    tf.io.gfile.makedirs(directory)
+    for prefix in failed:
+      for filename in tf.io.gfile.glob(prefix + ".*"):
+        target = f"{directory}/{filename.rsplit('/', 1)[-1]}"
+        tf.io.gfile.rename(filename, target)
+      logging.warning("Moved the files of %s to %s", prefix, directory)
+    write_checkpoint_state(self._model_dir, [name for name, _ in kept],
+                           [timestamp for _, timestamp in kept],
+                           state.last_preserved_timestamp)
+    self._manager = self._new_manager()  # It read the state file.
 
   def save(self, step):
     """Saves the checkpoint numbered `step`; returns the chief's path."""

@@ -6,13 +6,15 @@ loop · the outer Python loop that logs, summarises, evaluates, checkpoints and
 handles preemption.
 
 Every `steps_per_loop` steps the host returns to Python: that is where the
-console line, the TensorBoard scalars, the NaN check, checkpoints and the
-SIGTERM check happen, exactly as the reference's `iterations_per_loop`.
+console line, the TensorBoard scalars, the NaN check and checkpoints happen,
+exactly as the reference's `iterations_per_loop`. SIGTERM does not wait for
+that: the host loop reads a stop flag before every step (`preemption`), so a
+preempted trainer checkpoints the step it reached within the grace period.
 """
 import contextlib
 import json
 import math
-import signal
+import sys
 import time
 
 from absl import logging
@@ -24,11 +26,13 @@ from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
-from effnet_gin.train.evaluate import EvalRunner
-from effnet_gin.train.evaluate import METRICS
+from effnet_gin.train.eval_runner import EvalRunner
+from effnet_gin.train.eval_runner import METRICS
 from effnet_gin.train import losses
 from effnet_gin.train import optim
 from effnet_gin.train import recipe
+from effnet_gin.train import preemption
+from effnet_gin.train import progress as progress_lib
 from effnet_gin.train import strategy as strategy_lib
 
 # Exit status of a trainer that saved a checkpoint on SIGTERM and stopped
@@ -38,31 +42,6 @@ PREEMPTED_EXIT_CODE = 75
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when the training loss becomes NaN or Inf."""
-
-
-class _SigtermFlag:
-  """Records SIGTERM so the loop can checkpoint and stop at a loop boundary."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: checkpointing at the end of this loop")
-    self.received = True
-
-  @contextlib.contextmanager
-  def installed(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: leave signals alone.
-      yield self
-      return
-    try:
-      yield self
-    finally:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_positive(**values):
@@ -80,7 +59,7 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
           label_smoothing=0.1, weight_decay=1e-5, precision="float32",
           jit_compile=False, use_ema=True, checkpoint_every_steps=None,
           keep_checkpoints=5, init_checkpoint=None, init_from_ema=True,
-          seed=None, command=None):
+          seed=None, log_every_steps=None, command=None):
   """Trains an EfficientNet with a custom loop under a tf.distribute strategy.
 
   Args:
@@ -91,7 +70,9 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
     image_size: training resolution in pixels.
     num_train_images: size of the training set (schedule and epoch counter).
     steps_per_loop: steps compiled into one host call (the reference's
-      iterations_per_loop); logging and checkpoints happen between loops.
+      iterations_per_loop); logging and checkpoints happen between loops,
+      while SIGTERM stops the loop before its next step: the trainer saves
+      that step and returns with `preempted` set (bin/trainer exits 75).
     schedule: 'train', or 'train_and_eval' to evaluate every
       `steps_per_eval` steps and at the end, in this process.
     eval_batch_size: global eval batch size (train_and_eval only).
@@ -114,6 +95,9 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       seeds, through `keras.utils.set_random_seed`) and, in place of
       `build_dataset.seed`, the input pipeline's order and augmentation.
       None (the default) leaves all of them unseeded.
+    log_every_steps: also print the step and its loss from inside the host
+      loop every this many steps (a sign of life in long loops); None prints
+      only the line after each loop.
     command: the command line to record in model_dir (bin/trainer passes it).
 
   Returns:
@@ -187,7 +171,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       worker_id=_worker_id(strategy))
   resumed_from = manager.restore_latest()
   if resumed_from:
-    logging.info("Resumed from %s at step %d", resumed_from, int(step))
+    logging.info("Resumed from %s at step %d", resumed_from,
+                 int(step.numpy()))
   start_step = int(step.numpy())
   if start_step >= train_steps:
     logging.info("model_dir %s is already at step %d of %d: nothing to do",
@@ -198,18 +183,24 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   # --- Input pipeline -----------------------------------------------------
   seed_kwargs = {} if seed is None else {"seed": seed}
 
+  tpu_node = strategy_lib.tpu_node_master(strategy)
+
   def dataset_fn(input_context):
-    return build_dataset(input_context, split="train",
-                         global_batch_size=train_batch_size,
-                         image_size=image_size, **seed_kwargs)
+    dataset = build_dataset(input_context, split="train",
+                            global_batch_size=train_batch_size,
+                            image_size=image_size, **seed_kwargs)
+    strategy_lib.check_input_runs_on(tpu_node, dataset)
+    return dataset
 
   iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
   # --- The compiled step and host loop ------------------------------------
+  stop_request = preemption.StopRequest()
   host_loop = build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
       global_batch_size=train_batch_size, label_smoothing=label_smoothing,
-      weight_decay=weight_decay, jit_compile=jit_compile)
+      weight_decay=weight_decay, jit_compile=jit_compile,
+      stop_request=stop_request, log_every_steps=log_every_steps)
 
   # One runner for all in-process evaluations: traced (and, with XLA,
   # compiled) once.
@@ -222,44 +213,33 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   writer = (tf.summary.create_file_writer(f"{model_dir}/train") if chief
             else tf.summary.create_noop_writer())
   checkpoint_every = checkpoint_every_steps or steps_per_loop
-  steps_per_epoch = num_train_images / train_batch_size
   last_loss, last_eval, preempted = None, None, False
   next_checkpoint = _next_multiple(start_step, checkpoint_every)
   next_eval = _next_multiple(start_step, steps_per_eval)
+  saved_step = start_step if resumed_from else None
   wrote_operative_config = False
-  run_start = time.time()
+  progress = progress_lib.LoopProgress(
+      start_step, train_steps, train_batch_size,
+      num_train_images / train_batch_size, learning_rate)
   current = start_step
-  with _SigtermFlag().installed() as sigterm, writer.as_default():
+  with stop_request.installed(), writer.as_default():
     while current < train_steps:
       num_steps = min(steps_per_loop, train_steps - current)
       loop_start = time.time()
-      loss_sum, correct_sum, first_bad = host_loop(
+      loss_sum, correct_sum, first_bad, steps_run = host_loop(
           iterator, tf.constant(num_steps, tf.int32))
-      loss_sum = float(loss_sum)
+      loss_sum, steps_run = float(loss_sum), int(steps_run)
       elapsed = time.time() - loop_start
       if int(first_bad) >= 0 or not math.isfinite(loss_sum):
         raise NonFiniteLossError(
             f"training loss became {loss_sum} at step {int(first_bad)} "
-            f"(loop of steps {current + 1}–{current + num_steps}); the last "
+            f"(loop of steps {current + 1}–{current + steps_run}); the last "
             f"checkpoint in {model_dir} ({manager.latest}) is intact")
       current = int(step.numpy())
-      last_loss = loss_sum / num_steps
-      images_per_sec = num_steps * train_batch_size / elapsed
-      lr = float(learning_rate(current - 1))
-      tf.summary.scalar("loss", last_loss, step=current)
-      tf.summary.scalar("learning_rate", lr, step=current)
-      tf.summary.scalar("epoch", current / steps_per_epoch, step=current)
-      tf.summary.scalar("top_1_accuracy",
-                        float(correct_sum) / (num_steps * train_batch_size),
-                        step=current)
-      tf.summary.scalar("images_per_sec", images_per_sec, step=current)
-      tf.summary.scalar("step_time_sec", elapsed / num_steps, step=current)
-      done = current - start_step
-      eta = (time.time() - run_start) / done * (train_steps - current)
-      logging.info("step %d/%d  loss %.4f  lr %.5f  %.1f images/sec  ETA %s",
-                   current, train_steps, last_loss, lr, images_per_sec,
-                   _format_seconds(eta))
-      if not wrote_operative_config:
+      if steps_run:
+        last_loss = progress.log(current, steps_run, loss_sum,
+                                 float(correct_sum), elapsed)
+      if steps_run and not wrote_operative_config:
         wrote_operative_config = True
         if chief:
           operative = gin.operative_config_str()
@@ -267,8 +247,18 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                                    operative)
           tf.summary.text("operative_config", _markdown_code(operative),
                           step=current)
+      # A loop cut short was stopped by a worker's SIGTERM; every worker
+      # agreed on the step (see preemption), so all of them take this branch.
+      if steps_run < num_steps:
+        if saved_step != current:
+          manager.save(current)
+        preempted = True
+        logging.warning("Stopped by SIGTERM at step %d; rerun with the same "
+                        "model_dir to resume", current)
+        break
       if current >= next_checkpoint or current >= train_steps:
         manager.save(current)
+        saved_step = current
         next_checkpoint = _next_multiple(current, checkpoint_every)
       if schedule == "train_and_eval" and (current >= next_eval
                                            or current >= train_steps):
@@ -276,19 +266,13 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                                          chief)
         next_eval = _next_multiple(current, steps_per_eval)
       writer.flush()
-      if sigterm.received and current < train_steps:
-        manager.save(current)
-        preempted = True
-        logging.warning("Stopped by SIGTERM at step %d; rerun with the same "
-                        "model_dir to resume", current)
-        break
   return dict(start_step=start_step, step=current, loss=last_loss,
               preempted=preempted, eval=last_eval)
 
 
 def build_host_loop(*, strategy, model, optimizer, ema, step,
                     global_batch_size, label_smoothing, weight_decay,
-                    jit_compile):
+                    jit_compile, stop_request=None, log_every_steps=None):
   """Builds the compiled host loop that runs `num_steps` training steps.
 
   Args:
@@ -301,12 +285,17 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
     label_smoothing: label smoothing of the cross-entropy.
     weight_decay: L2 factor on non-batch-norm weights.
     jit_compile: compile the per-replica step with XLA.
+    stop_request: a `preemption.StopRequest` read before every step; when
+      any worker's is set, the loop ends before the step (all workers alike).
+    log_every_steps: print the step and its loss every this many steps from
+      inside the loop (None: never).
 
   Returns:
     A `tf.function` `host_loop(iterator, num_steps)` over a distributed
     iterator of (images, labels) that returns the summed loss and the summed
-    count of correct top-1 predictions of the steps run, and the first step
-    whose loss was not finite (-1 if none).
+    count of correct top-1 predictions of the steps run, the first step
+    whose loss was not finite (-1 if none), and the number of steps run
+    (fewer than `num_steps` only when stopped).
   """
 
   def replica_step(images, labels):
@@ -334,12 +323,22 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
 
   per_replica_step = tf.function(replica_step, jit_compile=jit_compile)
 
+  def should_stop():
+    if stop_request is None:
+      return tf.constant(False)
+    return stop_request.agreed(strategy)
+
   @tf.function
   def host_loop(iterator, num_steps):
     loss_sum = tf.constant(0.0)
     correct_sum = tf.constant(0.0)
     first_bad_step = tf.constant(-1, tf.int64)
-    for _ in tf.range(num_steps):
+    steps_run = tf.constant(0, tf.int32)
+    # Checked before every step. The check is a loop variable rather than a
+    # `break`: a break puts the rest of the body (the step and its
+    # collectives) in a tf.cond, which MultiWorkerMirrored cannot run.
+    stop = should_stop()
+    while tf.logical_and(steps_run < num_steps, tf.logical_not(stop)):
       images, labels = next(iterator)
       loss, correct = strategy.run(per_replica_step, args=(images, labels))
       loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
@@ -349,7 +348,12 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
       first_bad_step = tf.where(bad, step.read_value(), first_bad_step)
       loss_sum += loss
       correct_sum += correct
-    return loss_sum, correct_sum, first_bad_step
+      steps_run += 1
+      stop = should_stop()
+      if log_every_steps and step % log_every_steps == 0:
+        tf.print("in-loop progress: step", step.read_value(), "loss", loss,
+                 output_stream=sys.stderr)
+    return loss_sum, correct_sum, first_bad_step, steps_run
 
   return host_loop
 
@@ -377,11 +381,6 @@ def _worker_id(strategy):
 
 def _next_multiple(value, period):
   return (value // period + 1) * period
-
-
-def _format_seconds(seconds):
-  seconds = int(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _markdown_code(text):

@@ -291,3 +291,57 @@ def set_precision_policy(policy):
                      f"{_PRECISION_POLICIES}.")
   keras.mixed_precision.set_global_policy(policy)
   return policy
+
+
+# Ops through which a tf.data pipeline calls back into this Python process
+# (`from_generator`, `tf.py_function`, `tf.numpy_function`).
+_PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def tpu_node_master(strategy):
+  """The grpc:// master of a TPU Node behind `strategy`, else None.
+
+  A TPU Node's input pipeline runs on its remote TPU host, not in this
+  process; on a TPU VM (`--tpu=local`) it runs here.
+  """
+  if not isinstance(strategy, tf.distribute.TPUStrategy):
+    return None
+  master = strategy.cluster_resolver.master()
+  return master if is_remote_master(master) else None
+
+
+def is_remote_master(master):
+  """Whether a cluster resolver's master is a remote grpc:// address."""
+  return bool(master) and master.startswith("grpc://")
+
+
+def dataset_calls_python(dataset):
+  """Whether `dataset`'s graph calls back into Python (e.g. from_generator)."""
+  # tf.data has no public view of a pipeline's ops; its serialized graph
+  # (the same one shipped to a remote host) is the ground truth.
+  serialized = dataset._as_serialized_graph()  # pylint: disable=protected-access
+  graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
+  ops = {node.op for node in graph.node}
+  ops.update(node.op for function in graph.library.function
+             for node in function.node_def)
+  return bool(ops & _PYTHON_OPS)
+
+
+def check_input_runs_on(master, dataset):
+  """Fails at start when a remote TPU host would have to run Python input.
+
+  Args:
+    master: the TPU Node's grpc:// master (`tpu_node_master`), or None.
+    dataset: one input pipeline's `tf.data.Dataset`.
+
+  Raises:
+    ValueError: when `master` is remote and the pipeline calls Python (the
+      Bigtable source reads its rows with `from_generator`).
+  """
+  if master is None or not dataset_calls_python(dataset):
+    return
+  raise ValueError(
+      f"the input pipeline calls Python (the Bigtable source reads rows with "
+      f"tf.data from_generator), which the TPU Node's remote host {master} "
+      "cannot run. Bigtable input works on a TPU VM (--tpu=local), on GPU "
+      "and on CPU hosts; on a TPU Node, read TFRecord files instead.")

@@ -1,0 +1,47 @@
+"""The console line and TensorBoard scalars the trainer writes after a loop."""
+import time
+
+from absl import logging
+import tensorflow as tf
+
+
+class LoopProgress:
+  """The console line and TensorBoard scalars written after each loop."""
+
+  def __init__(self, start_step, train_steps, global_batch_size,
+               steps_per_epoch, learning_rate):
+    self._start_step = start_step
+    self._train_steps = train_steps
+    self._batch = global_batch_size
+    self._steps_per_epoch = steps_per_epoch
+    self._learning_rate = learning_rate
+    self._start_time = time.time()
+
+  def log(self, current, num_steps, loss_sum, correct_sum, elapsed):
+    """Logs and summarises a loop of `num_steps` ending at step `current`.
+
+    Returns:
+      The loop's mean loss.
+    """
+    loss = loss_sum / num_steps
+    images_per_sec = num_steps * self._batch / elapsed
+    lr = float(self._learning_rate(current - 1))
+    tf.summary.scalar("loss", loss, step=current)
+    tf.summary.scalar("learning_rate", lr, step=current)
+    tf.summary.scalar("epoch", current / self._steps_per_epoch, step=current)
+    tf.summary.scalar("top_1_accuracy", correct_sum / (num_steps * self._batch),
+                      step=current)
+    tf.summary.scalar("images_per_sec", images_per_sec, step=current)
+    tf.summary.scalar("step_time_sec", elapsed / num_steps, step=current)
+    eta = ((time.time() - self._start_time) / (current - self._start_step)
+           * (self._train_steps - current))
+    logging.info("step %d/%d  loss %.4f  lr %.5f  %.1f images/sec  ETA %s",
+                 current, self._train_steps, loss, lr, images_per_sec,
+                 format_seconds(eta))
+    return loss
+
+
+def format_seconds(seconds):
+  """Formats a duration as H:MM:SS."""
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
