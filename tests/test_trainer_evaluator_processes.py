@@ -103,8 +103,9 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
              for r in results)
   eval_files = os.listdir(os.path.join(model_dir, "eval"))
   assert "results.jsonl" in eval_files
-  assert all(f == "results.jsonl" or f.startswith("events.")
-             for f in eval_files)
+  assert "record_counts.json" in eval_files  # A restart will not recount.
+  assert all(f in ("results.jsonl", "record_counts.json")
+             or f.startswith("events.") for f in eval_files)
   with open(os.path.join(model_dir, "best", "best_result.json")) as f:
     best = json.load(f)
   assert best["top_1_accuracy"] == max(r["top_1_accuracy"] for r in results)
