@@ -133,6 +133,9 @@ def test_train_steps_come_from_the_trainers_config(data_dir, tmp_path, caplog):
 
 
 def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
+  # The counts are cached per process; earlier tests counted other data sets,
+  # which this run's file must not list. A fresh evaluator starts empty.
+  tfrecord_source._RECORD_COUNTS.clear()  # pylint: disable=protected-access
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
