@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from effnet_gin.train import lars
 from effnet_gin.train import optim
+from optimizer_helpers import run_keras
 
 
 def _reference_lars(initial, grads, names, learning_rates, *, momentum=0.9,
@@ -54,21 +55,6 @@ def _problem(steps=6, seed=0):
   return list(shapes), initial, grads
 
 
-def _run_keras(optimizer, names, initial, grads, jit_compile=False):
-  variables = [keras.Variable(value, name=name)
-               for name, value in zip(names, initial)]
-  optimizer.build(variables)
-
-  def apply(step_grads):
-    optimizer.apply_gradients(zip(step_grads, variables))
-
-  if jit_compile:
-    apply = tf.function(apply, jit_compile=True)
-  for step_grads in grads:
-    apply([tf.constant(g) for g in step_grads])
-  return [v.numpy() for v in variables]
-
-
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_lars_matches_the_reference_update_under_a_poly_schedule(jit_compile):
   names, initial, grads = _problem()
@@ -79,7 +65,8 @@ def test_lars_matches_the_reference_update_under_a_poly_schedule(jit_compile):
                                     train_steps=6) for step in range(6)]
   optimizer = optim.build_optimizer(schedule, name="lars")
   assert isinstance(optimizer, lars.LARS)
-  got = _run_keras(optimizer, names, initial, grads, jit_compile=jit_compile)
+  got = run_keras(optimizer, initial, grads, names=names,
+                  jit_compile=jit_compile)
   expected = _reference_lars(initial, grads, names, learning_rates)
   # Tolerance: float32 against the float64 formulas over 6 steps.
   for name, value, want in zip(names, got, expected):
@@ -96,7 +83,7 @@ def test_lars_with_constant_rate_and_epsilon():
   optimizer = optim.build_optimizer(0.5, name="lars", momentum=0.8,
                                     lars_weight_decay=1e-4, lars_eeta=0.01,
                                     lars_epsilon=1e-3)
-  got = _run_keras(optimizer, names, initial, grads)
+  got = run_keras(optimizer, initial, grads, names=names)
   expected = _reference_lars(initial, grads, names, [0.5] * 4, momentum=0.8,
                              weight_decay=1e-4, eeta=0.01, epsilon=1e-3)
   for value, want in zip(got, expected):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
+from optimizer_helpers import run_keras
 
 # Reference defaults: ImageNet, global batch 2048.
 _IMAGES = 1_281_167
@@ -152,20 +153,6 @@ def _run_tf1(make_optimizer, learning_rate, initial, grads):
       return session.run(variables)
 
 
-def _run_keras(optimizer, initial, grads, jit_compile=False):
-  variables = [keras.Variable(value) for value in initial]
-  optimizer.build(variables)
-
-  def apply(step_grads):
-    optimizer.apply_gradients(zip(step_grads, variables))
-
-  if jit_compile:
-    apply = tf.function(apply, jit_compile=True)
-  for step_grads in grads:
-    apply([tf.constant(g) for g in step_grads])
-  return [v.numpy() for v in variables]
-
-
 _SMALL_SCHEDULE = dict(global_batch_size=256, num_train_images=512,
                        warmup_epochs=1.5, decay_epochs=0.5)
 
@@ -179,13 +166,13 @@ def test_rmsprop_matches_tf1_rmsprop(scheduled):
       lambda lr: tf.compat.v1.train.RMSPropOptimizer(
           lr, decay=0.9, momentum=0.9, epsilon=1e-3),
       learning_rate, initial, grads)
-  got = _run_keras(optim.build_optimizer(learning_rate), initial, grads)
+  got = run_keras(optim.build_optimizer(learning_rate), initial, grads)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
   # Sanity: the 1.0 start of the mean square matters (Keras RMSprop differs).
   keras_rmsprop = keras.optimizers.RMSprop(learning_rate, rho=0.9,
                                            momentum=0.9, epsilon=1e-3)
-  stock = _run_keras(keras_rmsprop, initial, grads)
+  stock = run_keras(keras_rmsprop, initial, grads)
   assert not np.allclose(stock[0], expected[0], rtol=1e-3)
 
 
@@ -195,7 +182,7 @@ def test_momentum_matches_tf1_momentum():
   expected = _run_tf1(
       lambda lr: tf.compat.v1.train.MomentumOptimizer(lr, momentum=0.9),
       schedule, initial, grads)
-  got = _run_keras(optim.build_optimizer(schedule, name="momentum"), initial,
+  got = run_keras(optim.build_optimizer(schedule, name="momentum"), initial,
                    grads)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
@@ -204,8 +191,8 @@ def test_momentum_matches_tf1_momentum():
 def test_rmsprop_update_compiles_under_xla():
   initial, grads = _problem(seed=2, steps=3)
   schedule = optim.build_schedule(**_SMALL_SCHEDULE)
-  eager = _run_keras(optim.build_optimizer(schedule), initial, grads)
-  compiled = _run_keras(optim.build_optimizer(schedule), initial, grads,
+  eager = run_keras(optim.build_optimizer(schedule), initial, grads)
+  compiled = run_keras(optim.build_optimizer(schedule), initial, grads,
                         jit_compile=True)
   for c, e in zip(compiled, eager):
     np.testing.assert_allclose(c, e, rtol=1e-5, atol=1e-7)
