@@ -78,7 +78,7 @@ def sigterm_to_exit():
     log_path = os.path.join(tmp, "log")
     command = trainer_helpers.trainer_command(
         os.path.join(tmp, "model"), "TRAIN_STEPS = 5000",
-        "STEPS_PER_LOOP = 1000", "effnet_gin.train.train.schedule = 'train'",
+        "STEPS_PER_LOOP = 1000", "effnet_gin.train.train.mode = 'train'",
         "effnet_gin.train.train.log_every_steps = 20")
     with open(log_path, "w") as log:
       process = subprocess.Popen(command, env=trainer_helpers.subprocess_env(),

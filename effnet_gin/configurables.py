@@ -1,20 +1,154 @@
-"""The one place that registers effnet_gin's gin configurables.
+"""The one place that knows gin: registers the builders, wires the top.
 
-Importing this module imports every module whose builders carry
-`@gin.configurable`, so a parsed `.gin` file can name them. Layers and tensor
-functions stay gin-free; only the builders listed below are configurable.
+Library code is plain Python: builders take keyword arguments, and the entry
+points `train`, `evaluate` and `export` receive their collaborators (model,
+dataset, schedule and optimizer builders, the EMA class, the strategy, the
+`Preprocessing`) as arguments with the library's builders as defaults. This
+module registers each with `gin.external_configurable` under the names the
+shipped `.gin` files use — `build_model`, `effnet_gin.train.train.train_steps`,
+… — and its `train`, `evaluate`, `export` and `export_lite` functions call
+the entry points with gin's bindings and the gin-bound collaborators. The
+bin/ scripts call those; a Python user without gin calls the library.
 
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
-  model:  build_model
-  data:   build_dataset, Preprocessing (crop and resize settings, read by
-          build_dataset and export alike) and the sources TFRecordSource,
-          FakeSource, SyntheticSource, TFDSSource, ImageFolderSource,
-          BigtableSource
+  model:  build_model, variant_resolution
+  data:   build_dataset, Preprocessing (crop and resize, one instance for
+          the input pipeline and the exporter alike), randaugment_magnitude_for
+          and the sources TFRecordSource, FakeSource, SyntheticSource,
+          TFDSSource, ImageFolderSource, BigtableSource
   train:  build_strategy, build_schedule, build_optimizer,
-          ExponentialMovingAverage, train, evaluate, export
+          ExponentialMovingAverage, steps_for_epochs, train, evaluate, export,
+          export_lite
+
+Each registered object is reachable here by its name (`configurables.
+build_model()` builds the configured model); calling the library's own
+(`effnet_gin.model.build_model()`) ignores gin.
 """
-# pylint: disable=unused-import
-from effnet_gin import data  # noqa: F401
-from effnet_gin import model  # noqa: F401
-from effnet_gin import train  # noqa: F401
+import functools
+import importlib
+
+import gin
+
+from effnet_gin import data as data_lib
+from effnet_gin import model as model_lib
+from effnet_gin.train import averaging
+from effnet_gin.train import lite_export
+from effnet_gin.train import loop
+from effnet_gin.train import optim
+from effnet_gin.train import recipe
+from effnet_gin.train import strategy as strategy_lib
+
+# effnet_gin.train's attributes `evaluate` and `export` are the functions.
+evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
+export_lib = importlib.import_module("effnet_gin.train.export")
+
+
+def _model(fn_or_cls, name=None, **kwargs):
+  return gin.external_configurable(fn_or_cls, name, module="effnet_gin.model",
+                                   **kwargs)
+
+
+def _data(fn_or_cls, name=None, **kwargs):
+  return gin.external_configurable(fn_or_cls, name, module="effnet_gin.data",
+                                   **kwargs)
+
+
+def _train(fn_or_cls, name=None, **kwargs):
+  return gin.external_configurable(fn_or_cls, name, module="effnet_gin.train",
+                                   **kwargs)
+
+
+# --- model -----------------------------------------------------------------
+build_model = _model(model_lib.build_model, "build_model")
+variant_resolution = _model(model_lib.variant_resolution, "variant_resolution")
+
+# --- data ------------------------------------------------------------------
+Preprocessing = _data(data_lib.Preprocessing, "Preprocessing")
+# `preprocessing` is not bound on build_dataset: bind Preprocessing, which the
+# exporter reads too, so serving preprocesses as eval does.
+build_dataset = _data(data_lib.build_dataset, "build_dataset",
+                      denylist=["preprocessing"])
+randaugment_magnitude_for = _data(data_lib.randaugment_magnitude_for,
+                                  "randaugment_magnitude_for")
+TFRecordSource = _data(data_lib.TFRecordSource, "TFRecordSource")
+FakeSource = _data(data_lib.FakeSource, "FakeSource")
+SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
+TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")
+ImageFolderSource = _data(data_lib.ImageFolderSource, "ImageFolderSource")
+BigtableSource = _data(data_lib.BigtableSource, "BigtableSource")
+
+# --- train -----------------------------------------------------------------
+build_strategy = _train(strategy_lib.build_strategy, "build_strategy")
+build_schedule = _train(optim.build_schedule, "build_schedule")
+build_optimizer = _train(optim.build_optimizer, "build_optimizer")
+ExponentialMovingAverage = _train(averaging.ExponentialMovingAverage,
+                                  "ExponentialMovingAverage")
+steps_for_epochs = _train(recipe.steps_for_epochs, "steps_for_epochs")
+
+# The entry points' collaborators come from here, not from bindings.
+_TRAIN_COLLABORATORS = ["model_builder", "dataset_builder", "schedule_builder",
+                        "optimizer_builder", "ema_builder", "strategy"]
+_configured_train = _train(
+    loop.train, "train",
+    denylist=["model_dir", "command", "config_text", "operative_config_text",
+              *_TRAIN_COLLABORATORS])
+_configured_evaluate = _train(
+    evaluate_lib.evaluate, "evaluate",
+    denylist=["model_dir", "train_steps_from_run", "model_builder",
+              "dataset_builder", "strategy"])
+_configured_export_lite = _train(
+    lite_export.export_lite, "export_lite",
+    allowlist=["calibration_images", "compare_on_eval", "max_int8_drop",
+               "num_threads", "opset"])
+_configured_export = _train(
+    export_lib.export, "export",
+    denylist=["model_dir", "export_dir", "model_builder", "preprocessing",
+              "lite_exporter"])
+
+
+def dataset_builder():
+  """`build_dataset` with gin's bindings and the gin-bound Preprocessing."""
+  return functools.partial(build_dataset, preprocessing=Preprocessing())
+
+
+def train(**kwargs):
+  """Runs `loop.train` with gin's bindings and gin-bound collaborators.
+
+  Records the command, gin's config and, after the first loop, the operative
+  config in model_dir. Keyword arguments override both (e.g. `model_dir`,
+  `command`, or a collaborator such as `strategy`).
+  """
+  wiring = dict(model_builder=build_model, dataset_builder=dataset_builder(),
+                schedule_builder=build_schedule,
+                optimizer_builder=build_optimizer,
+                ema_builder=ExponentialMovingAverage,
+                config_text=gin.config_str(),
+                operative_config_text=gin.operative_config_str)
+  wiring.update(kwargs)
+  if "strategy" not in wiring:
+    wiring["strategy"] = build_strategy()
+  return _configured_train(**wiring)
+
+
+def evaluate(**kwargs):
+  """Runs `evaluate.evaluate` with gin's bindings and collaborators."""
+  wiring = dict(model_builder=build_model, dataset_builder=dataset_builder())
+  wiring.update(kwargs)
+  if "strategy" not in wiring:
+    wiring["strategy"] = build_strategy()
+  return _configured_evaluate(**wiring)
+
+
+def export_lite(model, **kwargs):
+  """`lite_export.export_lite` with gin's bindings and dataset builder."""
+  kwargs.setdefault("dataset_builder", dataset_builder())
+  return _configured_export_lite(model, **kwargs)
+
+
+def export(**kwargs):
+  """Runs `export.export` with gin's bindings and collaborators."""
+  wiring = dict(model_builder=build_model, preprocessing=Preprocessing(),
+                lite_exporter=export_lite)
+  wiring.update(kwargs)
+  return _configured_export(**wiring)

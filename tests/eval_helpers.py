@@ -7,6 +7,7 @@ import gin
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
@@ -52,7 +53,7 @@ class ContractWriter:
   """
 
   def __init__(self, model_dir, *, use_ema=True, max_to_keep=10):
-    self.model = build_model()
+    self.model = configurables.build_model()
     self.optimizer = optim.build_optimizer(0.01)
     self.optimizer.build(self.model.trainable_variables)
     self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
@@ -82,7 +83,7 @@ def read_results(model_dir):
 
 def evaluate(model_dir, **kwargs):
   kwargs.setdefault("train_steps", 3)
-  return evaluate_lib.evaluate(model_dir=model_dir,
+  return configurables.evaluate(model_dir=model_dir,
                                eval_batch_size=EVAL_BATCH_SIZE,
                                image_size=IMAGE_SIZE, **kwargs)
 

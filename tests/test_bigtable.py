@@ -20,6 +20,7 @@ from google.cloud import bigtable as bigtable_admin
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import bigtable
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
@@ -160,7 +161,7 @@ def test_source_is_gin_configurable(loaded):
       "effnet_gin.data.BigtableSource.table = 'imagenet'",
       'effnet_gin.data.BigtableSource.num_parallel_scans = 2',
   ])
-  source = bigtable.BigtableSource()
+  source = configurables.BigtableSource()
   assert source.num_examples('eval') == NUM_EVAL
   assert source.num_examples('train') is None  # Not cheap for ImageNet.
   assert sum(source.examples_per_pipeline('train', 2)) == NUM_TRAIN

@@ -7,6 +7,7 @@ import os
 import gin
 import pytest
 
+from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.train import checkpointing
 from effnet_gin.train import loop
@@ -43,7 +44,7 @@ def _messages(caplog, level=logging.ERROR):
 def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
   model_dir = str(tmp_path)
   _configure("TRAIN_STEPS = 4")
-  loop.train(model_dir=model_dir)
+  configurables.train(model_dir=model_dir)
   bad = os.path.join(model_dir, "ckpt-4")
   data_file = _truncate_data_file(bad)
   bad_bytes = open(data_file, "rb").read()
@@ -51,12 +52,12 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
   # The evaluator: the newest checkpoint that restores, the bad one named;
   # continuous eval records step 2, skips the bad final step and stops.
   with caplog.at_level(logging.ERROR):
-    results = evaluate_lib.evaluate(model_dir=model_dir, newest_only=True)
+    results = configurables.evaluate(model_dir=model_dir, newest_only=True)
   assert [r["step"] for r in results] == [2]
   assert any(bad in m and "does not restore" in m for m in _messages(caplog))
   caplog.clear()
   with caplog.at_level(logging.ERROR):
-    [result] = evaluate_lib.evaluate(model_dir=model_dir,
+    [result] = configurables.evaluate(model_dir=model_dir,
                                      checkpoint=model_dir)
   assert result["step"] == 2
   assert any(bad in m for m in _messages(caplog))
@@ -66,7 +67,7 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
   _configure("TRAIN_STEPS = 6")
   caplog.clear()
   with caplog.at_level(logging.ERROR):
-    result = loop.train(model_dir=model_dir)
+    result = configurables.train(model_dir=model_dir)
   assert (result["start_step"], result["step"]) == (2, 6)
   assert any(bad in m and "does not restore" in m for m in _messages(caplog))
   [kept] = glob.glob(os.path.join(model_dir, checkpointing.UNRESTORABLE_SUBDIR,
@@ -80,9 +81,9 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
 def test_no_restorable_checkpoint_refuses_to_start_over(tmp_path):
   model_dir = str(tmp_path)
   _configure("TRAIN_STEPS = 2")
-  loop.train(model_dir=model_dir)
+  configurables.train(model_dir=model_dir)
   _truncate_data_file(os.path.join(model_dir, "ckpt-2"))
   _configure("TRAIN_STEPS = 4")
   with pytest.raises(ValueError, match="none of the checkpoints"):
-    loop.train(model_dir=model_dir)
+    configurables.train(model_dir=model_dir)
   assert glob.glob(os.path.join(model_dir, "ckpt-2.data-*"))

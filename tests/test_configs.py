@@ -11,6 +11,7 @@ import gin
 import pytest
 
 from effnet_gin import cli
+from effnet_gin import configurables
 from effnet_gin.model import build_model
 from effnet_gin.train import optim
 from effnet_gin.train import recipe
@@ -28,7 +29,7 @@ def resolved(selector):
 
 
 def schedule_of_config():
-  return optim.build_schedule(
+  return configurables.build_schedule(
       global_batch_size=resolved("effnet_gin.train.train.train_batch_size"),
       num_train_images=resolved("effnet_gin.train.train.num_train_images"),
       train_steps=resolved("effnet_gin.train.train.train_steps"))
@@ -132,7 +133,7 @@ def test_each_variant_config_runs_at_its_own_resolution_and_dropout(index):
       "effnet_gin.model.build_model.depth_coefficient = 0.1"], **DATA)
   for selector in IMAGE_SIZE_USERS:
     assert resolved(selector) == resolution, selector
-  model = build_model()
+  model = configurables.build_model()
   assert model.input_shape == (None, resolution, resolution, 3)
   assert model.get_layer("top_dropout").rate == dropout
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin import data
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
@@ -253,14 +254,14 @@ def test_gin_configured_build_dataset_under_mirrored_strategy(imagenet_dir, mirr
   ])
   strategy = mirrored_strategy
   train = strategy.distribute_datasets_from_function(
-      lambda ctx: data.build_dataset(ctx, split='train', global_batch_size=8,
-                                     image_size=SIZE))
+      lambda ctx: configurables.build_dataset(
+          ctx, split='train', global_batch_size=8, image_size=SIZE))
   images, _ = next(iter(train))
   assert [t.shape for t in strategy.experimental_local_results(images)] == [
       (4, SIZE, SIZE, 3)] * 2
   evaluation = strategy.distribute_datasets_from_function(
-      lambda ctx: data.build_dataset(ctx, split='eval', global_batch_size=10,
-                                     image_size=SIZE))
+      lambda ctx: configurables.build_dataset(
+          ctx, split='eval', global_batch_size=10, image_size=SIZE))
   total_weight, steps = 0.0, 0
   for _, _, weights in evaluation:
     total_weight += sum(float(tf.reduce_sum(w)) for w in

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import preprocessing
 from effnet_gin.data import synthetic
 
@@ -315,7 +316,9 @@ def test_gin_binds_the_knobs():
       effnet_gin.data.Preprocessing.area_range = [0.5, 1.0]
       effnet_gin.data.Preprocessing.eval_crop_padding = 0
   """)
-  assert Preprocessing() == Preprocessing(area_range=(0.5, 1.0),
-                                          eval_crop_padding=0)
+  assert configurables.Preprocessing() == Preprocessing(
+      area_range=(0.5, 1.0), eval_crop_padding=0)
+  # The library's class is plain Python: bindings do not reach it.
+  assert Preprocessing() == preprocessing.REFERENCE
   assert preprocessing.REFERENCE == Preprocessing(area_range=(0.08, 1.0),
                                                   eval_crop_padding=32)

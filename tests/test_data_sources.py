@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin import data
 from effnet_gin.data import image_folder
 from effnet_gin.data import sources
@@ -272,11 +273,11 @@ def test_sources_are_gin_configurable(imagenet_dir):
       f"effnet_gin.data.TFRecordSource.data_dir = '{imagenet_dir['data_dir']}'",
       'effnet_gin.data.TFRecordSource.holdout_train_shards = 1',
   ])
-  source = data.TFRecordSource()
+  source = configurables.TFRecordSource()
   assert source.holdout_train_shards == 1
   gin.clear_config()
   with pytest.raises(Exception, match='data_dir'):
-    data.TFRecordSource()
+    configurables.TFRecordSource()
 
 
 class _ListSource(sources.Source):

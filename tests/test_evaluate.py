@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.model import build_model
@@ -49,11 +50,12 @@ def direct_metrics(model, data_dir):
 
 def test_run_evaluation_scores_every_example_once_over_replicas(data_dir):
   configure(data_dir, strategy_kind="mirrored_cpu")
-  strategy = strategy_lib.build_strategy()
+  strategy = configurables.build_strategy()
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
-    model = build_model()
+    model = configurables.build_model()
   metrics = evaluate_lib.run_evaluation(
+      dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
   expected = direct_metrics(model, data_dir)
@@ -67,12 +69,14 @@ def test_run_evaluation_scores_every_example_once_over_replicas(data_dir):
 
 def test_eval_step_compiles_with_xla(data_dir):
   configure(data_dir)
-  strategy = strategy_lib.build_strategy()
-  model = build_model()
+  strategy = configurables.build_strategy()
+  model = configurables.build_model()
   plain = evaluate_lib.run_evaluation(
+      dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
   compiled = evaluate_lib.run_evaluation(
+      dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE, jit_compile=True)
   assert compiled["num_examples"] == NUM_EVAL
@@ -82,11 +86,11 @@ def test_eval_step_compiles_with_xla(data_dir):
 
 def test_run_evaluation_rejects_batch_not_divisible_by_replicas(data_dir):
   configure(data_dir, strategy_kind="mirrored_cpu")
-  strategy = strategy_lib.build_strategy()
+  strategy = configurables.build_strategy()
   with strategy.scope():
-    model = build_model()
+    model = configurables.build_model()
   with pytest.raises(ValueError, match="eval_batch_size=7"):
-    evaluate_lib.run_evaluation(strategy=strategy, model=model,
+    evaluate_lib.run_evaluation(dataset_builder=configurables.dataset_builder(), strategy=strategy, model=model,
                                 eval_batch_size=7, image_size=IMAGE_SIZE)
 
 
@@ -101,9 +105,11 @@ def test_eval_only_matches_in_process_evaluation_of_that_step(
   writer.manager.checkpoint.read(path).assert_existing_objects_matched()
   with writer.ema.averaged_weights():
     ema_metrics = evaluate_lib.run_evaluation(
+      dataset_builder=configurables.dataset_builder(),
         strategy=strategy, model=writer.model,
         eval_batch_size=EVAL_BATCH_SIZE, image_size=IMAGE_SIZE)
   raw_metrics = evaluate_lib.run_evaluation(
+      dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=writer.model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
   assert ema_metrics["loss"] != pytest.approx(raw_metrics["loss"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
@@ -51,7 +52,7 @@ def run_fixture(tmp_path):
   """A model_dir with checkpoints ckpt-1 and ckpt-2 (trainer's contract)."""
   configure()
   model_dir = str(tmp_path / "run")
-  model = build_model()
+  model = configurables.build_model()
   optimizer = optim.build_optimizer(0.01)
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
@@ -82,7 +83,7 @@ def configure(num_classes=NUM_CLASSES):
 
 def classify_in_process(checkpoint_path, image_files, use_ema=True):
   """Top-1 classes and probabilities of the checkpoint's (EMA) weights."""
-  model = build_model()
+  model = configurables.build_model()
   trackables = dict(model=model)
   ema = averaging.ExponentialMovingAverage(model) if use_ema else None
   if ema is not None:
@@ -99,7 +100,7 @@ def classify_in_process(checkpoint_path, image_files, use_ema=True):
 def test_saved_model_in_fresh_process_matches_checkpoint(
     run, image_files, tmp_path):
   export_dir = str(tmp_path / "serving")
-  assert export_lib.export(model_dir=run, export_dir=export_dir,
+  assert configurables.export(model_dir=run, export_dir=export_dir,
                            image_size=IMAGE_SIZE) == export_dir
   classes, probabilities = classify_in_process(f"{run}/ckpt-2", image_files)
   _, raw_probabilities = classify_in_process(
@@ -128,7 +129,7 @@ def test_saved_model_in_fresh_process_matches_checkpoint(
 
 
 def test_saved_model_signatures(run, image_files, tmp_path):
-  export_dir = export_lib.export(model_dir=run, export_dir=str(tmp_path / "s"),
+  export_dir = configurables.export(model_dir=run, export_dir=str(tmp_path / "s"),
                                  image_size=IMAGE_SIZE,
                                  checkpoint=f"{run}/ckpt-1")
   loaded = tf.saved_model.load(export_dir)
@@ -170,13 +171,14 @@ def test_export_refuses_to_overwrite_a_saved_model(run, tmp_path):
   os.makedirs(export_dir)
   open(os.path.join(export_dir, "saved_model.pb"), "w").close()
   with pytest.raises(FileExistsError, match="serving"):
-    export_lib.export(model_dir=run, export_dir=export_dir)
+    configurables.export(model_dir=run, export_dir=export_dir)
 
 
 def test_class_count_comes_from_the_checkpoint(run):
   gin.clear_config()
   configure(num_classes=1000)  # E.g. the ImageNet config of a fine-tuned run.
-  module, path = export_lib.load_serving_module(model_dir=run)
+  module, path = export_lib.load_serving_module(
+      model_dir=run, model_builder=configurables.build_model)
   assert path == f"{run}/ckpt-2" and module.image_size == IMAGE_SIZE
   outputs = module.serve_images(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))
   assert outputs["probabilities"].shape == [1, NUM_CLASSES]
@@ -184,7 +186,7 @@ def test_class_count_comes_from_the_checkpoint(run):
 
 def test_predict_with_saved_model_or_checkpoint_and_labels(
     run, image_files, tmp_path):
-  export_dir = export_lib.export(model_dir=run,
+  export_dir = configurables.export(model_dir=run,
                                  export_dir=str(tmp_path / "serving"))
   labels_file = str(tmp_path / "labels.txt")
   names = [f"class {i}" for i in range(NUM_CLASSES)]
@@ -200,7 +202,9 @@ def test_predict_with_saved_model_or_checkpoint_and_labels(
     assert [p for _, _, p in top] == sorted((p for _, _, p in top),
                                             reverse=True)
     assert top[0][2] == pytest.approx(probs.max(), abs=1e-5)
-  from_checkpoint = export_lib.predict(image_files, model_dir=run, top_k=1)
+  from_checkpoint = export_lib.predict(
+      image_files, model_dir=run, top_k=1,
+      model_builder=configurables.build_model)
   assert [top[0][0] for _, top in from_checkpoint] == classes.tolist()
   text = export_lib.format_predictions(results)
   assert f"1. {classes[0]} (class {classes[0]})" in text

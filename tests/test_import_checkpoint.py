@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import write_fake_imagenet
@@ -72,7 +73,7 @@ def test_imported_checkpoint_holds_the_ema_weights_as_weights_and_ema(
       "checkpoint", "ckpt-0.data-00000-of-00001", "ckpt-0.index", "model.gin"]
   assert tf.train.latest_checkpoint(imported) == f"{imported}/ckpt-0"
   gin.parse_config_file(f"{imported}/model.gin")
-  model = build_model()
+  model = configurables.build_model()
   ema = averaging.ExponentialMovingAverage(model)
   checkpointing.build_checkpoint(model=model, ema=ema).read(
       f"{imported}/ckpt-0").assert_existing_objects_matched().expect_partial()
@@ -160,7 +161,7 @@ def finetune(model_dir, model_gin, init_checkpoint, *params):
        "effnet_gin.data.FakeSource.num_eval = 8",
        "effnet_gin.data.FakeSource.num_classes = 5",
        "effnet_gin.data.FakeSource.image_size = 72"] + list(params))
-  return loop.train(model_dir=str(model_dir), command="test")
+  return configurables.train(model_dir=str(model_dir), command="test")
 
 
 def test_finetune_gin_trains_a_new_class_count_from_the_import(
@@ -172,7 +173,7 @@ def test_finetune_gin_trains_a_new_class_count_from_the_import(
 
 def read_run_checkpoint(path):
   """The model (under the gin config) and EMA averages of a run's checkpoint."""
-  model = build_model()
+  model = configurables.build_model()
   ema = averaging.ExponentialMovingAverage(model)
   checkpointing.build_checkpoint(model=model, ema=ema).read(
       path).assert_existing_objects_matched().expect_partial()

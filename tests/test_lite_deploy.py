@@ -20,13 +20,13 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
+from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.train import lite_export
 from effnet_gin.train import loop
-from effnet_gin.train.export import export
 import trainer_helpers
 
 NUM_CLASSES = 6
@@ -66,14 +66,14 @@ def deployed(tmp_path_factory):
   model_dir = str(root / "model")
   gin.clear_config()
   cli.configure(["demo.gin"], params)
-  loop.train(model_dir=model_dir, command="test")
+  configurables.train(model_dir=model_dir, command="test")
   exports = {}
   for format_name in FORMATS:
     gin.clear_config()
     cli.configure(["demo.gin"], params)
-    exports[format_name] = export(model_dir=model_dir,
-                                  export_dir=str(root / format_name),
-                                  format=format_name)
+    exports[format_name] = configurables.export(
+        model_dir=model_dir, export_dir=str(root / format_name),
+        format=format_name)
   gin.clear_config()
   trainer_helpers.reset_precision()
   return dict(root=root, data_dir=data_dir, params=params,

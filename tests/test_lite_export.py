@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
+from effnet_gin import configurables
 from effnet_gin.model import build_model
 from effnet_gin.model import layers
 from effnet_gin.model.inference import inference_model
@@ -167,7 +168,7 @@ def test_tflite_export_writes_model_and_metadata(run, tmp_path):
   labels = tmp_path / "labels.txt"
   labels.write_text("".join(f"class {i}\n" for i in range(NUM_CLASSES)))
   export_dir = str(tmp_path / "lite")
-  export_lib.export(model_dir=run, export_dir=export_dir, format="tflite",
+  configurables.export(model_dir=run, export_dir=export_dir, format="tflite",
                     batch_size=2, labels_file=str(labels))
   assert sorted(os.listdir(export_dir)) == ["metadata.json", "model.tflite"]
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
@@ -187,7 +188,7 @@ def test_tflite_export_writes_model_and_metadata(run, tmp_path):
 def test_int8_export_quantizes_uint8_pixels(run, tmp_path):
   configure(with_data=True)
   export_dir = str(tmp_path / "int8")
-  export_lib.export(model_dir=run, export_dir=export_dir,
+  configurables.export(model_dir=run, export_dir=export_dir,
                     format="tflite_int8")
   metadata = json.loads((tmp_path / "int8" / "metadata.json").read_text())
   assert metadata["input"]["dtype"] == "uint8"
@@ -202,15 +203,15 @@ def test_int8_export_quantizes_uint8_pixels(run, tmp_path):
 
 def test_bad_input_is_refused_with_a_clear_error(run, tmp_path):
   with pytest.raises(ValueError, match="'tflite_int4'"):
-    export_lib.export(model_dir=run, export_dir=str(tmp_path / "x"),
+    configurables.export(model_dir=run, export_dir=str(tmp_path / "x"),
                       format="tflite_int4")
   with pytest.raises(ValueError, match="calibrate"):
-    export_lib.export(model_dir=run, export_dir=str(tmp_path / "int8"),
+    configurables.export(model_dir=run, export_dir=str(tmp_path / "int8"),
                       format="tflite_int8")
   assert not os.path.exists(tmp_path / "int8")
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
   with pytest.raises(ValueError, match="batch_size"):
-    export_lib.export(model_dir=run, export_dir=str(tmp_path / "y"),
+    configurables.export(model_dir=run, export_dir=str(tmp_path / "y"),
                       format="tflite", batch_size=0)
 
 
@@ -219,12 +220,12 @@ def test_bad_input_is_refused_with_a_clear_error(run, tmp_path):
 def test_a_model_in_export_dir_is_kept_unless_overwrite(run, tmp_path, first,
                                                         second):
   export_dir = str(tmp_path / "export")
-  export_lib.export(model_dir=run, export_dir=export_dir, format=first)
+  configurables.export(model_dir=run, export_dir=export_dir, format=first)
   with pytest.raises(FileExistsError, match="already holds a model"):
-    export_lib.export(model_dir=run, export_dir=export_dir, format=second)
+    configurables.export(model_dir=run, export_dir=export_dir, format=second)
   assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
       "format"] == first
-  export_lib.export(model_dir=run, export_dir=export_dir, format=second,
+  configurables.export(model_dir=run, export_dir=export_dir, format=second,
                     overwrite=True)
   assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
       "format"] == second
@@ -241,7 +242,7 @@ def saved_model_probabilities(export_dir):
 def test_failed_overwrite_leaves_the_previous_export_loadable(
     run, tmp_path, monkeypatch, failing_step):
   export_dir = str(tmp_path / "export")
-  export_lib.export(model_dir=run, export_dir=export_dir)
+  configurables.export(model_dir=run, export_dir=export_dir)
   before = saved_model_probabilities(export_dir)
   # The new export has written its model file (or whole SavedModel) into
   # the staging directory when the failure strikes.
@@ -260,7 +261,7 @@ def test_failed_overwrite_leaves_the_previous_export_loadable(
 
   monkeypatch.setattr(target, name, fail)
   with pytest.raises(RuntimeError, match="half-way"):
-    export_lib.export(model_dir=run, export_dir=export_dir, format=fmt,
+    configurables.export(model_dir=run, export_dir=export_dir, format=fmt,
                       overwrite=True)
   np.testing.assert_array_equal(saved_model_probabilities(export_dir), before)
   assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
@@ -272,7 +273,7 @@ def test_export_into_an_existing_directory_without_a_model(run, tmp_path):
   export_dir = tmp_path / "export"
   export_dir.mkdir()
   (export_dir / "notes.txt").write_text("kept")
-  export_lib.export(model_dir=run, export_dir=str(export_dir),
+  configurables.export(model_dir=run, export_dir=str(export_dir),
                     format="onnx")
   assert sorted(os.listdir(export_dir)) == ["metadata.json", "model.onnx",
                                             "notes.txt"]
@@ -284,7 +285,7 @@ def test_exporter_command_line(run, tmp_path):
   import sys  # pylint: disable=g-import-not-at-top
   import trainer_helpers  # pylint: disable=g-import-not-at-top
   export_dir = str(tmp_path / "export")
-  export_lib.export(model_dir=run, export_dir=export_dir, format="tflite")
+  configurables.export(model_dir=run, export_dir=export_dir, format="tflite")
   command = [
       sys.executable, os.path.join(trainer_helpers.BIN, "exporter"),
       "--gin_file=demo.gin", f"--model_dir={run}",

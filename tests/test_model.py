@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin import model as model_lib
 from effnet_gin.model import layers
 
@@ -187,11 +188,13 @@ def test_gin_bindings_select_the_variant():
   gin.parse_config(["build_model.variant = 'efficientnet-b3'",
                     "effnet_gin.model.build_model.resolution = 32",
                     "build_model.num_classes = 7"])
-  net = model_lib.build_model()
+  net = configurables.build_model()
   assert net.get_layer("stem_conv").filters == 40
   assert net.get_layer("top_conv").filters == 1536
   assert net.output.shape == (None, 7)
   assert net.name == "efficientnet-b3"
+  # The library's builder is plain Python: bindings do not reach it.
+  assert model_lib.build_model(resolution=32).name == "efficientnet-b0"
 
 
 def test_gin_rejects_a_misspelled_parameter():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
 from optimizer_helpers import run_keras
@@ -117,8 +118,8 @@ def test_schedule_is_gin_configurable():
       effnet_gin.train.build_schedule.kind = 'constant'
       effnet_gin.train.build_schedule.warmup_epochs = 0
   """)
-  schedule = optim.build_schedule(global_batch_size=256,
-                                  num_train_images=2560)
+  schedule = configurables.build_schedule(global_batch_size=256,
+                                          num_train_images=2560)
   np.testing.assert_allclose(float(schedule(7)), 0.032, rtol=1e-6)
 
 
@@ -209,7 +210,7 @@ def test_build_optimizer_names_and_errors():
   with pytest.raises(ValueError, match="'lamb'"):
     optim.build_optimizer(0.1, name="lamb")
   gin.parse_config("effnet_gin.train.build_optimizer.name = 'momentum'")
-  assert isinstance(optim.build_optimizer(0.1), optim.TF1Momentum)
+  assert isinstance(configurables.build_optimizer(0.1), optim.TF1Momentum)
 
 
 def test_optimizer_config_round_trip():
@@ -465,5 +466,5 @@ def test_ema_is_gin_configurable():
       effnet_gin.train.ExponentialMovingAverage.decay = 0.5
       effnet_gin.train.ExponentialMovingAverage.use_num_updates = False
   """)
-  ema = averaging.ExponentialMovingAverage(_bn_model())
+  ema = configurables.ExponentialMovingAverage(_bn_model())
   assert float(ema.effective_decay(0)) == 0.5

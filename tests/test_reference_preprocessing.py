@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.data import build_dataset
 from effnet_gin.data import Preprocessing
 from effnet_gin.data import serialize_imagenet_example
@@ -64,14 +65,14 @@ def checkpoint_fixture(tmp_path):
       build_model.num_classes = 5
       build_model.resolution = 224
   """)
-  return checkpointing.build_checkpoint(model=build_model()).write(
+  return checkpointing.build_checkpoint(model=configurables.build_model()).write(
       str(tmp_path / "run" / "ckpt-1"))
 
 
 def export(checkpoint, export_dir):
   """Exports `checkpoint` at 224 px; returns the loaded SavedModel."""
-  export_lib.export(model_dir=None, export_dir=export_dir,
-                    checkpoint=checkpoint, image_size=SIZE)
+  configurables.export(model_dir=None, export_dir=export_dir,
+                       checkpoint=checkpoint, image_size=SIZE)
   return tf.saved_model.load(export_dir)
 
 
@@ -122,9 +123,11 @@ def test_gin_preprocessing_reaches_pipeline_and_export_alike(
       effnet_gin.data.Preprocessing.eval_crop_padding = 0
       effnet_gin.data.Preprocessing.resize_method = 'bilinear'
   """)
-  from_pipeline = eval_images(data_dir)
-  module, _ = export_lib.load_serving_module(checkpoint=checkpoint,
-                                            image_size=SIZE)
+  from_pipeline = eval_images(data_dir, configurables.Preprocessing())
+  module, _ = export_lib.load_serving_module(
+      checkpoint=checkpoint, image_size=SIZE,
+      model_builder=configurables.build_model,
+      preprocessing=configurables.Preprocessing())
   served = module.preprocess_image_bytes(tf.constant(jpegs)).numpy()
   np.testing.assert_allclose(served, from_pipeline, atol=1e-4)
   # The bindings took effect: a wider crop, another resize.

@@ -12,6 +12,7 @@ import keras
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin.train import strategy as strategy_lib
 
 
@@ -61,7 +62,7 @@ def test_bad_kind_and_tf_config_raise(monkeypatch):
 
 def test_mirrored_cpu_from_gin():
   gin.parse_config("effnet_gin.train.build_strategy.kind = 'mirrored_cpu'")
-  strategy = strategy_lib.build_strategy()
+  strategy = configurables.build_strategy()
   assert isinstance(strategy, tf.distribute.MirroredStrategy)
   assert strategy.num_replicas_in_sync == 2
   assert strategy_lib.is_chief(strategy)

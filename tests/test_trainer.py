@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
@@ -40,7 +41,7 @@ def _train(model_dir, *params, gin_file="demo.gin"):
   """Trains `gin_file` shrunk by the shipped smoke.gin, plus `params`."""
   gin.clear_config()
   cli.configure([gin_file, "smoke.gin"], list(params))
-  return loop.train(model_dir=str(model_dir), command="test")
+  return configurables.train(model_dir=str(model_dir), command="test")
 
 
 def test_runnable_configs_cover_every_variant():
@@ -89,7 +90,7 @@ def test_augmentation_overlays_train_with_smoke(overlay, tmp_path):
   cli.configure(["b5_tpu.gin", overlay, "smoke.gin"],
                 ["effnet_gin.train.train.precision = 'float32'",
                  "effnet_gin.train.train.jit_compile = False"])
-  result = loop.train(model_dir=str(tmp_path), command="test")
+  result = configurables.train(model_dir=str(tmp_path), command="test")
   assert result["step"] == 2 and np.isfinite(result["loss"])
 
 
@@ -151,8 +152,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
 
 
 def test_invalid_settings_name_the_value(tmp_path):
-  with pytest.raises(ValueError, match="schedule"):
-    _train(tmp_path, "effnet_gin.train.train.schedule = 'train_then_eval'")
+  with pytest.raises(ValueError, match="train.mode.*'train_then_eval'"):
+    _train(tmp_path, "effnet_gin.train.train.mode = 'train_then_eval'")
   with pytest.raises(ValueError, match="TRAIN_BATCH_SIZE|train_batch_size"):
     _train(tmp_path, "TRAIN_BATCH_SIZE = 0")
 
@@ -198,10 +199,10 @@ def test_fine_tuning_skips_a_classifier_of_another_size(tmp_path):
   source_ckpt = tf.train.latest_checkpoint(str(source_dir))
   gin.clear_config()
   cli.configure(["demo.gin", "smoke.gin"])
-  model = build_model(num_classes=5)
+  model = configurables.build_model(num_classes=5)
   skipped = checkpointing.initialize_from(
       model, str(source_dir), use_ema=True,
-      model_builder=lambda n: build_model(num_classes=n),
+      model_builder=lambda n: configurables.build_model(num_classes=n),
       ema_factory=averaging.ExponentialMovingAverage)
   assert skipped == ["predictions"]
   reader = tf.train.load_checkpoint(source_ckpt)

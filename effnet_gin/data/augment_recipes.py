@@ -5,7 +5,6 @@ asks for magnitude 17 on EfficientNet-B5 and 28 on B7 and B8
 (`--randaug_num_layers=2 --randaug_magnitude=…`); `randaugment.gin` binds the
 magnitude to `randaugment_magnitude_for(%MODEL_NAME)`.
 """
-import gin
 
 DEFAULT_RANDAUGMENT_MAGNITUDE = 10
 RANDAUGMENT_MAGNITUDES = {
@@ -15,7 +14,6 @@ RANDAUGMENT_MAGNITUDES = {
 }
 
 
-@gin.configurable("randaugment_magnitude_for", module="effnet_gin.data")
-def randaugment_magnitude_for(variant=gin.REQUIRED):
+def randaugment_magnitude_for(variant):
   """The reference's RandAugment magnitude for `variant` (10 unless listed)."""
   return RANDAUGMENT_MAGNITUDES.get(variant, DEFAULT_RANDAUGMENT_MAGNITUDE)

@@ -31,7 +31,6 @@ from absl import logging
 from google.api_core import exceptions as api_exceptions
 from google.cloud.bigtable import data as bigtable_data
 from google.cloud.bigtable.data import row_filters
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import sources
@@ -241,11 +240,10 @@ def read_range(table, start, end, *, row_filter, attempt_timeout, max_retries,
       stream.close()
 
 
-@gin.configurable(module='effnet_gin.data')
 class BigtableSource(sources.Source):
   """ImageNet tf.Examples stored one per row in a Cloud Bigtable table."""
 
-  def __init__(self, project=gin.REQUIRED, instance=gin.REQUIRED, *,
+  def __init__(self, project, instance, *,
                table='imagenet', train_prefix='train_',
                eval_prefix='validation_', column_family='tfexample',
                column_qualifier='example', label_offset=1,

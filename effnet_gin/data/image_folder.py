@@ -7,7 +7,6 @@ Class index = position of the sub-folder name in sorted order.
 import os
 import random
 
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import sources
@@ -66,11 +65,10 @@ def list_images(root, names):
   return images
 
 
-@gin.configurable(module='effnet_gin.data')
 class ImageFolderSource(sources.Source):
   """Images in `root`/<class>/, eval images in `eval_root`/<class>/."""
 
-  def __init__(self, root=gin.REQUIRED, eval_root=None):
+  def __init__(self, root, eval_root=None):
     """Lists the images.
 
     Args:

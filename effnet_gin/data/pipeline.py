@@ -18,7 +18,6 @@ per-pipeline example counts.
 import math
 import random
 
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import augment as augment_lib
@@ -250,12 +249,8 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
       images, _checked_labels(labels, num_classes), weights))
 
 
-# `preprocessing` is not bindable here: bind `effnet_gin.data.Preprocessing`,
-# which the exporter reads too, so serving preprocesses as eval does.
-@gin.configurable('build_dataset', module='effnet_gin.data',
-                  denylist=['preprocessing'])
 def build_dataset(input_context=None, *, split, global_batch_size, image_size,
-                  source=gin.REQUIRED, num_classes=1000, augment=None,
+                  source, num_classes=1000, augment=None,
                   randaugment_layers=2, randaugment_magnitude=10,
                   mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
                   num_eval_examples=None, seed=None, skip_corrupt=False,
@@ -289,8 +284,10 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
       fail, and so does a truncated eval TFRecord file (named), which the
       eval record count cannot get past.
     private_threadpool_size: optional dedicated tf.data thread count.
-    preprocessing: the crops and resize, a `Preprocessing`; None takes
-      `Preprocessing()`, i.e. its gin bindings (the reference's by default).
+    preprocessing: the crops and resize, a `Preprocessing`; None takes the
+      reference's (`Preprocessing()`). Under gin it is not bound here: the
+      top passes the gin-bound `effnet_gin.data.Preprocessing`, which the
+      exporter reads too, so serving preprocesses as eval does.
     cutmix_alpha: if > 0, CutMix with Beta(alpha, alpha) on training batches
       (not together with mixup); labels become soft targets.
     random_erasing_prob: probability of random erasing per training image.
@@ -326,7 +323,7 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
                      f'{cutmix_alpha}: use one of mixup and CutMix')
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   if preprocessing is None:
-    preprocessing = preprocessing_lib.Preprocessing()
+    preprocessing = preprocessing_lib.REFERENCE
   if split == 'train':
     dataset = _train_dataset(
         source, input_context, batch_size=batch_size, image_size=image_size,

@@ -2,9 +2,8 @@
 
 Pure tensor functions (no randomness outside the `seed` argument), so a
 result is the same eagerly and inside tf.data. Their settings come as a
-`Preprocessing` (the one gin-configurable piece here, as
-`effnet_gin.data.Preprocessing`, read by both `build_dataset` and the
-exporter). They accept an image as
+`Preprocessing` (bound in gin as `effnet_gin.data.Preprocessing`; the top
+hands one instance to both `build_dataset` and the exporter). They accept an image as
   * tf.string scalar: encoded bytes. JPEGs are decoded and cropped in one fused
     op (`decode_and_crop_jpeg`), which decodes only the needed region; other
     formats (PNG, GIF, BMP, WebP) are decoded fully, then cropped, giving the
@@ -24,7 +23,6 @@ Mean/std normalisation (`normalize`) is left to the model.
 import dataclasses
 import numbers
 
-import gin
 import tensorflow as tf
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -56,13 +54,12 @@ def _is_number(value):
   return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-@gin.configurable(module='effnet_gin.data')
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """How images are cropped and resized; the defaults are the reference's.
 
   One instance configures the training crop, the eval crop and the serving
-  signature alike; `Preprocessing()` under gin is the configured one.
+  signature alike; `configurables.Preprocessing()` is the gin-bound one.
 
   Attributes:
     area_range: (min, max) fraction of the image's area a training crop
@@ -125,8 +122,7 @@ class Preprocessing:
     return image_size / (image_size + self.eval_crop_padding)
 
 
-# The reference's settings, for callers that pass none. Built at import, so
-# gin bindings never reach it: only `Preprocessing()` reads them.
+# The reference's settings, for callers that pass none.
 REFERENCE = Preprocessing()
 
 

@@ -14,7 +14,6 @@ a CPU. At most 64 classes (8 shapes x 8 colours).
 """
 import math
 
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -179,7 +178,6 @@ class _GeneratedSource(sources.Source):
     return sources.shard_sizes(self.num_examples(split), num_input_pipelines)
 
 
-@gin.configurable(module='effnet_gin.data')
 class FakeSource(_GeneratedSource):
   """Random-noise images with random labels, generated in-graph, no files.
 
@@ -195,7 +193,6 @@ class FakeSource(_GeneratedSource):
                      num_classes=num_classes, image_size=image_size, seed=seed)
 
 
-@gin.configurable(module='effnet_gin.data')
 class SyntheticSource(_GeneratedSource):
   """The learnable coloured-shapes task, generated in-graph, no files."""
 

@@ -8,7 +8,6 @@ through the pipeline's fused decode-and-crop like TFRecord files.
 Each input pipeline reads an even slice of the split (`tfds.even_splits`), so
 shard sizes are known without counting.
 """
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import sources
@@ -21,11 +20,10 @@ def _tfds():
   return tensorflow_datasets
 
 
-@gin.configurable(module='effnet_gin.data')
 class TFDSSource(sources.Source):
   """A prepared TFDS image classification dataset."""
 
-  def __init__(self, name=gin.REQUIRED, tfds_data_dir=None, *,
+  def __init__(self, name, tfds_data_dir=None, *,
                train_split='train', eval_split='validation', image_key='image',
                label_key='label'):
     """Opens the prepared dataset.

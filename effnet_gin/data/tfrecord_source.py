@@ -12,7 +12,6 @@ import functools
 import os
 import threading
 
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import sources
@@ -129,11 +128,10 @@ def write_tfrecord_shards(output_dir, prefix, examples, num_examples,
   return paths
 
 
-@gin.configurable(module='effnet_gin.data')
 class TFRecordSource(sources.Source):
   """ImageNet-format TFRecord shards in `data_dir` (local or `gs://`)."""
 
-  def __init__(self, data_dir=gin.REQUIRED, *, train_pattern='train-*',
+  def __init__(self, data_dir, *, train_pattern='train-*',
                eval_pattern='validation-*', label_offset=1,
                holdout_train_shards=0, cycle_length=16,
                read_buffer_bytes=8 * 1024 * 1024):

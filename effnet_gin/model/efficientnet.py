@@ -1,4 +1,4 @@
-"""The EfficientNet Keras model builder, the gin-configurable model surface.
+"""The EfficientNet Keras model builder (gin binds it as `build_model`).
 
 `build_model` turns a variant of `specs.VARIANTS` (optionally with overridden
 coefficients) into a Keras 3 functional model: float32 RGB pixels in 0..255,
@@ -16,7 +16,6 @@ import string
 from typing import Optional
 
 from absl import logging
-import gin
 import keras
 
 from effnet_gin.model import layers
@@ -54,8 +53,7 @@ def resolve_spec(variant: str = "efficientnet-b0", **overrides
   return dataclasses.replace(spec, **overrides)
 
 
-@gin.configurable("variant_resolution", module="effnet_gin.model")
-def variant_resolution(variant: str = gin.REQUIRED) -> int:
+def variant_resolution(variant: str) -> int:
   """The input size a variant was designed for (the configs' IMAGE_SIZE).
 
   Raises:
@@ -85,7 +83,6 @@ def block_name(stage: int, index_in_stage: int) -> str:
   return f"block{stage + 1}{suffix}"
 
 
-@gin.configurable("build_model", module="effnet_gin.model")
 def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 width_coefficient: Optional[float] = None,
                 depth_coefficient: Optional[float] = None,

@@ -8,7 +8,6 @@ for where the training loop must update them.
 import contextlib
 import re
 
-import gin
 import keras
 import tensorflow as tf
 
@@ -61,7 +60,6 @@ class _Untracked:
     self.value = value
 
 
-@gin.configurable(module="effnet_gin.train")
 class ExponentialMovingAverage(tf.Module):
   """TF1-style moving averages of a model's weights, for eval and export.
 

@@ -27,6 +27,9 @@ class EvalRunner:
     eval_batch_size: global eval batch size, split evenly over the replicas.
     image_size: eval resolution in pixels.
     jit_compile: compile the per-replica step with XLA (shapes are static).
+    dataset_builder: `dataset_builder(input_context, split='eval',
+      global_batch_size=, image_size=)` gives one pipeline's eval batches
+      (`effnet_gin.data.build_dataset` with its source bound).
 
   Raises:
     ValueError: when the batch size is not positive or not divisible by the
@@ -34,7 +37,7 @@ class EvalRunner:
   """
 
   def __init__(self, *, strategy, model, eval_batch_size, image_size,
-               jit_compile=False):
+               jit_compile=False, dataset_builder=build_dataset):
     replicas = strategy.num_replicas_in_sync
     if not eval_batch_size or eval_batch_size <= 0:
       raise ValueError(f"eval_batch_size must be positive, got "
@@ -45,6 +48,7 @@ class EvalRunner:
     self._strategy = strategy
     self._eval_batch_size = eval_batch_size
     self._image_size = image_size
+    self._dataset_builder = dataset_builder
 
     def replica_step(images, labels, weights):
       logits = tf.cast(model(images, training=False), tf.float32)
@@ -73,18 +77,6 @@ class EvalRunner:
 
     self._eval_pass = eval_pass
 
-  def _dataset(self):
-    tpu_node = strategy_lib.tpu_node_master(self._strategy)
-
-    def dataset_fn(input_context):
-      dataset = build_dataset(input_context, split="eval",
-                              global_batch_size=self._eval_batch_size,
-                              image_size=self._image_size)
-      strategy_lib.check_input_runs_on(tpu_node, dataset)
-      return dataset
-
-    return self._strategy.distribute_datasets_from_function(dataset_fn)
-
   def run(self):
     """Evaluates the model's current weights.
 
@@ -96,7 +88,10 @@ class EvalRunner:
       ValueError: when the eval split yielded no examples.
     """
     count, top_1, top_5, loss_sum = (
-        float(v) for v in self._eval_pass(self._dataset()).numpy())
+        float(v) for v in self._eval_pass(strategy_lib.distributed_dataset(
+            self._strategy, self._dataset_builder, split="eval",
+            global_batch_size=self._eval_batch_size,
+            image_size=self._image_size)).numpy())
     if count <= 0:
       raise ValueError("the eval split yielded no examples; check the data "
                        "source's eval files and NUM_EVAL_IMAGES")
@@ -105,7 +100,7 @@ class EvalRunner:
 
 
 def run_evaluation(*, strategy, model, eval_batch_size, image_size,
-                   jit_compile=False):
+                   jit_compile=False, dataset_builder=build_dataset):
   """Evaluates `model` once over the whole validation set.
 
   Args:
@@ -115,6 +110,7 @@ def run_evaluation(*, strategy, model, eval_batch_size, image_size,
     eval_batch_size: global eval batch size.
     image_size: eval resolution in pixels.
     jit_compile: compile the per-replica step with XLA.
+    dataset_builder: gives the eval batches, as for `EvalRunner`.
 
   Returns:
     A dict of Python numbers: `top_1_accuracy`, `top_5_accuracy`, `loss`
@@ -125,4 +121,5 @@ def run_evaluation(*, strategy, model, eval_batch_size, image_size,
   """
   return EvalRunner(strategy=strategy, model=model,
                     eval_batch_size=eval_batch_size, image_size=image_size,
-                    jit_compile=jit_compile).run()
+                    jit_compile=jit_compile,
+                    dataset_builder=dataset_builder).run()

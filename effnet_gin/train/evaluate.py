@@ -22,9 +22,9 @@ import re
 import time
 
 from absl import logging
-import gin
 import tensorflow as tf
 
+from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
@@ -48,9 +48,9 @@ class _CheckpointEvaluator:
   """Restores checkpoints into one model (and EMA) and scores them."""
 
   def __init__(self, *, strategy, use_ema, eval_batch_size, image_size,
-               jit_compile):
+               jit_compile, model_builder, dataset_builder):
     with strategy.scope():
-      self._model = build_model()
+      self._model = model_builder()
       self._ema = (averaging.ExponentialMovingAverage(self._model) if use_ema
                    else None)
       self._step = tf.Variable(0, dtype=tf.int64, trainable=False,
@@ -59,7 +59,8 @@ class _CheckpointEvaluator:
         step=self._step, model=self._model, ema=self._ema)
     self._runner = EvalRunner(strategy=strategy, model=self._model,
                               eval_batch_size=eval_batch_size,
-                              image_size=image_size, jit_compile=jit_compile)
+                              image_size=image_size, jit_compile=jit_compile,
+                              dataset_builder=dataset_builder)
 
   def _check_compatible(self, path):
     num_classes = checkpointing.checkpoint_num_classes(path)
@@ -221,13 +222,12 @@ def _final_train_steps(model_dir, train_steps, train_steps_from_run):
   return train_steps
 
 
-@gin.configurable("evaluate", module="effnet_gin.train",
-                  denylist=["model_dir", "train_steps_from_run"])
-def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
-             image_size=gin.REQUIRED, train_steps=gin.REQUIRED, use_ema=True,
-             eval_timeout=None, checkpoint=None, min_interval_secs=0,
-             precision="float32", jit_compile=False, newest_only=True,
-             train_steps_from_run=False):
+def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
+             use_ema=True, eval_timeout=None, checkpoint=None,
+             min_interval_secs=0, precision="float32", jit_compile=False,
+             newest_only=True, train_steps_from_run=False,
+             model_builder=build_model, dataset_builder=build_dataset,
+             strategy=None):
   """Evaluates the checkpoints of a training run (`bin/evaluator`).
 
   Without `checkpoint`, follows model_dir like the reference's eval job:
@@ -247,7 +247,8 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
       its eval/ and best/ subdirectories.
     eval_batch_size: global eval batch size.
     image_size: eval resolution in pixels.
-    train_steps: the run's final step, after which continuous eval ends.
+    train_steps: the run's final step, after which continuous eval ends
+      (needed without `checkpoint`).
     use_ema: evaluate the exponential moving average of the weights (as the
       reference does) instead of the raw weights.
     eval_timeout: seconds to wait for a new checkpoint; None waits until the
@@ -264,6 +265,13 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
     train_steps_from_run: take train_steps from the trainer's
       model_dir/config.gin when it has one (bin/evaluator sets this unless
       told --train_steps).
+    model_builder: `model_builder()` builds the Keras model the checkpoints
+      restore into (the run's architecture and class count).
+    dataset_builder: `dataset_builder(input_context, split='eval',
+      global_batch_size=, image_size=)` gives one pipeline's eval batches
+      (`effnet_gin.data.build_dataset` with its source bound).
+    strategy: the `tf.distribute.Strategy` to evaluate under; None builds
+      the default one (`strategy.build_strategy()`).
 
   Returns:
     The list of result dicts evaluated by this call, oldest first.
@@ -276,13 +284,15 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
   if not model_dir:
     raise ValueError("evaluate needs a model_dir (--model_dir)")
   model_dir = model_dir.rstrip("/")
-  train_steps = _final_train_steps(model_dir, train_steps,
-                                   train_steps_from_run)
+  if not checkpoint:
+    train_steps = _final_train_steps(model_dir, train_steps,
+                                     train_steps_from_run)
   strategy_lib.set_precision_policy(precision)
-  strategy = strategy_lib.build_strategy()
+  strategy = strategy or strategy_lib.build_strategy()
   evaluator = _CheckpointEvaluator(
       strategy=strategy, use_ema=use_ema, eval_batch_size=eval_batch_size,
-      image_size=image_size, jit_compile=jit_compile)
+      image_size=image_size, jit_compile=jit_compile,
+      model_builder=model_builder, dataset_builder=dataset_builder)
   recorder = eval_records.Recorder(model_dir, strategy_lib.is_chief(strategy))
   try:
     if checkpoint and tf.io.gfile.isdir(checkpoint):

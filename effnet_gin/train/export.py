@@ -6,9 +6,9 @@ saves a `tf.Module` with two signatures:
 
   serving_default   image_bytes: tf.string [N] (JPEG or PNG files' bytes),
                     decoded and preprocessed exactly as the eval split
-                    (the `Preprocessing()` gin configures: by default the
-                    reference's center crop with padding 32 and TF1 bicubic
-                    resize) inside the graph, one image at a time with
+                    (the `Preprocessing` it is given, under gin the bound
+                    one: by default the reference's center crop with
+                    padding 32 and TF1 bicubic resize) inside the graph, one image at a time with
                     `tf.map_fn`.
   serving_images    images: float32 [N, S, S, 3], RGB 0-255, already
                     preprocessed.
@@ -23,7 +23,6 @@ module (`bin/predict`).
 import json
 
 from absl import logging
-import gin
 import tensorflow as tf
 
 from effnet_gin.data import preprocessing as preprocessing_lib
@@ -46,15 +45,15 @@ class ServingModule(tf.Module):
   Args:
     model: a Keras model mapping float32 RGB 0-255 [N, S, S, 3] to logits.
     image_size: S, the resolution images are preprocessed to.
-    preprocessing: the eval crop and resize, a `Preprocessing`; None takes
-      `Preprocessing()`, i.e. the same gin bindings as the eval pipeline.
+    preprocessing: the eval crop and resize, a `Preprocessing` (give the one
+      the eval pipeline uses); None takes the reference's.
   """
 
   def __init__(self, model, image_size, preprocessing=None):
     super().__init__(name="efficientnet_serving")
     self.model = model
     self.image_size = image_size
-    self.preprocessing = preprocessing or preprocessing_lib.Preprocessing()
+    self.preprocessing = preprocessing or preprocessing_lib.REFERENCE
     self.preprocess_image_bytes = tf.function(
         self._preprocess_image_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -125,8 +124,9 @@ def resolve_serving_checkpoint(model_dir, checkpoint="latest"):
   return checkpointing.resolve_checkpoint(checkpoint)
 
 
-def restore_for_serving(path, *, use_ema=True, num_classes=None):
-  """Builds the model (via gin's `build_model`) and restores `path` into it.
+def restore_for_serving(path, *, use_ema=True, num_classes=None,
+                        model_builder=build_model):
+  """Builds the model with `model_builder` and restores `path` into it.
 
   Args:
     path: a checkpoint prefix following the trainer's contract.
@@ -134,12 +134,13 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None):
       trained without EMA is served with its raw weights, with a warning).
     num_classes: the classifier width; None reads it from the checkpoint, so
       a fine-tuned run exports without restating its class count.
+    model_builder: `model_builder(num_classes=)` builds the run's model.
 
   Returns:
     The Keras model holding the weights to serve.
   """
   num_classes = num_classes or checkpoint_num_classes(path)
-  model = build_model(num_classes=num_classes)
+  model = model_builder(num_classes=num_classes)
   ema = None
   if use_ema and checkpointing.has_ema(path):
     ema = averaging.ExponentialMovingAverage(model)
@@ -156,7 +157,8 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None):
 
 
 def load_serving_module(*, model_dir=None, checkpoint="latest",
-                        image_size=None, use_ema=True, num_classes=None):
+                        image_size=None, use_ema=True, num_classes=None,
+                        model_builder=build_model, preprocessing=None):
   """Restores a checkpoint into a `ServingModule`.
 
   Args:
@@ -165,24 +167,27 @@ def load_serving_module(*, model_dir=None, checkpoint="latest",
     image_size: the serving resolution; None takes the model's input size.
     use_ema: serve the EMA weights when the checkpoint has them.
     num_classes: the classifier width; None reads it from the checkpoint.
+    model_builder: builds the run's model (see `restore_for_serving`).
+    preprocessing: the serving crop and resize (see `ServingModule`).
 
   Returns:
     A `(ServingModule, checkpoint_path)` pair.
   """
   path = resolve_serving_checkpoint(model_dir, checkpoint)
-  model = restore_for_serving(path, use_ema=use_ema, num_classes=num_classes)
+  model = restore_for_serving(path, use_ema=use_ema, num_classes=num_classes,
+                              model_builder=model_builder)
   image_size = image_size or model.input_shape[1]
   if not image_size or image_size <= 0:
     raise ValueError(f"image_size must be a positive number of pixels, got "
                      f"{image_size!r}")
-  return ServingModule(model, image_size), path
+  return ServingModule(model, image_size, preprocessing), path
 
 
-@gin.configurable("export", module="effnet_gin.train",
-                  denylist=["model_dir", "export_dir"])
 def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
            use_ema=True, num_classes=None, overwrite=False,
-           format="saved_model", batch_size=1, labels_file=None):  # pylint: disable=redefined-builtin
+           format="saved_model", batch_size=1, labels_file=None,  # pylint: disable=redefined-builtin
+           model_builder=build_model, preprocessing=None,
+           lite_exporter=lite_export.export_lite):
   """Exports a checkpoint of a run for serving or for a device.
 
   Every format exports the inference graph (`inference_model`: batch norm
@@ -205,6 +210,12 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
     batch_size: the fixed batch size of a TFLite or ONNX model.
     labels_file: optional class names recorded in metadata.json (see
       `read_labels`).
+    model_builder: `model_builder(num_classes=)` builds the run's model.
+    preprocessing: the serving signature's crop and resize, a
+      `Preprocessing` (give the eval pipeline's); None takes the reference's.
+    lite_exporter: `lite_exporter(model, format_name=, output_dir=,
+      image_size=, batch_size=)` writes the TFLite and ONNX formats
+      (`lite_export.export_lite`; int8 needs its `dataset_builder`).
 
   Returns:
     export_dir.
@@ -220,7 +231,8 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
   export_dirs.check_destination(export_dir, overwrite)
   module, path = load_serving_module(
       model_dir=model_dir, checkpoint=checkpoint, image_size=image_size,
-      use_ema=use_ema, num_classes=num_classes)
+      use_ema=use_ema, num_classes=num_classes, model_builder=model_builder,
+      preprocessing=preprocessing)
   model = inference_model(module.model)
   labels = _checked_labels(labels_file, model.output_shape[-1])
   with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
@@ -229,7 +241,7 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
       module = ServingModule(model, module.image_size, module.preprocessing)
       tf.saved_model.save(module, staging, signatures=module.signatures())
     else:
-      extra = lite_export.export_lite(
+      extra = lite_exporter(
           model, format_name=format, output_dir=staging,
           image_size=module.image_size, batch_size=batch_size)
     lite_export.write_metadata(staging, lite_export.build_metadata(
@@ -289,19 +301,22 @@ def read_labels(labels_file):
 
 def predict(image_files, *, saved_model_dir=None, model_dir=None,
             checkpoint="latest", labels_file=None, top_k=5, use_ema=True,
-            batch_size=32):
+            batch_size=32, model_builder=build_model, preprocessing=None):
   """Classifies image files with a SavedModel or a checkpoint.
 
   Args:
     image_files: paths (local or gs://) of JPEG or PNG files.
     saved_model_dir: an exported SavedModel; its `serving_default` is used.
     model_dir: without `saved_model_dir`, the run to restore `checkpoint`
-      from (the model is built from the parsed gin config).
+      from (the model is built by `model_builder`).
     checkpoint: 'latest', 'best', or a checkpoint prefix or directory.
     labels_file: optional class names (see `read_labels`).
     top_k: how many classes to report per image.
     use_ema: with a checkpoint, use its EMA weights when present.
     batch_size: images per call of the signature.
+    model_builder: with a checkpoint, builds the run's model.
+    preprocessing: with a checkpoint, the crop and resize (a SavedModel
+      carries its own).
 
   Returns:
     One `(image_file, [(class_id, class_name_or_None, probability), ...])`
@@ -319,8 +334,9 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
       raise FileNotFoundError(f"no SavedModel in {saved_model_dir!r}")
     serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
   elif model_dir or checkpoint not in (None, "latest", "best"):
-    module, _ = load_serving_module(model_dir=model_dir, checkpoint=checkpoint,
-                                    use_ema=use_ema)
+    module, _ = load_serving_module(
+        model_dir=model_dir, checkpoint=checkpoint, use_ema=use_ema,
+        model_builder=model_builder, preprocessing=preprocessing)
     serve = module.serve_image_bytes
   else:
     raise ValueError("give a SavedModel directory or a model_dir to restore "

@@ -27,7 +27,6 @@ badly; the Lite variants were designed for int8).
 import json
 
 from absl import logging
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -79,11 +78,12 @@ def logits_function(model, batch_size, image_size=None):
 # ---------------------------------------------------------------------------
 
 
-def calibration_batches(*, image_size, batch_size, num_images):
+def calibration_batches(*, image_size, batch_size, num_images,
+                        dataset_builder=build_dataset):
   """Batches of eval-preprocessed images for int8 calibration.
 
-  The first `num_images` images (or all, if fewer) come from `build_dataset(split='eval')` with its gin-bound
-  source, are rounded and clipped to 0..255 (the uint8 pixels a device
+  The first `num_images` images (or all, if fewer) come from
+  `dataset_builder(split='eval', …)` (`build_dataset` with the run's source), are rounded and clipped to 0..255 (the uint8 pixels a device
   feeds), and the first batch has one pixel at 0 and one at 255 so that the
   input's calibrated range, and thus its quantization (scale 1, zero
   point 0), covers every uint8 value.
@@ -95,10 +95,10 @@ def calibration_batches(*, image_size, batch_size, num_images):
     raise ValueError(f"int8 calibration needs at least one image, got "
                      f"calibration_images={num_images!r}")
   try:
-    dataset = build_dataset(split="eval", global_batch_size=batch_size,
-                            image_size=image_size)
-  except RuntimeError as e:
-    if "build_dataset" not in str(e):
+    dataset = dataset_builder(split="eval", global_batch_size=batch_size,
+                              image_size=image_size)
+  except TypeError as e:
+    if "'source'" not in str(e):
       raise
     raise ValueError(
         "tflite_int8 needs images to calibrate on, and no data source is "
@@ -201,7 +201,8 @@ def check_against_keras(classifier, model, format_name):
                format_name, error)
 
 
-def compare_int8(model, classifier, *, max_drop):
+def compare_int8(model, classifier, *, max_drop,
+                 dataset_builder=build_dataset):
   """Scores the float network and the int8 model on the eval split.
 
   Returns:
@@ -209,8 +210,10 @@ def compare_int8(model, classifier, *, max_drop):
     warning when the drop exceeds `max_drop` points.
   """
   float_metrics = lite_runtime.evaluate_classifier(
-      lite_runtime.KerasClassifier(model, image_size=classifier.image_size))
-  int8_metrics = lite_runtime.evaluate_classifier(classifier)
+      lite_runtime.KerasClassifier(model, image_size=classifier.image_size),
+      dataset_builder=dataset_builder)
+  int8_metrics = lite_runtime.evaluate_classifier(
+      classifier, dataset_builder=dataset_builder)
   drop = 100.0 * (float_metrics["top_1_accuracy"] -
                   int8_metrics["top_1_accuracy"])
   comparison = {"float": float_metrics, "int8": int8_metrics,
@@ -249,12 +252,10 @@ def format_comparison(comparison):
 # ---------------------------------------------------------------------------
 
 
-@gin.configurable("export_lite", module="effnet_gin.train",
-                  allowlist=["calibration_images", "compare_on_eval",
-                             "max_int8_drop", "num_threads", "opset"])
 def export_lite(model, *, format_name, output_dir, image_size=None,
                 batch_size=1, calibration_images=200, compare_on_eval=True,
-                max_int8_drop=2.0, num_threads=2, opset=17):
+                max_int8_drop=2.0, num_threads=2, opset=17,
+                dataset_builder=build_dataset):
   """Converts `model` into `output_dir/model.tflite` or `model.onnx`.
 
   Args:
@@ -269,6 +270,9 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
     max_int8_drop: warn when int8 loses more top-1 points than this.
     num_threads: LiteRT/onnxruntime threads for the checks.
     opset: the ONNX opset.
+    dataset_builder: `dataset_builder(split='eval', global_batch_size=,
+      image_size=)` gives the eval images int8 calibrates on and is compared
+      on (`build_dataset` with the run's source bound).
 
   Returns:
     A dict for metadata.json: input and output tensors and, for int8, the
@@ -294,7 +298,8 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
     if format_name == "tflite_int8":
       calibration = calibration_batches(image_size=size,
                                         batch_size=batch_size,
-                                        num_images=calibration_images)
+                                        num_images=calibration_images,
+                                        dataset_builder=dataset_builder)
     content = convert_tflite(model, format_name, batch_size=batch_size,
                              image_size=size, calibration=calibration)
   path = f"{output_dir}/{model_file(format_name)}"
@@ -307,7 +312,8 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
     check_against_keras(classifier, model, format_name)
   elif compare_on_eval:
     extra["int8_vs_float"] = compare_int8(model, classifier,
-                                          max_drop=max_int8_drop)
+                                          max_drop=max_int8_drop,
+                                          dataset_builder=dataset_builder)
   return extra
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
-from effnet_gin.data import preprocessing
+from effnet_gin.data import preprocessing as preprocessing_lib
 
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
@@ -154,17 +154,19 @@ def load_classifier(path, *, num_threads=None):
   raise ValueError(f"{path!r} is not a .tflite or .onnx model")
 
 
-def evaluate_classifier(classifier, *, num_examples=None):
+def evaluate_classifier(classifier, *, num_examples=None,
+                        dataset_builder=build_dataset):
   """Top-1 and top-5 of `classifier` over the configured eval split.
 
-  The eval pipeline is `build_dataset(split='eval')` at the classifier's
-  resolution (the source and class count come from gin); it holds every
+  The eval pipeline is `dataset_builder(split='eval')` at the classifier's
+  resolution (`build_dataset` with the run's source bound); it holds every
   validation image exactly once, and its padding (weight 0) is not counted.
 
   Args:
     classifier: one of this module's classifiers.
     num_examples: evaluate only the first this many images; None takes the
       pipeline's setting (all of them, or NUM_EVAL_IMAGES).
+    dataset_builder: gives the eval batches.
 
   Returns:
     {"top_1_accuracy", "top_5_accuracy", "num_examples"} as Python numbers.
@@ -174,8 +176,8 @@ def evaluate_classifier(classifier, *, num_examples=None):
   """
   overrides = {} if num_examples is None else {
       "num_eval_examples": num_examples}
-  dataset = build_dataset(split="eval", global_batch_size=32,
-                          image_size=classifier.image_size, **overrides)
+  dataset = dataset_builder(split="eval", global_batch_size=32,
+                            image_size=classifier.image_size, **overrides)
   count = top_1 = top_5 = 0
   for images, labels, weights in dataset.as_numpy_iterator():
     real = weights > 0
@@ -194,11 +196,13 @@ def evaluate_classifier(classifier, *, num_examples=None):
               num_examples=count)
 
 
-def classify_files(classifier, image_files, *, names=None, top_k=5):
+def classify_files(classifier, image_files, *, names=None, top_k=5,
+                   preprocessing=None):
   """The top-k classes of image files, as `export.predict` returns them.
 
   Each file is decoded and preprocessed as the eval split (center crop,
-  bicubic resize to the model's resolution).
+  bicubic resize to the model's resolution) with `preprocessing` (a
+  `Preprocessing`; None takes the reference's).
 
   Returns:
     One `(image_file, [(class_id, name_or_None, probability), ...])` per
@@ -209,8 +213,9 @@ def classify_files(classifier, image_files, *, names=None, top_k=5):
   """
   results = []
   for path in image_files:
-    image = preprocessing.preprocess_for_eval(_read_image(path),
-                                              classifier.image_size)
+    image = preprocessing_lib.preprocess_for_eval(
+        _read_image(path), classifier.image_size,
+        preprocessing or preprocessing_lib.REFERENCE)
     logits = classifier.logits(image.numpy()[None])[0]
     probabilities = tf.nn.softmax(logits).numpy()
     top = np.argsort(-probabilities, kind="stable")[:top_k]
@@ -226,7 +231,7 @@ def _read_image(path):
 
 
 def predict_exported(model_path, image_files, *, labels_file=None, top_k=5,
-                     num_threads=None):
+                     num_threads=None, preprocessing=None):
   """`bin/predict --tflite/--onnx`: the top-k of image files.
 
   Class names come from `labels_file`, else from the labels recorded in the
@@ -249,7 +254,8 @@ def predict_exported(model_path, image_files, *, labels_file=None, top_k=5,
   if names is not None and len(names) != classifier.num_classes:
     raise ValueError(f"{len(names)} class names for a model of "
                      f"{classifier.num_classes} classes")
-  return classify_files(classifier, image_files, names=names, top_k=top_k)
+  return classify_files(classifier, image_files, names=names, top_k=top_k,
+                        preprocessing=preprocessing)
 
 
 def _model_dir(model_path):

@@ -12,13 +12,13 @@ that: the host loop reads a stop flag before every step (`preemption`), so a
 preempted trainer checkpoints the step it reached within the grace period.
 """
 import contextlib
+import functools
 import json
 import math
 import sys
 import time
 
 from absl import logging
-import gin
 import keras
 import tensorflow as tf
 
@@ -44,23 +44,27 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when the training loss becomes NaN or Inf."""
 
 
-def _check_positive(**values):
-  for name, value in values.items():
-    if value is None or value <= 0:
-      raise ValueError(f"train.{name} must be a positive number, got {value!r}")
+MODES = ("train", "train_and_eval")
 
 
-@gin.configurable("train", module="effnet_gin.train",
-                  denylist=["model_dir", "command"])
-def train(*, model_dir, train_steps=gin.REQUIRED,
-          train_batch_size=gin.REQUIRED, image_size=gin.REQUIRED,
-          num_train_images=gin.REQUIRED, steps_per_loop=1251,
-          schedule="train", eval_batch_size=None, steps_per_eval=6255,
-          label_smoothing=0.1, weight_decay=1e-5, precision="float32",
-          jit_compile=False, use_ema=True, checkpoint_every_steps=None,
-          keep_checkpoints=5, init_checkpoint=None, init_from_ema=True,
-          seed=None, log_every_steps=None, command=None):
+def train(*, model_dir, train_steps, train_batch_size, image_size,
+          num_train_images, steps_per_loop=1251, mode="train",
+          eval_batch_size=None, steps_per_eval=6255, label_smoothing=0.1,
+          weight_decay=1e-5, precision="float32", jit_compile=False,
+          use_ema=True, checkpoint_every_steps=None, keep_checkpoints=5,
+          init_checkpoint=None, init_from_ema=True, seed=None,
+          log_every_steps=None, command=None, config_text=None,
+          operative_config_text=None, model_builder=build_model,
+          dataset_builder=build_dataset,
+          schedule_builder=optim.build_schedule,
+          optimizer_builder=optim.build_optimizer,
+          ema_builder=averaging.ExponentialMovingAverage, strategy=None,
+          schedule=None):
   """Trains an EfficientNet with a custom loop under a tf.distribute strategy.
+
+  Plain Python: every collaborator is an argument whose default is the
+  library's own builder, so it runs without gin. `bin/trainer` calls it
+  through `configurables.train`, which passes the gin-bound builders.
 
   Args:
     model_dir: directory (local or gs://) for checkpoints, summaries and the
@@ -73,8 +77,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       iterations_per_loop); logging and checkpoints happen between loops,
       while SIGTERM stops the loop before its next step: the trainer saves
       that step and returns with `preempted` set (bin/trainer exits 75).
-    schedule: 'train', or 'train_and_eval' to evaluate every
-      `steps_per_eval` steps and at the end, in this process.
+    mode: 'train', or 'train_and_eval' to evaluate every `steps_per_eval`
+      steps and at the end, in this process (the reference's --mode).
     eval_batch_size: global eval batch size (train_and_eval only).
     steps_per_eval: steps between evaluations (rounded up to whole loops).
     label_smoothing: label smoothing of the cross-entropy.
@@ -92,13 +96,32 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
     init_from_ema: take the init checkpoint's EMA weights when it has them.
     seed: int that makes a run repeatable: it seeds the weight initialisers,
       dropout and stochastic depth (Python, NumPy and TensorFlow global
-      seeds, through `keras.utils.set_random_seed`) and, in place of
-      `build_dataset.seed`, the input pipeline's order and augmentation.
-      None (the default) leaves all of them unseeded.
+      seeds, through `keras.utils.set_random_seed`) and the input pipeline's
+      order and augmentation (passed to `dataset_builder` as `seed`). None
+      (the default) leaves all of them unseeded.
     log_every_steps: also print the step and its loss from inside the host
       loop every this many steps (a sign of life in long loops); None prints
       only the line after each loop.
-    command: the command line to record in model_dir (bin/trainer passes it).
+    command: the command line to record in model_dir/command.
+    config_text: the configuration to record in model_dir/config.gin (the
+      top passes gin's config); None writes none.
+    operative_config_text: a zero-argument callable giving the configuration
+      the run used, written to model_dir/operative_config.gin (and to
+      TensorBoard) after the first loop; None writes none.
+    model_builder: `model_builder(num_classes=None)` builds the Keras model
+      (logits out); called with `num_classes` only to read an init
+      checkpoint with another classifier.
+    dataset_builder: `dataset_builder(input_context, split='train',
+      global_batch_size=, image_size=[, seed=])` gives one pipeline's batches
+      (`effnet_gin.data.build_dataset` with its source bound); train_and_eval
+      also calls it with split='eval'.
+    schedule_builder: `schedule_builder(global_batch_size=,
+      num_train_images=, train_steps=)` gives the learning-rate schedule.
+    optimizer_builder: `optimizer_builder(learning_rate)` gives the optimizer.
+    ema_builder: `ema_builder(model)` gives the weight average (use_ema).
+    strategy: the `tf.distribute.Strategy` to train under; None builds the
+      default one (`strategy.build_strategy()`).
+    schedule: deprecated name of `mode` (kept for one release).
 
   Returns:
     A dict with the `start_step` it resumed from, the final `step`, the last
@@ -110,13 +133,11 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
   """
+  mode = _resolve_mode(mode, schedule)
   _check_positive(train_steps=train_steps, train_batch_size=train_batch_size,
                   image_size=image_size, num_train_images=num_train_images,
                   steps_per_loop=steps_per_loop)
-  if schedule not in ("train", "train_and_eval"):
-    raise ValueError(f"train.schedule must be 'train' or 'train_and_eval', "
-                     f"got {schedule!r}")
-  if schedule == "train_and_eval":
+  if mode == "train_and_eval":
     _check_positive(eval_batch_size=eval_batch_size,
                     steps_per_eval=steps_per_eval)
 
@@ -124,55 +145,39 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   if seed is not None:
     keras.utils.set_random_seed(seed)
   strategy_lib.set_precision_policy(precision)
-  strategy = strategy_lib.build_strategy()
+  strategy = strategy or strategy_lib.build_strategy()
   num_replicas = strategy.num_replicas_in_sync
   if train_batch_size % num_replicas:
     raise ValueError(f"train.train_batch_size={train_batch_size} is not "
                      f"divisible by the {num_replicas} replicas")
   chief = strategy_lib.is_chief(strategy)
-  tf.io.gfile.makedirs(model_dir)
-  if chief:
-    checkpointing.write_text(model_dir, "command", command or "")
-    checkpointing.write_text(model_dir, "config.gin", gin.config_str())
+  _write_run_files(model_dir, chief, command=command, config_text=config_text)
 
   # --- Model, optimizer and EMA ------------------------------------------
   with strategy.scope():
-    model = build_model()
-    learning_rate = optim.build_schedule(
+    model = model_builder()
+    learning_rate = schedule_builder(
         global_batch_size=train_batch_size, num_train_images=num_train_images,
         train_steps=train_steps)
-    optimizer = optim.build_optimizer(learning_rate)
+    optimizer = optimizer_builder(learning_rate)
     # Keras 3 optimizers create their slots lazily; inside strategy.run that
     # fails, so build them here, under the strategy's scope.
     optimizer.build(model.trainable_variables)
-    logging.info("Durations: %s", recipe.durations_of(
-        train_steps=train_steps, num_train_images=num_train_images,
-        global_batch_size=train_batch_size, schedule=learning_rate,
-        steps_per_eval=steps_per_eval if schedule == "train_and_eval" else None,
-        checkpoint_every_steps=checkpoint_every_steps,
-        steps_per_loop=steps_per_loop).describe())
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+  logging.info("Durations: %s", recipe.durations_of(
+      train_steps=train_steps, num_train_images=num_train_images,
+      global_batch_size=train_batch_size, schedule=learning_rate,
+      steps_per_eval=steps_per_eval if mode == "train_and_eval" else None,
+      checkpoint_every_steps=checkpoint_every_steps,
+      steps_per_loop=steps_per_loop).describe())
 
   # --- Checkpoint: resume, or initialise for fine-tuning -------------------
-  if init_checkpoint and tf.train.latest_checkpoint(model_dir) is None:
-    checkpointing.initialize_from(
-        model, init_checkpoint, use_ema=init_from_ema,
-        model_builder=lambda num_classes: build_model(num_classes=num_classes),
-        ema_factory=averaging.ExponentialMovingAverage)
-  with strategy.scope():
-    # Created after any initialisation, so the averages start from it.
-    ema = averaging.ExponentialMovingAverage(model) if use_ema else None
-  manager = checkpointing.Manager(
-      checkpointing.build_checkpoint(step=step, model=model,
-                                     optimizer=optimizer, ema=ema),
-      model_dir,
-      max_to_keep=keep_checkpoints, chief=chief,
-      worker_id=_worker_id(strategy))
-  resumed_from = manager.restore_latest()
-  if resumed_from:
-    logging.info("Resumed from %s at step %d", resumed_from,
-                 int(step.numpy()))
+  ema, manager, resumed_from = _restore_or_initialize(
+      model_dir, strategy=strategy, model=model, optimizer=optimizer,
+      step=step, ema_builder=ema_builder if use_ema else None,
+      model_builder=model_builder, init_checkpoint=init_checkpoint,
+      init_from_ema=init_from_ema, keep_checkpoints=keep_checkpoints)
   start_step = int(step.numpy())
   if start_step >= train_steps:
     logging.info("model_dir %s is already at step %d of %d: nothing to do",
@@ -181,18 +186,10 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                 preempted=False, eval=None)
 
   # --- Input pipeline -----------------------------------------------------
-  seed_kwargs = {} if seed is None else {"seed": seed}
-
-  tpu_node = strategy_lib.tpu_node_master(strategy)
-
-  def dataset_fn(input_context):
-    dataset = build_dataset(input_context, split="train",
-                            global_batch_size=train_batch_size,
-                            image_size=image_size, **seed_kwargs)
-    strategy_lib.check_input_runs_on(tpu_node, dataset)
-    return dataset
-
-  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+  iterator = iter(strategy_lib.distributed_dataset(
+      strategy, dataset_builder, split="train",
+      global_batch_size=train_batch_size, image_size=image_size,
+      **({} if seed is None else {"seed": seed})))
 
   # --- The compiled step and host loop ------------------------------------
   stop_request = preemption.StopRequest()
@@ -201,73 +198,184 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
       global_batch_size=train_batch_size, label_smoothing=label_smoothing,
       weight_decay=weight_decay, jit_compile=jit_compile,
       stop_request=stop_request, log_every_steps=log_every_steps)
-
-  # One runner for all in-process evaluations: traced (and, with XLA,
-  # compiled) once.
-  eval_runner = (EvalRunner(strategy=strategy, model=model,
-                            eval_batch_size=eval_batch_size,
-                            image_size=image_size, jit_compile=jit_compile)
-                 if schedule == "train_and_eval" else None)
+  evaluate_at = None
+  if mode == "train_and_eval":
+    # One runner for all in-process evaluations: traced (and, with XLA,
+    # compiled) once.
+    runner = EvalRunner(strategy=strategy, model=model,
+                        eval_batch_size=eval_batch_size,
+                        image_size=image_size, jit_compile=jit_compile,
+                        dataset_builder=dataset_builder)
+    evaluate_at = functools.partial(_evaluate_in_process, runner, ema,
+                                    model_dir=model_dir, chief=chief)
 
   # --- The outer loop: log, summarise, evaluate, checkpoint --------------
-  writer = (tf.summary.create_file_writer(f"{model_dir}/train") if chief
-            else tf.summary.create_noop_writer())
-  checkpoint_every = checkpoint_every_steps or steps_per_loop
-  last_loss, last_eval, preempted = None, None, False
-  next_checkpoint = _next_multiple(start_step, checkpoint_every)
-  next_eval = _next_multiple(start_step, steps_per_eval)
-  saved_step = start_step if resumed_from else None
-  wrote_operative_config = False
   progress = progress_lib.LoopProgress(
       start_step, train_steps, train_batch_size,
       num_train_images / train_batch_size, learning_rate)
-  current = start_step
-  with stop_request.installed(), writer.as_default():
-    while current < train_steps:
-      num_steps = min(steps_per_loop, train_steps - current)
-      loop_start = time.time()
-      loss_sum, correct_sum, first_bad, steps_run = host_loop(
-          iterator, tf.constant(num_steps, tf.int32))
-      loss_sum, steps_run = float(loss_sum), int(steps_run)
-      elapsed = time.time() - loop_start
-      if int(first_bad) >= 0 or not math.isfinite(loss_sum):
-        raise NonFiniteLossError(
-            f"training loss became {loss_sum} at step {int(first_bad)} "
-            f"(loop of steps {current + 1}–{current + steps_run}); the last "
-            f"checkpoint in {model_dir} ({manager.latest}) is intact")
-      current = int(step.numpy())
-      if steps_run:
-        last_loss = progress.log(current, steps_run, loss_sum,
-                                 float(correct_sum), elapsed)
-      if steps_run and not wrote_operative_config:
-        wrote_operative_config = True
-        if chief:
-          operative = gin.operative_config_str()
-          checkpointing.write_text(model_dir, "operative_config.gin",
-                                   operative)
-          tf.summary.text("operative_config", _markdown_code(operative),
-                          step=current)
-      # A loop cut short was stopped by a worker's SIGTERM; every worker
-      # agreed on the step (see preemption), so all of them take this branch.
-      if steps_run < num_steps:
-        if saved_step != current:
-          manager.save(current)
-        preempted = True
-        logging.warning("Stopped by SIGTERM at step %d; rerun with the same "
-                        "model_dir to resume", current)
-        break
-      if current >= next_checkpoint or current >= train_steps:
-        manager.save(current)
-        saved_step = current
-        next_checkpoint = _next_multiple(current, checkpoint_every)
-      if schedule == "train_and_eval" and (current >= next_eval
-                                           or current >= train_steps):
-        last_eval = _evaluate_in_process(eval_runner, ema, current, model_dir,
-                                         chief)
-        next_eval = _next_multiple(current, steps_per_eval)
-      writer.flush()
-  return dict(start_step=start_step, step=current, loss=last_loss,
-              preempted=preempted, eval=last_eval)
+  outcome = _OuterLoop(
+      host_loop=host_loop, iterator=iterator, step=step, manager=manager,
+      progress=progress, model_dir=model_dir, chief=chief,
+      operative_config_text=operative_config_text).run(
+          start_step=start_step, train_steps=train_steps,
+          steps_per_loop=steps_per_loop,
+          checkpoint_every=checkpoint_every_steps or steps_per_loop,
+          steps_per_eval=steps_per_eval, evaluate_at=evaluate_at,
+          saved_step=start_step if resumed_from else None,
+          stop_request=stop_request)
+  return dict(start_step=start_step, **outcome)
+
+
+def _resolve_mode(mode, schedule):
+  """`mode`, or the deprecated `schedule` when only that is given."""
+  if schedule is not None:
+    logging.warning("train.schedule is deprecated: it is called train.mode "
+                    "now (as the reference's --mode); the old name goes in "
+                    "the next release")
+    if mode != "train" and mode != schedule:
+      raise ValueError(f"train.mode={mode!r} and its deprecated alias "
+                       f"train.schedule={schedule!r} disagree; set only mode")
+    mode = schedule
+  if mode not in MODES:
+    raise ValueError(f"train.mode must be one of {MODES}, got {mode!r}")
+  return mode
+
+
+def _check_positive(**values):
+  for name, value in values.items():
+    if value is None or value <= 0:
+      raise ValueError(f"train.{name} must be a positive number, got {value!r}")
+
+
+def _write_run_files(model_dir, chief, *, command, config_text):
+  """Creates model_dir; the chief records the command and the config."""
+  tf.io.gfile.makedirs(model_dir)
+  if chief:
+    checkpointing.write_text(model_dir, "command", command or "")
+    if config_text is not None:
+      checkpointing.write_text(model_dir, "config.gin", config_text)
+
+
+def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
+                           ema_builder, model_builder, init_checkpoint,
+                           init_from_ema, keep_checkpoints):
+  """Resumes from model_dir's latest checkpoint, or starts from init_checkpoint.
+
+  Returns:
+    (ema or None, the checkpoint manager, the checkpoint resumed from or
+    None).
+  """
+  if init_checkpoint and tf.train.latest_checkpoint(model_dir) is None:
+    checkpointing.initialize_from(
+        model, init_checkpoint, use_ema=init_from_ema,
+        model_builder=lambda num_classes: model_builder(num_classes=num_classes),
+        ema_factory=ema_builder or averaging.ExponentialMovingAverage)
+  with strategy.scope():
+    # Created after any initialisation, so the averages start from it.
+    ema = ema_builder(model) if ema_builder else None
+  manager = checkpointing.Manager(
+      checkpointing.build_checkpoint(step=step, model=model,
+                                     optimizer=optimizer, ema=ema),
+      model_dir, max_to_keep=keep_checkpoints,
+      chief=strategy_lib.is_chief(strategy), worker_id=_worker_id(strategy))
+  resumed_from = manager.restore_latest()
+  if resumed_from:
+    logging.info("Resumed from %s at step %d", resumed_from,
+                 int(step.numpy()))
+  return ema, manager, resumed_from
+
+
+class _OuterLoop:
+  """The Python loop around the host loop: log, checkpoint, evaluate, stop."""
+
+  def __init__(self, *, host_loop, iterator, step, manager, progress,
+               model_dir, chief, operative_config_text):
+    self._host_loop = host_loop
+    self._iterator = iterator
+    self._step = step
+    self._manager = manager
+    self._progress = progress
+    self._model_dir = model_dir
+    self._chief = chief
+    self._operative_config_text = operative_config_text
+
+  def run(self, *, start_step, train_steps, steps_per_loop, checkpoint_every,
+          steps_per_eval, evaluate_at, saved_step, stop_request):
+    """Trains from start_step to train_steps, or until SIGTERM.
+
+    Returns:
+      A dict with the final `step`, the last loop's mean `loss`, `preempted`
+      and `eval` (the last evaluation's metrics, or None).
+    """
+    writer = (tf.summary.create_file_writer(f"{self._model_dir}/train")
+              if self._chief else tf.summary.create_noop_writer())
+    last_loss, last_eval = None, None
+    next_checkpoint = _next_multiple(start_step, checkpoint_every)
+    next_eval = _next_multiple(start_step, steps_per_eval)
+    current = start_step
+    with stop_request.installed(), writer.as_default():
+      while current < train_steps:
+        num_steps = min(steps_per_loop, train_steps - current)
+        first_loop = current == start_step
+        current, steps_run, loss = self._run_host_loop(current, num_steps)
+        last_loss = loss if steps_run else last_loss
+        if steps_run and first_loop:
+          self._write_operative_config(current)
+        # A loop cut short was stopped by a worker's SIGTERM; every worker
+        # agreed on the step (see preemption), so all of them take this path.
+        if steps_run < num_steps:
+          if saved_step != current:
+            self._manager.save(current)
+          logging.warning("Stopped by SIGTERM at step %d; rerun with the "
+                          "same model_dir to resume", current)
+          return dict(step=current, loss=last_loss, preempted=True,
+                      eval=last_eval)
+        if current >= next_checkpoint or current >= train_steps:
+          self._manager.save(current)
+          saved_step = current
+          next_checkpoint = _next_multiple(current, checkpoint_every)
+        if evaluate_at and (current >= next_eval or current >= train_steps):
+          last_eval = evaluate_at(current)
+          next_eval = _next_multiple(current, steps_per_eval)
+        writer.flush()
+    return dict(step=current, loss=last_loss, preempted=False, eval=last_eval)
+
+  def _run_host_loop(self, current, num_steps):
+    """Runs one host loop from step `current`; logs it.
+
+    Returns:
+      (the step reached, the steps run, their mean loss or None).
+
+    Raises:
+      NonFiniteLossError: when a step's loss was not finite.
+    """
+    loop_start = time.time()
+    loss_sum, correct_sum, first_bad, steps_run = self._host_loop(
+        self._iterator, tf.constant(num_steps, tf.int32))
+    loss_sum, steps_run = float(loss_sum), int(steps_run)
+    elapsed = time.time() - loop_start
+    if int(first_bad) >= 0 or not math.isfinite(loss_sum):
+      raise NonFiniteLossError(
+          f"training loss became {loss_sum} at step {int(first_bad)} "
+          f"(loop of steps {current + 1}–{current + steps_run}); the last "
+          f"checkpoint in {self._model_dir} ({self._manager.latest}) is "
+          "intact")
+    reached = int(self._step.numpy())
+    loss = None
+    if steps_run:
+      loss = self._progress.log(reached, steps_run, loss_sum,
+                                float(correct_sum), elapsed)
+    return reached, steps_run, loss
+
+  def _write_operative_config(self, current):
+    """Records the configuration the run used, once it is complete."""
+    if not self._chief or self._operative_config_text is None:
+      return
+    operative = self._operative_config_text()
+    checkpointing.write_text(self._model_dir, "operative_config.gin",
+                             operative)
+    tf.summary.text("operative_config", _markdown_code(operative),
+                    step=current)
 
 
 def build_host_loop(*, strategy, model, optimizer, ema, step,

@@ -29,7 +29,6 @@ What the training loop must do with them:
 """
 import math
 
-import gin
 import keras
 import tensorflow as tf
 
@@ -143,7 +142,6 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     }
 
 
-@gin.configurable("build_schedule", module="effnet_gin.train")
 def build_schedule(*, global_batch_size, num_train_images,
                    base_learning_rate=0.016, warmup_epochs=5,
                    decay_epochs=2.4, decay_factor=0.97, kind="exponential",
@@ -317,7 +315,6 @@ class TF1Momentum(keras.optimizers.Optimizer):
     return config
 
 
-@gin.configurable("build_optimizer", module="effnet_gin.train")
 def build_optimizer(learning_rate, *, name="rmsprop", rho=0.9, momentum=0.9,
                     epsilon=1e-3, beta_1=0.9, beta_2=0.999,
                     lars_weight_decay=1e-5, lars_eeta=0.001,

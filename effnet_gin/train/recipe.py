@@ -17,7 +17,6 @@ derived value everywhere it is used (trainer and evaluator alike).
 import dataclasses
 from typing import Optional
 
-import gin
 
 
 def steps_per_epoch(num_train_images, global_batch_size):
@@ -34,9 +33,7 @@ def steps_per_epoch(num_train_images, global_batch_size):
   return num_train_images / global_batch_size
 
 
-@gin.configurable("steps_for_epochs", module="effnet_gin.train")
-def steps_for_epochs(*, epochs=gin.REQUIRED, num_train_images=gin.REQUIRED,
-                     global_batch_size=gin.REQUIRED):
+def steps_for_epochs(*, epochs, num_train_images, global_batch_size):
   """The whole number of steps in `epochs` epochs: int(epochs × images / batch).
 
   Truncation is the reference's: 350 epochs of 1,281,167 images at batch

@@ -11,7 +11,6 @@ import json
 import os
 import threading
 
-import gin
 import keras
 import tensorflow as tf
 
@@ -83,7 +82,6 @@ def select_strategy_kind(*, kind="auto", tpu=None):
   return "cpu"
 
 
-@gin.configurable("build_strategy", module="effnet_gin.train")
 def build_strategy(*, tpu=None, zone=None, project=None, kind="auto",
                    num_cpu_replicas=2, tpu_resolve_timeout_secs=60.0):
   """Builds the `tf.distribute.Strategy` to train or evaluate with.
@@ -345,3 +343,20 @@ def check_input_runs_on(master, dataset):
       f"tf.data from_generator), which the TPU Node's remote host {master} "
       "cannot run. Bigtable input works on a TPU VM (--tpu=local), on GPU "
       "and on CPU hosts; on a TPU Node, read TFRecord files instead.")
+
+
+def distributed_dataset(strategy, dataset_builder, **kwargs):
+  """Per-replica batches of `dataset_builder(input_context, **kwargs)`.
+
+  Each input pipeline calls `dataset_builder` with its `InputContext`
+  (`distribute_datasets_from_function`); a TPU Node's pipeline is checked
+  to run on its host (`check_input_runs_on`).
+  """
+  tpu_node = tpu_node_master(strategy)
+
+  def dataset_fn(input_context):
+    dataset = dataset_builder(input_context, **kwargs)
+    check_input_runs_on(tpu_node, dataset)
+    return dataset
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
