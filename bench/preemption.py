@@ -27,7 +27,7 @@ import trainer_helpers  # noqa: E402  (the tests' tiny bindings and command)
 
 from effnet_gin.model import build_model  # noqa: E402
 from effnet_gin.train import averaging  # noqa: E402
-from effnet_gin.train import loop  # noqa: E402
+from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import optim  # noqa: E402
 from effnet_gin.train import preemption  # noqa: E402
 
@@ -49,8 +49,8 @@ def _host_loops():
   common = dict(strategy=tf.distribute.get_strategy(), model=model,
                 optimizer=optimizer, ema=ema, step=step, global_batch_size=8,
                 label_smoothing=0.1, weight_decay=1e-5, jit_compile=False)
-  return {"without stop check": loop.build_host_loop(**common),
-          "with stop check": loop.build_host_loop(
+  return {"without stop check": host_loop_lib.build_host_loop(**common),
+          "with stop check": host_loop_lib.build_host_loop(
               **common, stop_request=preemption.StopRequest())}
 
 

@@ -5,7 +5,7 @@
         [--steps=12] [--rounds=2]
 
 Both train EfficientNet-B0 in float32 on the same in-memory random batch:
-ours is `effnet_gin.train.loop.build_host_loop` (the trainer's compiled
+ours is `effnet_gin.train.host_loop.build_host_loop` (the trainer's compiled
 loop: forward, label-smoothed loss with weight decay, TF1 RMSProp, EMA
 update) over `build_model`; the baseline is `keras.applications.EfficientNetB0`
 compiled with RMSprop and trained with `model.fit`. The input is a cached
@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from effnet_gin.model import build_model
-from effnet_gin.train import loop
+from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
 
@@ -54,7 +54,7 @@ def ours(images, labels, steps, rounds, jit_compile):
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
   step = tf.Variable(0, dtype=tf.int64)
-  host_loop = loop.build_host_loop(
+  host_loop = host_loop_lib.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
       global_batch_size=batch_size, label_smoothing=0.1, weight_decay=1e-5,
       jit_compile=jit_compile)

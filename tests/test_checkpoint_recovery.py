@@ -10,7 +10,6 @@ import pytest
 from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.train import checkpointing
-from effnet_gin.train import loop
 import trainer_helpers
 
 evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")

@@ -8,7 +8,7 @@ from effnet_gin.model import build_model
 from effnet_gin.model import cross_replica
 from effnet_gin.model import layers
 from effnet_gin.train import averaging
-from effnet_gin.train import loop
+from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import optim
 
 
@@ -75,7 +75,7 @@ def _train_three_steps(strategy, images, labels, group_size):
   # replica 1 examples 8-15.
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((images, labels)).repeat())
-  host_loop = loop.build_host_loop(
+  host_loop = host_loop_lib.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       step=step, global_batch_size=16, label_smoothing=0.1,
       weight_decay=1e-5, jit_compile=False)

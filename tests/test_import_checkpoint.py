@@ -20,7 +20,6 @@ from effnet_gin.model import load_pretrained
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import importing
-from effnet_gin.train import loop
 from test_pretrained import write_reference_copy
 import trainer_helpers
 

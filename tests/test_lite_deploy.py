@@ -26,7 +26,6 @@ from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.train import lite_export
-from effnet_gin.train import loop
 import trainer_helpers
 
 NUM_CLASSES = 6

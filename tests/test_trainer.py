@@ -13,6 +13,7 @@ from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
+from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import loop
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
@@ -243,7 +244,7 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(
             (per_replica_images, per_replica_labels)).repeat())
-    host_loop = loop.build_host_loop(
+    host_loop = host_loop_lib.build_host_loop(
         strategy=strategy, model=model, optimizer=optimizer, ema=ema,
         step=step, global_batch_size=16, label_smoothing=0.1,
         weight_decay=1e-5, jit_compile=False)

@@ -2,8 +2,9 @@
 
 One canonical path, top to bottom: strategy and precision · model, optimizer
 and EMA · checkpoint (resume or fine-tune) · input pipeline · the compiled host
-loop · the outer Python loop that logs, summarises, evaluates, checkpoints and
-handles preemption.
+loop (host_loop.py) · the outer Python loop (outer_loop.py) that logs,
+summarises, evaluates, checkpoints and handles preemption. Each step is a
+function of its inputs; `train` reads as its section comments say.
 
 Every `steps_per_loop` steps the host returns to Python: that is where the
 console line, the TensorBoard scalars, the NaN check and checkpoints happen,
@@ -14,9 +15,6 @@ preempted trainer checkpoints the step it reached within the grace period.
 import contextlib
 import functools
 import json
-import math
-import sys
-import time
 
 from absl import logging
 import keras
@@ -28,8 +26,10 @@ from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train.eval_runner import EvalRunner
 from effnet_gin.train.eval_runner import METRICS
-from effnet_gin.train import losses
+from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import optim
+from effnet_gin.train import outer_loop
+from effnet_gin.train.outer_loop import NonFiniteLossError  # noqa: F401
 from effnet_gin.train import recipe
 from effnet_gin.train import preemption
 from effnet_gin.train import progress as progress_lib
@@ -38,10 +38,6 @@ from effnet_gin.train import strategy as strategy_lib
 # Exit status of a trainer that saved a checkpoint on SIGTERM and stopped
 # early: EX_TEMPFAIL, "try again" — rerunning with the same model_dir resumes.
 PREEMPTED_EXIT_CODE = 75
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Raised when the training loss becomes NaN or Inf."""
 
 
 MODES = ("train", "train_and_eval")
@@ -133,15 +129,70 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
   """
-  mode = _resolve_mode(mode, schedule)
-  _check_positive(train_steps=train_steps, train_batch_size=train_batch_size,
-                  image_size=image_size, num_train_images=num_train_images,
-                  steps_per_loop=steps_per_loop)
-  if mode == "train_and_eval":
-    _check_positive(eval_batch_size=eval_batch_size,
-                    steps_per_eval=steps_per_eval)
+  mode = _checked_mode(
+      mode, schedule, train_steps=train_steps, image_size=image_size,
+      train_batch_size=train_batch_size, num_train_images=num_train_images,
+      steps_per_loop=steps_per_loop, eval_batch_size=eval_batch_size,
+      steps_per_eval=steps_per_eval)
 
   # --- Strategy and precision -------------------------------------------
+  strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
+                              train_batch_size=train_batch_size)
+  chief = _write_run_files(model_dir, strategy, command, config_text)
+
+  # --- Model, optimizer and EMA ------------------------------------------
+  model, learning_rate, optimizer, step = _build_model_and_optimizer(
+      strategy, model_builder=model_builder, schedule_builder=schedule_builder,
+      optimizer_builder=optimizer_builder, train_batch_size=train_batch_size,
+      num_train_images=num_train_images, train_steps=train_steps)
+  _log_durations(learning_rate, mode, train_steps, num_train_images,
+                 train_batch_size, steps_per_loop, steps_per_eval,
+                 checkpoint_every_steps)
+
+  # --- Checkpoint: resume, or initialise for fine-tuning -------------------
+  ema, manager, start_step, resumed = _restore_or_initialize(
+      model_dir, strategy=strategy, model=model, optimizer=optimizer,
+      step=step, ema_builder=ema_builder if use_ema else None,
+      model_builder=model_builder, init_checkpoint=init_checkpoint,
+      init_from_ema=init_from_ema, keep_checkpoints=keep_checkpoints)
+  if start_step >= train_steps:
+    return _nothing_to_do(model_dir, start_step, train_steps)
+
+  # --- Input pipeline -----------------------------------------------------
+  iterator = iter(strategy_lib.distributed_dataset(
+      strategy, dataset_builder, split="train",
+      global_batch_size=train_batch_size, image_size=image_size,
+      **({} if seed is None else {"seed": seed})))
+
+  # --- The compiled step and host loop ------------------------------------
+  stop_request = preemption.StopRequest()
+  host_loop = host_loop_lib.build_host_loop(
+      strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
+      global_batch_size=train_batch_size, label_smoothing=label_smoothing,
+      weight_decay=weight_decay, jit_compile=jit_compile,
+      stop_request=stop_request, log_every_steps=log_every_steps)
+
+  # --- The outer loop: log, summarise, evaluate, checkpoint --------------
+  evaluate_at = None if mode == "train" else _in_process_evaluation(
+      strategy=strategy, model=model, ema=ema, model_dir=model_dir,
+      chief=chief, eval_batch_size=eval_batch_size, image_size=image_size,
+      jit_compile=jit_compile, dataset_builder=dataset_builder)
+  progress = progress_lib.LoopProgress(start_step, train_steps,
+                                      train_batch_size, num_train_images /
+                                      train_batch_size, learning_rate)
+  return outer_loop.OuterLoop(
+      host_loop=host_loop, iterator=iterator, step=step, manager=manager,
+      progress=progress, model_dir=model_dir, chief=chief,
+      operative_config_text=operative_config_text).run(
+          start_step=start_step, train_steps=train_steps,
+          steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
+          checkpoint_every=checkpoint_every_steps or steps_per_loop,
+          evaluate_at=evaluate_at, resumed=resumed,
+          stop_request=stop_request)
+
+
+def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
+  """Seeds, sets the precision policy; returns the strategy (built if None)."""
   if seed is not None:
     keras.utils.set_random_seed(seed)
   strategy_lib.set_precision_policy(precision)
@@ -150,10 +201,17 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
   if train_batch_size % num_replicas:
     raise ValueError(f"train.train_batch_size={train_batch_size} is not "
                      f"divisible by the {num_replicas} replicas")
-  chief = strategy_lib.is_chief(strategy)
-  _write_run_files(model_dir, chief, command=command, config_text=config_text)
+  return strategy
 
-  # --- Model, optimizer and EMA ------------------------------------------
+
+def _build_model_and_optimizer(strategy, *, model_builder, schedule_builder,
+                               optimizer_builder, train_batch_size,
+                               num_train_images, train_steps):
+  """Builds, under the strategy's scope, what the checkpoint holds.
+
+  Returns:
+    (model, learning-rate schedule, built optimizer, global step variable).
+  """
   with strategy.scope():
     model = model_builder()
     learning_rate = schedule_builder(
@@ -165,65 +223,50 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+  return model, learning_rate, optimizer, step
+
+
+def _log_durations(schedule, mode, train_steps, num_train_images,
+                   global_batch_size, steps_per_loop, steps_per_eval,
+                   checkpoint_every_steps):
+  """Logs the run's length in steps and epochs (see `recipe.durations_of`)."""
   logging.info("Durations: %s", recipe.durations_of(
       train_steps=train_steps, num_train_images=num_train_images,
-      global_batch_size=train_batch_size, schedule=learning_rate,
+      global_batch_size=global_batch_size, schedule=schedule,
       steps_per_eval=steps_per_eval if mode == "train_and_eval" else None,
       checkpoint_every_steps=checkpoint_every_steps,
       steps_per_loop=steps_per_loop).describe())
 
-  # --- Checkpoint: resume, or initialise for fine-tuning -------------------
-  ema, manager, resumed_from = _restore_or_initialize(
-      model_dir, strategy=strategy, model=model, optimizer=optimizer,
-      step=step, ema_builder=ema_builder if use_ema else None,
-      model_builder=model_builder, init_checkpoint=init_checkpoint,
-      init_from_ema=init_from_ema, keep_checkpoints=keep_checkpoints)
-  start_step = int(step.numpy())
-  if start_step >= train_steps:
-    logging.info("model_dir %s is already at step %d of %d: nothing to do",
-                 model_dir, start_step, train_steps)
-    return dict(start_step=start_step, step=start_step, loss=None,
-                preempted=False, eval=None)
 
-  # --- Input pipeline -----------------------------------------------------
-  iterator = iter(strategy_lib.distributed_dataset(
-      strategy, dataset_builder, split="train",
-      global_batch_size=train_batch_size, image_size=image_size,
-      **({} if seed is None else {"seed": seed})))
+def _in_process_evaluation(*, strategy, model, ema, model_dir, chief,
+                           eval_batch_size, image_size, jit_compile,
+                           dataset_builder):
+  """`evaluate_at(step)` for train_and_eval: scores the (EMA) weights."""
+  # One runner for all in-process evaluations: traced (and, with XLA,
+  # compiled) once.
+  runner = EvalRunner(strategy=strategy, model=model,
+                      eval_batch_size=eval_batch_size, image_size=image_size,
+                      jit_compile=jit_compile, dataset_builder=dataset_builder)
+  return functools.partial(_evaluate_in_process, runner, ema,
+                           model_dir=model_dir, chief=chief)
 
-  # --- The compiled step and host loop ------------------------------------
-  stop_request = preemption.StopRequest()
-  host_loop = build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
-      global_batch_size=train_batch_size, label_smoothing=label_smoothing,
-      weight_decay=weight_decay, jit_compile=jit_compile,
-      stop_request=stop_request, log_every_steps=log_every_steps)
-  evaluate_at = None
+
+def _checked_mode(mode, schedule, *, eval_batch_size, steps_per_eval,
+                  **positive):
+  """Validates the settings; returns the mode (or its deprecated alias)."""
+  mode = _resolve_mode(mode, schedule)
+  _check_positive(**positive)
   if mode == "train_and_eval":
-    # One runner for all in-process evaluations: traced (and, with XLA,
-    # compiled) once.
-    runner = EvalRunner(strategy=strategy, model=model,
-                        eval_batch_size=eval_batch_size,
-                        image_size=image_size, jit_compile=jit_compile,
-                        dataset_builder=dataset_builder)
-    evaluate_at = functools.partial(_evaluate_in_process, runner, ema,
-                                    model_dir=model_dir, chief=chief)
+    _check_positive(eval_batch_size=eval_batch_size,
+                    steps_per_eval=steps_per_eval)
+  return mode
 
-  # --- The outer loop: log, summarise, evaluate, checkpoint --------------
-  progress = progress_lib.LoopProgress(
-      start_step, train_steps, train_batch_size,
-      num_train_images / train_batch_size, learning_rate)
-  outcome = _OuterLoop(
-      host_loop=host_loop, iterator=iterator, step=step, manager=manager,
-      progress=progress, model_dir=model_dir, chief=chief,
-      operative_config_text=operative_config_text).run(
-          start_step=start_step, train_steps=train_steps,
-          steps_per_loop=steps_per_loop,
-          checkpoint_every=checkpoint_every_steps or steps_per_loop,
-          steps_per_eval=steps_per_eval, evaluate_at=evaluate_at,
-          saved_step=start_step if resumed_from else None,
-          stop_request=stop_request)
-  return dict(start_step=start_step, **outcome)
+
+def _nothing_to_do(model_dir, start_step, train_steps):
+  logging.info("model_dir %s is already at step %d of %d: nothing to do",
+               model_dir, start_step, train_steps)
+  return dict(start_step=start_step, step=start_step, loss=None,
+              preempted=False, eval=None)
 
 
 def _resolve_mode(mode, schedule):
@@ -247,13 +290,19 @@ def _check_positive(**values):
       raise ValueError(f"train.{name} must be a positive number, got {value!r}")
 
 
-def _write_run_files(model_dir, chief, *, command, config_text):
-  """Creates model_dir; the chief records the command and the config."""
+def _write_run_files(model_dir, strategy, command, config_text):
+  """Creates model_dir; the chief records the command and the config.
+
+  Returns:
+    Whether this process is the chief.
+  """
   tf.io.gfile.makedirs(model_dir)
+  chief = strategy_lib.is_chief(strategy)
   if chief:
     checkpointing.write_text(model_dir, "command", command or "")
     if config_text is not None:
       checkpointing.write_text(model_dir, "config.gin", config_text)
+  return chief
 
 
 def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
@@ -262,8 +311,8 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
   """Resumes from model_dir's latest checkpoint, or starts from init_checkpoint.
 
   Returns:
-    (ema or None, the checkpoint manager, the checkpoint resumed from or
-    None).
+    (ema or None, the checkpoint manager, the step to start from, whether
+    it was restored from model_dir).
   """
   if init_checkpoint and tf.train.latest_checkpoint(model_dir) is None:
     checkpointing.initialize_from(
@@ -282,188 +331,7 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
   if resumed_from:
     logging.info("Resumed from %s at step %d", resumed_from,
                  int(step.numpy()))
-  return ema, manager, resumed_from
-
-
-class _OuterLoop:
-  """The Python loop around the host loop: log, checkpoint, evaluate, stop."""
-
-  def __init__(self, *, host_loop, iterator, step, manager, progress,
-               model_dir, chief, operative_config_text):
-    self._host_loop = host_loop
-    self._iterator = iterator
-    self._step = step
-    self._manager = manager
-    self._progress = progress
-    self._model_dir = model_dir
-    self._chief = chief
-    self._operative_config_text = operative_config_text
-
-  def run(self, *, start_step, train_steps, steps_per_loop, checkpoint_every,
-          steps_per_eval, evaluate_at, saved_step, stop_request):
-    """Trains from start_step to train_steps, or until SIGTERM.
-
-    Returns:
-      A dict with the final `step`, the last loop's mean `loss`, `preempted`
-      and `eval` (the last evaluation's metrics, or None).
-    """
-    writer = (tf.summary.create_file_writer(f"{self._model_dir}/train")
-              if self._chief else tf.summary.create_noop_writer())
-    last_loss, last_eval = None, None
-    next_checkpoint = _next_multiple(start_step, checkpoint_every)
-    next_eval = _next_multiple(start_step, steps_per_eval)
-    current = start_step
-    with stop_request.installed(), writer.as_default():
-      while current < train_steps:
-        num_steps = min(steps_per_loop, train_steps - current)
-        first_loop = current == start_step
-        current, steps_run, loss = self._run_host_loop(current, num_steps)
-        last_loss = loss if steps_run else last_loss
-        if steps_run and first_loop:
-          self._write_operative_config(current)
-        # A loop cut short was stopped by a worker's SIGTERM; every worker
-        # agreed on the step (see preemption), so all of them take this path.
-        if steps_run < num_steps:
-          if saved_step != current:
-            self._manager.save(current)
-          logging.warning("Stopped by SIGTERM at step %d; rerun with the "
-                          "same model_dir to resume", current)
-          return dict(step=current, loss=last_loss, preempted=True,
-                      eval=last_eval)
-        if current >= next_checkpoint or current >= train_steps:
-          self._manager.save(current)
-          saved_step = current
-          next_checkpoint = _next_multiple(current, checkpoint_every)
-        if evaluate_at and (current >= next_eval or current >= train_steps):
-          last_eval = evaluate_at(current)
-          next_eval = _next_multiple(current, steps_per_eval)
-        writer.flush()
-    return dict(step=current, loss=last_loss, preempted=False, eval=last_eval)
-
-  def _run_host_loop(self, current, num_steps):
-    """Runs one host loop from step `current`; logs it.
-
-    Returns:
-      (the step reached, the steps run, their mean loss or None).
-
-    Raises:
-      NonFiniteLossError: when a step's loss was not finite.
-    """
-    loop_start = time.time()
-    loss_sum, correct_sum, first_bad, steps_run = self._host_loop(
-        self._iterator, tf.constant(num_steps, tf.int32))
-    loss_sum, steps_run = float(loss_sum), int(steps_run)
-    elapsed = time.time() - loop_start
-    if int(first_bad) >= 0 or not math.isfinite(loss_sum):
-      raise NonFiniteLossError(
-          f"training loss became {loss_sum} at step {int(first_bad)} "
-          f"(loop of steps {current + 1}–{current + steps_run}); the last "
-          f"checkpoint in {self._model_dir} ({self._manager.latest}) is "
-          "intact")
-    reached = int(self._step.numpy())
-    loss = None
-    if steps_run:
-      loss = self._progress.log(reached, steps_run, loss_sum,
-                                float(correct_sum), elapsed)
-    return reached, steps_run, loss
-
-  def _write_operative_config(self, current):
-    """Records the configuration the run used, once it is complete."""
-    if not self._chief or self._operative_config_text is None:
-      return
-    operative = self._operative_config_text()
-    checkpointing.write_text(self._model_dir, "operative_config.gin",
-                             operative)
-    tf.summary.text("operative_config", _markdown_code(operative),
-                    step=current)
-
-
-def build_host_loop(*, strategy, model, optimizer, ema, step,
-                    global_batch_size, label_smoothing, weight_decay,
-                    jit_compile, stop_request=None, log_every_steps=None):
-  """Builds the compiled host loop that runs `num_steps` training steps.
-
-  Args:
-    strategy: the strategy the model, optimizer, EMA and step live under.
-    model: the Keras model (logits out).
-    optimizer: a built Keras optimizer (slots created under the scope).
-    ema: an `ExponentialMovingAverage`, or None.
-    step: the int64 global step variable, advanced once per step.
-    global_batch_size: examples per step over all replicas.
-    label_smoothing: label smoothing of the cross-entropy.
-    weight_decay: L2 factor on non-batch-norm weights.
-    jit_compile: compile the per-replica step with XLA.
-    stop_request: a `preemption.StopRequest` read before every step; when
-      any worker's is set, the loop ends before the step (all workers alike).
-    log_every_steps: print the step and its loss every this many steps from
-      inside the loop (None: never).
-
-  Returns:
-    A `tf.function` `host_loop(iterator, num_steps)` over a distributed
-    iterator of (images, labels) that returns the summed loss and the summed
-    count of correct top-1 predictions of the steps run, the first step
-    whose loss was not finite (-1 if none), and the number of steps run
-    (fewer than `num_steps` only when stopped).
-  """
-
-  def replica_step(images, labels):
-    with tf.GradientTape() as tape:
-      logits = model(images, training=True)
-      # Dividing by the global batch (not the replica's) makes the sum over
-      # replicas, which the optimizer's all-reduce takes, the global mean.
-      loss = losses.classification_loss(
-          labels, logits, label_smoothing=label_smoothing,
-          global_batch_size=global_batch_size)
-      # Inside a replica this is already the replica's 1/num_replicas share,
-      # so the optimizer's sum over replicas counts the decay once.
-      loss += losses.weight_decay_loss(model, weight_decay)
-      # Identity except under mixed_float16, where the optimizer is a
-      # LossScaleOptimizer that unscales the gradients again.
-      scaled_loss = optimizer.scale_loss(loss)
-    grads = tape.gradient(scaled_loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    if ema is not None:
-      ema.update(step + 1)
-    step.assign_add(1)
-    # Mixup's soft targets are scored by their argmax inside top_k_correct.
-    correct = losses.top_k_correct(labels, logits, 1)
-    return loss, correct
-
-  per_replica_step = tf.function(replica_step, jit_compile=jit_compile)
-
-  def should_stop():
-    if stop_request is None:
-      return tf.constant(False)
-    return stop_request.agreed(strategy)
-
-  @tf.function
-  def host_loop(iterator, num_steps):
-    loss_sum = tf.constant(0.0)
-    correct_sum = tf.constant(0.0)
-    first_bad_step = tf.constant(-1, tf.int64)
-    steps_run = tf.constant(0, tf.int32)
-    # Checked before every step. The check is a loop variable rather than a
-    # `break`: a break puts the rest of the body (the step and its
-    # collectives) in a tf.cond, which MultiWorkerMirrored cannot run.
-    stop = should_stop()
-    while tf.logical_and(steps_run < num_steps, tf.logical_not(stop)):
-      images, labels = next(iterator)
-      loss, correct = strategy.run(per_replica_step, args=(images, labels))
-      loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-      correct = strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
-      bad = tf.logical_and(first_bad_step < 0,
-                           tf.logical_not(tf.math.is_finite(loss)))
-      first_bad_step = tf.where(bad, step.read_value(), first_bad_step)
-      loss_sum += loss
-      correct_sum += correct
-      steps_run += 1
-      stop = should_stop()
-      if log_every_steps and step % log_every_steps == 0:
-        tf.print("in-loop progress: step", step.read_value(), "loss", loss,
-                 output_stream=sys.stderr)
-    return loss_sum, correct_sum, first_bad_step, steps_run
-
-  return host_loop
+  return ema, manager, int(step.numpy()), bool(resumed_from)
 
 
 def _evaluate_in_process(runner, ema, current, model_dir, chief):
@@ -485,11 +353,3 @@ def _worker_id(strategy):
   """This worker's task id in a multi-worker cluster, else None."""
   resolver = getattr(strategy, "cluster_resolver", None)
   return getattr(resolver, "task_id", None)
-
-
-def _next_multiple(value, period):
-  return (value // period + 1) * period
-
-
-def _markdown_code(text):
-  return "\n".join("    " + line for line in text.splitlines())

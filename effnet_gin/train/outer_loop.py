@@ -1,0 +1,133 @@
+"""The Python loop around the compiled host loop (see `loop.train`).
+
+After each host loop: the console line and TensorBoard scalars, the NaN
+check, the operative config (after the first), checkpoints, in-process
+evaluations, and the stop on SIGTERM.
+"""
+import math
+import time
+
+from absl import logging
+import tensorflow as tf
+
+from effnet_gin.train import checkpointing
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss becomes NaN or Inf."""
+
+
+class OuterLoop:
+  """The Python loop around the host loop: log, checkpoint, evaluate, stop."""
+
+  def __init__(self, *, host_loop, iterator, step, manager, progress,
+               model_dir, chief, operative_config_text):
+    self._host_loop = host_loop
+    self._iterator = iterator
+    self._step = step
+    self._manager = manager
+    self._progress = progress
+    self._model_dir = model_dir
+    self._chief = chief
+    self._operative_config_text = operative_config_text
+
+  def run(self, *, start_step, train_steps, steps_per_loop, checkpoint_every,
+          steps_per_eval, evaluate_at, resumed, stop_request):
+    """Trains from start_step to train_steps, or until SIGTERM.
+
+    Args:
+      start_step: the step training starts (or resumes) at.
+      train_steps: the final step.
+      steps_per_loop: steps per host loop.
+      checkpoint_every: steps between checkpoints (rounded up to loops).
+      steps_per_eval: steps between evaluations (rounded up to loops).
+      evaluate_at: `evaluate_at(step)` evaluates in-process and returns the
+        metrics; None never evaluates.
+      resumed: whether start_step was restored from a checkpoint (so it need
+        not be saved again).
+      stop_request: the `preemption.StopRequest` the host loop reads.
+
+    Returns:
+      A dict with `start_step`, the final `step`, the last loop's mean
+      `loss`, `preempted` and `eval` (the last evaluation's metrics, or
+      None).
+    """
+    saved_step = start_step if resumed else None
+    writer = (tf.summary.create_file_writer(f"{self._model_dir}/train")
+              if self._chief else tf.summary.create_noop_writer())
+    last_loss, last_eval = None, None
+    next_checkpoint = next_multiple(start_step, checkpoint_every)
+    next_eval = next_multiple(start_step, steps_per_eval)
+    current = start_step
+    with stop_request.installed(), writer.as_default():
+      while current < train_steps:
+        num_steps = min(steps_per_loop, train_steps - current)
+        first_loop = current == start_step
+        current, steps_run, loss = self._run_host_loop(current, num_steps)
+        last_loss = loss if steps_run else last_loss
+        if steps_run and first_loop:
+          self._write_operative_config(current)
+        # A loop cut short was stopped by a worker's SIGTERM; every worker
+        # agreed on the step (see preemption), so all of them take this path.
+        if steps_run < num_steps:
+          if saved_step != current:
+            self._manager.save(current)
+          logging.warning("Stopped by SIGTERM at step %d; rerun with the "
+                          "same model_dir to resume", current)
+          return dict(start_step=start_step, step=current, loss=last_loss,
+                      preempted=True, eval=last_eval)
+        if current >= next_checkpoint or current >= train_steps:
+          self._manager.save(current)
+          saved_step = current
+          next_checkpoint = next_multiple(current, checkpoint_every)
+        if evaluate_at and (current >= next_eval or current >= train_steps):
+          last_eval = evaluate_at(current)
+          next_eval = next_multiple(current, steps_per_eval)
+        writer.flush()
+    return dict(start_step=start_step, step=current, loss=last_loss,
+                preempted=False, eval=last_eval)
+
+  def _run_host_loop(self, current, num_steps):
+    """Runs one host loop from step `current`; logs it.
+
+    Returns:
+      (the step reached, the steps run, their mean loss or None).
+
+    Raises:
+      NonFiniteLossError: when a step's loss was not finite.
+    """
+    loop_start = time.time()
+    loss_sum, correct_sum, first_bad, steps_run = self._host_loop(
+        self._iterator, tf.constant(num_steps, tf.int32))
+    loss_sum, steps_run = float(loss_sum), int(steps_run)
+    elapsed = time.time() - loop_start
+    if int(first_bad) >= 0 or not math.isfinite(loss_sum):
+      raise NonFiniteLossError(
+          f"training loss became {loss_sum} at step {int(first_bad)} "
+          f"(loop of steps {current + 1}–{current + steps_run}); the last "
+          f"checkpoint in {self._model_dir} ({self._manager.latest}) is "
+          "intact")
+    reached = int(self._step.numpy())
+    loss = None
+    if steps_run:
+      loss = self._progress.log(reached, steps_run, loss_sum,
+                                float(correct_sum), elapsed)
+    return reached, steps_run, loss
+
+  def _write_operative_config(self, current):
+    """Records the configuration the run used, once it is complete."""
+    if not self._chief or self._operative_config_text is None:
+      return
+    operative = self._operative_config_text()
+    checkpointing.write_text(self._model_dir, "operative_config.gin",
+                             operative)
+    tf.summary.text("operative_config", markdown_code(operative),
+                    step=current)
+
+
+def next_multiple(value, period):
+  return (value // period + 1) * period
+
+
+def markdown_code(text):
+  return "\n".join("    " + line for line in text.splitlines())
