@@ -2,13 +2,15 @@
 
 TensorFlow is configured here, before any test touches it: two logical CPU
 devices so that MirroredStrategy tests run real multi-replica code on this
-CPU-only machine. Every test starts with an empty gin config.
+CPU-only machine. Every test starts with an empty gin config and ends with
+the float32 precision policy.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin  # noqa: E402
+import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -22,6 +24,13 @@ def _clear_gin_config():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+  """Restores the float32 Keras policy a test (or the trainer) changed."""
+  yield
+  keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")

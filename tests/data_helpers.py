@@ -2,7 +2,7 @@
 
 Other test modules import these (trainer, evaluator, Bigtable tests):
 
-    from tests import data_helpers   # or: import data_helpers
+    import data_helpers  # tests/ is on sys.path, as for every helper
     info = data_helpers.write_imagenet_tfrecords(str(tmp_path))
     source = TFRecordSource(info['data_dir'])
 

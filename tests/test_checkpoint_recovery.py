@@ -15,12 +15,6 @@ import trainer_helpers
 evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-  yield
-  trainer_helpers.reset_precision()
-
-
 def _configure(*params):
   gin.clear_config()
   cli.configure(["demo.gin"], list(trainer_helpers.TINY_BINDINGS) + [

@@ -11,7 +11,7 @@ from effnet_gin import configurables
 from effnet_gin import data
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
-from tests import data_helpers
+import data_helpers
 
 NUM_CLASSES = 5
 SIZE = 16

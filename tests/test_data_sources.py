@@ -12,7 +12,7 @@ from effnet_gin.data import image_folder
 from effnet_gin.data import sources
 from effnet_gin.data import synthetic
 from effnet_gin.data import tfrecord_source
-from tests import data_helpers
+import data_helpers
 
 
 def _labels(dataset):

@@ -18,7 +18,6 @@ from effnet_gin import model as model_lib
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
 from effnet_gin.train import strategy as strategy_lib
-import trainer_helpers
 
 loop = importlib.import_module("effnet_gin.train.loop")
 evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
@@ -59,17 +58,14 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
                                             decay=0.5))
   strategy = strategy_lib.build_strategy(kind="cpu")
   model_dir = str(tmp_path / "run")
-  try:
-    result = loop.train(
-        model_dir=model_dir, train_steps=2, train_batch_size=4,
-        image_size=SIZE, num_train_images=16, steps_per_loop=1,
-        mode="train_and_eval", eval_batch_size=4, steps_per_eval=2,
-        model_builder=model_builder, dataset_builder=dataset_builder,
-        schedule_builder=schedule_builder,
-        optimizer_builder=optimizer_builder, ema_builder=ema_builder,
-        strategy=strategy, command="python test")
-  finally:
-    trainer_helpers.reset_precision()
+  result = loop.train(
+      model_dir=model_dir, train_steps=2, train_batch_size=4,
+      image_size=SIZE, num_train_images=16, steps_per_loop=1,
+      mode="train_and_eval", eval_batch_size=4, steps_per_eval=2,
+      model_builder=model_builder, dataset_builder=dataset_builder,
+      schedule_builder=schedule_builder,
+      optimizer_builder=optimizer_builder, ema_builder=ema_builder,
+      strategy=strategy, command="python test")
 
   assert (result["start_step"], result["step"]) == (0, 2)
   assert np.isfinite(result["loss"])

@@ -74,7 +74,6 @@ def deployed(tmp_path_factory):
         model_dir=model_dir, export_dir=str(root / format_name),
         format=format_name)
   gin.clear_config()
-  trainer_helpers.reset_precision()
   return dict(root=root, data_dir=data_dir, params=params,
               model_dir=model_dir, exports=exports)
 

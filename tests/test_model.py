@@ -29,10 +29,7 @@ def _trainable_params(model):
 @pytest.fixture
 def bfloat16_policy():
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
-  try:
-    yield
-  finally:
-    keras.mixed_precision.set_global_policy("float32")
+  yield  # conftest restores float32 after every test.
 
 
 # ---------------------------------------------------------------- the builder

@@ -20,12 +20,6 @@ _WARMUP = 3127  # int(5 * 1281167 / 2048)
 _DECAY_STEPS = 2.4 * _IMAGES / _BATCH
 
 
-@pytest.fixture(name="float32_policy")
-def _float32_policy():
-  yield
-  keras.mixed_precision.set_global_policy("float32")
-
-
 def _reference_schedule():
   return optim.build_schedule(global_batch_size=_BATCH,
                               num_train_images=_IMAGES)
@@ -279,8 +273,7 @@ def test_rmsprop_under_mirrored_strategy_matches_single_device(
   assert int(optimizer.iterations.numpy()) == 3
 
 
-def test_rmsprop_under_mixed_bfloat16(float32_policy):
-  del float32_policy
+def test_rmsprop_under_mixed_bfloat16():
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   model = _dense_model()
   optimizer = optim.build_optimizer(0.01)
@@ -308,8 +301,7 @@ def test_rmsprop_under_mixed_bfloat16(float32_policy):
   assert np.isfinite(float(after)) and float(after) < float(before)
 
 
-def test_mixed_float16_adds_loss_scaling(float32_policy):
-  del float32_policy
+def test_mixed_float16_adds_loss_scaling():
   keras.mixed_precision.set_global_policy("mixed_float16")
   optimizer = optim.build_optimizer(0.01)
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)

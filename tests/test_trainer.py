@@ -32,12 +32,6 @@ STANDALONE_OVERLAYS = ["smoke.gin", "autoaugment.gin", "randaugment.gin"]
 OVERLAYS = STANDALONE_OVERLAYS + ["finetune.gin"]
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-  yield
-  trainer_helpers.reset_precision()
-
-
 def _train(model_dir, *params, gin_file="demo.gin"):
   """Trains `gin_file` shrunk by the shipped smoke.gin, plus `params`."""
   gin.clear_config()

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import tensorflow as tf
 
 from effnet_gin.train import checkpointing
@@ -23,10 +22,6 @@ def _bindings_of(gin_file):
 # CPU: the bindings of the shipped smoke.gin (a B0 at a tenth of its width and
 # depth on 32 px in-graph fake images, 2 steps).
 TINY_BINDINGS = _bindings_of("smoke.gin")
-
-
-def reset_precision():
-  keras.mixed_precision.set_global_policy("float32")
 
 
 def latest_step(model_dir):
