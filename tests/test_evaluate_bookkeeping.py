@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.data import tfrecord_source
-from effnet_gin.train import checkpointing
 from effnet_gin.train import eval_records
+from effnet_gin.train import run_dir
 from eval_helpers import configure
 from eval_helpers import ContractWriter
 from eval_helpers import data_dir  # noqa: F401  (a fixture)
@@ -70,8 +70,7 @@ def test_evaluating_the_best_checkpoint_itself_damages_nothing(
   # Make any new score beat the recorded best, as other settings might.
   record = _best_record(model_dir)
   record["top_1_accuracy"] = -1.0
-  checkpointing.write_text(best_dir, eval_records.BEST_RESULT_FILE,
-                           json.dumps(record))
+  run_dir.write_text(best_dir, run_dir.BEST_RESULT_FILE, json.dumps(record))
   before_best = _snapshot(best_dir)
   before_results = read_results(model_dir)
 
@@ -80,7 +79,7 @@ def test_evaluating_the_best_checkpoint_itself_damages_nothing(
   assert _snapshot(best_dir) == before_best
   assert all(len(data) for data in before_best.values())
   assert read_results(model_dir) == before_results
-  others = eval_records.ResultsLog(model_dir, eval_records.OTHER_RESULTS_FILE)
+  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
   assert [r["checkpoint"] for r in others.read()] == [record["checkpoint"]]
 
 
@@ -97,7 +96,7 @@ def test_another_runs_checkpoint_changes_nothing_in_this_run(
   assert result["checkpoint"] == other
   after = _snapshot(model_dir)
   added = set(after) - set(before)
-  assert added == {os.path.join("eval", eval_records.OTHER_RESULTS_FILE)}
+  assert added == {os.path.join("eval", run_dir.OTHER_RESULTS_FILE)}
   assert {k: after[k] for k in before} == before
   with pytest.raises(ValueError, match="not one of the checkpoints"):
     eval_records.BestCheckpoint(model_dir).offer(

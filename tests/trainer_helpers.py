@@ -6,7 +6,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "bin")
@@ -32,7 +32,7 @@ def reset_precision():
 def latest_step(model_dir):
   """The step number of the newest checkpoint in model_dir, or None."""
   latest = tf.train.latest_checkpoint(model_dir)
-  return None if latest is None else checkpointing.checkpoint_step(latest)
+  return None if latest is None else run_dir.checkpoint_step(latest)
 
 
 def subprocess_env(**extra):

@@ -6,19 +6,13 @@ writes, or a single checkpoint given by path. One pass over the validation
 set is `eval_runner`; what is recorded (eval/results.jsonl, best/) is
 `eval_records`. Their public names are importable from here too.
 
-What the evaluator writes, and only there (never into the trainer's files):
-  model_dir/eval/          TensorBoard scalars top_1_accuracy, top_5_accuracy
-                           and loss at each checkpoint's step, results.jsonl
-                           (the run's own checkpoints), other_checkpoints.jsonl
-                           (checkpoints in best/ or other directories) and
-                           record_counts.json (the validation files' record
-                           counts, so a restarted evaluator does not re-read
-                           them).
-  model_dir/best/          a copy of the best of the run's checkpoints.
+The evaluator writes only into model_dir/eval/ (TensorBoard scalars,
+results.jsonl, other_checkpoints.jsonl, record_counts.json) and
+model_dir/best/ (a copy of the best of the run's checkpoints), never into the
+trainer's files: the layout is `run_dir`'s docstring.
 
 All I/O goes through `tf.io.gfile`, so model_dir may be a gs:// path.
 """
-import re
 import time
 
 from absl import logging
@@ -30,10 +24,8 @@ from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import strategy as strategy_lib
 from effnet_gin.train import eval_records
-from effnet_gin.train.eval_records import BEST_RESULT_FILE  # noqa: F401
-from effnet_gin.train.eval_records import BEST_SUBDIR  # noqa: F401
+from effnet_gin.train import run_dir
 from effnet_gin.train.eval_records import BestCheckpoint  # noqa: F401
-from effnet_gin.train.eval_records import RESULTS_FILE  # noqa: F401
 from effnet_gin.train.eval_records import ResultsLog  # noqa: F401
 from effnet_gin.train.eval_runner import EvalRunner
 from effnet_gin.train.eval_runner import METRICS  # noqa: F401
@@ -122,21 +114,6 @@ class _CheckpointEvaluator:
     return result
 
 
-def run_train_steps(model_dir):
-  """The train_steps the trainer's model_dir/config.gin ran with, or None."""
-  path = f"{model_dir}/config.gin"
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    text = f.read()
-  match = re.search(r"^(?:[\w.]+\.)?train\.train_steps = (\S+)$", text,
-                    re.MULTILINE)
-  if match and match[1].startswith("%"):
-    match = re.search(rf"^{re.escape(match[1][1:])} = (\S+)$", text,
-                      re.MULTILINE)
-  return int(match[1]) if match and match[1].isdigit() else None
-
-
 def _evaluate_one(evaluator, recorder, path):
   """Evaluates and records one checkpoint; None if it vanished first."""
   result = evaluator(path)
@@ -176,12 +153,12 @@ def _follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
   results = []
   for _ in tf.train.checkpoints_iterator(
       model_dir, min_interval_secs=min_interval_secs, timeout=eval_timeout):
-    pending = [p for p in checkpointing.listed_checkpoints(model_dir)
-               if checkpointing.checkpoint_step(p) not in done_steps]
+    pending = [p for p in run_dir.listed_checkpoints(model_dir)
+               if run_dir.checkpoint_step(p) not in done_steps]
     # Newest first when only the newest counts; an unrestorable one falls
     # back to the one before it.
     for path in reversed(pending) if newest_only else pending:
-      done_steps.add(checkpointing.checkpoint_step(path))
+      done_steps.add(run_dir.checkpoint_step(path))
       try:
         result = _evaluate_one(evaluator, recorder, path)
       except UnrestorableCheckpointError as err:
@@ -191,11 +168,11 @@ def _follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
         continue
       results.append(result)
       skipped = [p for p in pending
-                 if checkpointing.checkpoint_step(p) not in done_steps]
+                 if run_dir.checkpoint_step(p) not in done_steps]
       if newest_only and skipped:
         logging.warning("Skipped %s: the newer %s was evaluated instead "
                         "(evaluate.newest_only)", skipped, path)
-        done_steps.update(checkpointing.checkpoint_step(p) for p in skipped)
+        done_steps.update(run_dir.checkpoint_step(p) for p in skipped)
         break
     if max(done_steps, default=-1) >= train_steps:
       logging.info("Evaluated the final checkpoint (step >= %d); done",
@@ -209,7 +186,8 @@ def _follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
 
 def _final_train_steps(model_dir, train_steps, train_steps_from_run):
   """The configured train_steps, or the trainer's when asked and known."""
-  run_steps = run_train_steps(model_dir) if train_steps_from_run else None
+  run_steps = (run_dir.config_train_steps(model_dir) if train_steps_from_run
+               else None)
   if run_steps is not None:
     logging.info("Following the trainer's train_steps=%d from %s/config.gin "
                  "(this evaluator's config says %s; pass --train_steps to "
@@ -288,7 +266,7 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
     if checkpoint and tf.io.gfile.isdir(checkpoint):
       checkpointing.resolve_checkpoint(checkpoint)  # Raises when empty.
       return [_evaluate_newest_restorable(
-          evaluator, recorder, checkpointing.listed_checkpoints(checkpoint))]
+          evaluator, recorder, run_dir.listed_checkpoints(checkpoint))]
     if checkpoint:
       path = checkpointing.resolve_checkpoint(checkpoint)
       result = _evaluate_one(evaluator, recorder, path)

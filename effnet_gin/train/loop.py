@@ -10,6 +10,8 @@ console line, the TensorBoard scalars, the NaN check and checkpoints happen,
 exactly as the reference's `iterations_per_loop`. SIGTERM does not wait for
 that: the host loop reads a stop flag before every step (`preemption`), so a
 preempted trainer checkpoints the step it reached within the grace period.
+
+What the trainer writes into model_dir, and under which names: `run_dir`.
 """
 import contextlib
 import json
@@ -32,6 +34,7 @@ from effnet_gin.train import losses
 from effnet_gin.train import optim
 from effnet_gin.train import recipe
 from effnet_gin.train import preemption
+from effnet_gin.train import run_dir
 from effnet_gin.train import progress as progress_lib
 from effnet_gin.train import strategy as strategy_lib
 
@@ -132,8 +135,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
   chief = strategy_lib.is_chief(strategy)
   tf.io.gfile.makedirs(model_dir)
   if chief:
-    checkpointing.write_text(model_dir, "command", command or "")
-    checkpointing.write_text(model_dir, "config.gin", gin.config_str())
+    run_dir.write_run_config(model_dir, command=command,
+                             config=gin.config_str())
 
   # --- Model, optimizer and EMA ------------------------------------------
   with strategy.scope():
@@ -210,7 +213,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
                  if schedule == "train_and_eval" else None)
 
   # --- The outer loop: log, summarise, evaluate, checkpoint --------------
-  writer = (tf.summary.create_file_writer(f"{model_dir}/train") if chief
+  summaries_dir = run_dir.path(model_dir, run_dir.TRAIN_SUMMARIES_DIR)
+  writer = (tf.summary.create_file_writer(summaries_dir) if chief
             else tf.summary.create_noop_writer())
   checkpoint_every = checkpoint_every_steps or steps_per_loop
   last_loss, last_eval, preempted = None, None, False
@@ -243,8 +247,8 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
         wrote_operative_config = True
         if chief:
           operative = gin.operative_config_str()
-          checkpointing.write_text(model_dir, "operative_config.gin",
-                                   operative)
+          run_dir.write_text(model_dir, run_dir.OPERATIVE_CONFIG_FILE,
+                             operative)
           tf.summary.text("operative_config", _markdown_code(operative),
                           step=current)
       # A loop cut short was stopped by a worker's SIGTERM; every worker
@@ -365,7 +369,8 @@ def _evaluate_in_process(runner, ema, current, model_dir, chief):
     metrics = runner.run()
   logging.info("eval at step %d: %s", current, json.dumps(metrics))
   if chief:
-    eval_writer = tf.summary.create_file_writer(f"{model_dir}/train_eval")
+    eval_writer = tf.summary.create_file_writer(
+        run_dir.path(model_dir, run_dir.TRAIN_EVAL_SUMMARIES_DIR))
     with eval_writer.as_default():
       for name in METRICS:
         tf.summary.scalar(name, metrics[name], step=current)
