@@ -18,13 +18,13 @@ from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.model import build_model
 from effnet_gin.train import strategy as strategy_lib
+from effnet_gin.train.eval_runner import run_evaluation
 
 from eval_helpers import configure
 from eval_helpers import ContractWriter
 from eval_helpers import data_dir  # noqa: F401  (a fixture)
 from eval_helpers import EVAL_BATCH_SIZE
 from eval_helpers import evaluate
-from eval_helpers import evaluate_lib
 from eval_helpers import IMAGE_SIZE
 from eval_helpers import NUM_EVAL
 from eval_helpers import read_results
@@ -53,7 +53,7 @@ def test_run_evaluation_scores_every_example_once_over_replicas(data_dir):
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
     model = build_model()
-  metrics = evaluate_lib.run_evaluation(
+  metrics = run_evaluation(
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
   expected = direct_metrics(model, data_dir)
@@ -69,10 +69,10 @@ def test_eval_step_compiles_with_xla(data_dir):
   configure(data_dir)
   strategy = strategy_lib.build_strategy()
   model = build_model()
-  plain = evaluate_lib.run_evaluation(
+  plain = run_evaluation(
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
-  compiled = evaluate_lib.run_evaluation(
+  compiled = run_evaluation(
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE, jit_compile=True)
   assert compiled["num_examples"] == NUM_EVAL
@@ -86,8 +86,8 @@ def test_run_evaluation_rejects_batch_not_divisible_by_replicas(data_dir):
   with strategy.scope():
     model = build_model()
   with pytest.raises(ValueError, match="eval_batch_size=7"):
-    evaluate_lib.run_evaluation(strategy=strategy, model=model,
-                                eval_batch_size=7, image_size=IMAGE_SIZE)
+    run_evaluation(strategy=strategy, model=model, eval_batch_size=7,
+                   image_size=IMAGE_SIZE)
 
 
 def test_eval_only_matches_in_process_evaluation_of_that_step(
@@ -100,10 +100,10 @@ def test_eval_only_matches_in_process_evaluation_of_that_step(
   strategy = tf.distribute.get_strategy()
   writer.manager.checkpoint.read(path).assert_existing_objects_matched()
   with writer.ema.averaged_weights():
-    ema_metrics = evaluate_lib.run_evaluation(
+    ema_metrics = run_evaluation(
         strategy=strategy, model=writer.model,
         eval_batch_size=EVAL_BATCH_SIZE, image_size=IMAGE_SIZE)
-  raw_metrics = evaluate_lib.run_evaluation(
+  raw_metrics = run_evaluation(
       strategy=strategy, model=writer.model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
   assert ema_metrics["loss"] != pytest.approx(raw_metrics["loss"])

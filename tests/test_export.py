@@ -16,11 +16,11 @@ from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
+from effnet_gin.train import eval_records
 from effnet_gin.train import optim
 
-# `effnet_gin.train.export` the attribute is the function; these are modules.
+# `effnet_gin.train.export` the attribute is the function; this is the module.
 export_lib = importlib.import_module("effnet_gin.train.export")
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -155,7 +155,7 @@ def test_checkpoint_choice_latest_best_and_path(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="bin/evaluator"):
     export_lib.resolve_serving_checkpoint(run, "best")
   checkpoint = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64))
-  evaluate_lib.BestCheckpoint(run).offer(
+  eval_records.BestCheckpoint(run).offer(
       dict(step=1, checkpoint=f"{run}/ckpt-1", top_1_accuracy=0.5), checkpoint)
   assert export_lib.resolve_serving_checkpoint(
       run, "best") == f"{run}/best/ckpt-1"
