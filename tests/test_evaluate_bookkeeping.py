@@ -157,3 +157,28 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
     f.write(open(files[0], "rb").read() * 2)
   tfrecord_source.remember_record_counts([(copy, saved[0][1], saved[0][2])])
   assert tfrecord_source.count_records(copy) == 2 * saved[0][2]
+
+
+def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(
+    data_dir, tmp_path):
+  configure(data_dir)
+  model_dir = str(tmp_path / "run")
+  ContractWriter(model_dir).save(1)
+  evaluator_recorder = eval_records.Recorder(model_dir, chief=True)
+  trainer_recorder = eval_records.Recorder(model_dir, chief=True,
+                                           in_process=True)
+  own = dict(step=1, checkpoint=os.path.join(model_dir, "ckpt-1"),
+             top_1_accuracy=0.5, top_5_accuracy=0.5, loss=1.0)
+  trainer_recorder(own, None)
+  trainer_recorder.close()
+  assert [r["step"] for r in read_results(model_dir)] == [1]
+  with pytest.raises(ValueError, match="train_and_eval"):
+    evaluator_recorder(dict(own, top_1_accuracy=0.9), None)
+  assert read_results(model_dir) == [own]
+  assert _best_record(model_dir)["top_1_accuracy"] == 0.5
+  # Other checkpoints' results go to a file the trainer never writes.
+  other = dict(own, checkpoint=str(tmp_path / "other" / "ckpt-7"))
+  evaluator_recorder(other, None)
+  evaluator_recorder.close()
+  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
+  assert others.read() == [other]

@@ -1,5 +1,6 @@
 """The training loop in-process: shipped configs, resume, NaN, summaries."""
 import glob
+import importlib
 import logging
 import os
 
@@ -12,10 +13,14 @@ import tensorflow as tf
 from effnet_gin import cli
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
+from effnet_gin.train import eval_records
 from effnet_gin.train import loop
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
 import trainer_helpers
+
+# `effnet_gin.train.evaluate` the attribute is the function; this is the module.
+evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
 
 SHIPPED = sorted(os.path.basename(p) for p in glob.glob(
     os.path.join(cli.shipped_gin_dir(), "*.gin")))
@@ -274,3 +279,35 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
       if any(value.tag == "top_1_accuracy" for value in event.summary.value):
         steps.append(event.step)
   assert sorted(steps) == [2, 4, 5]
+
+  # Recorded as bin/evaluator records: one results.jsonl line per evaluated
+  # step, naming its checkpoint, which was saved for it (demo.gin saves
+  # only every 400 steps and at the end).
+  model_dir = str(tmp_path)
+  results = eval_records.ResultsLog(model_dir).read()
+  assert [r["step"] for r in results] == [2, 4, 5]
+  assert results[-1]["top_1_accuracy"] == result["eval"]["top_1_accuracy"]
+  for record in results:
+    assert record["checkpoint"] == os.path.join(model_dir,
+                                                f"ckpt-{record['step']}")
+    assert os.path.exists(record["checkpoint"] + ".index")
+    assert set(record) >= {"top_1_accuracy", "top_5_accuracy", "loss"}
+
+  # best/ holds the step of the best top-1 (the first of equals), restorable.
+  best = max(results, key=lambda r: r["top_1_accuracy"])
+  best_record = eval_records.BestCheckpoint(model_dir).read()
+  assert best_record["step"] == best["step"]
+  archived = tf.train.latest_checkpoint(str(tmp_path / "best"))
+  assert archived == best_record["checkpoint"]
+  model = build_model()
+  step = tf.Variable(0, dtype=tf.int64)
+  checkpointing.build_checkpoint(
+      step=step, model=model, ema=averaging.ExponentialMovingAverage(model)
+  ).read(archived).assert_existing_objects_matched().expect_partial()
+  assert int(step.numpy()) == best["step"]
+
+  # The trainer is then the one writer of those records: an evaluator on
+  # the same model_dir refuses to follow it rather than race it.
+  with pytest.raises(ValueError, match="train_and_eval"):
+    evaluate_lib.evaluate(model_dir=model_dir, train_steps_from_run=True)
+  assert eval_records.ResultsLog(model_dir).read() == results

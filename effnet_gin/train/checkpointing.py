@@ -78,6 +78,11 @@ class Manager:
         checkpoint_name=run_dir.CHECKPOINT_PREFIX)
 
   @property
+  def checkpoint(self):
+    """The `tf.train.Checkpoint` this manager saves and restores."""
+    return self._checkpoint
+
+  @property
   def latest(self):
     """Path of the newest checkpoint in model_dir, or None."""
     return tf.train.latest_checkpoint(self._model_dir)

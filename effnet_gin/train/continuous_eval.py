@@ -34,7 +34,12 @@ def follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
 
   Returns:
     The results evaluated, oldest first.
+
+  Raises:
+    ValueError: when the run's trainer records its own evaluations
+      (`eval_records.Recorder.check_sole_writer`), at the start or later.
   """
+  recorder.check_sole_writer()
   done_steps = recorder.results_log.evaluated_steps()
   if done_steps:
     logging.info("Already evaluated in %s: steps %s",

@@ -176,11 +176,32 @@ class Recorder:
   offered to best/, so a crash in between re-evaluates it on restart rather
   than leaving a better step out of best/. Checkpoints from best/ or another
   directory go to other_checkpoints.jsonl only.
+
+  One writer per run: results.jsonl and best/ are rewritten whole on each
+  record, so two processes recording at once could drop each other's lines.
+  bin/evaluator records them, unless the trainer evaluates in process
+  (train.schedule='train_and_eval'): then the trainer's recorder marks
+  model_dir/eval/recorded_in_process at its first evaluation, and from then
+  on an evaluator's recorder refuses to record the run's own checkpoints
+  (`check_sole_writer`, before every record) while still recording other
+  checkpoints to other_checkpoints.jsonl, which the trainer never writes.
+
+  Args:
+    model_dir: the run's directory.
+    chief: whether this process writes (others' recorders do nothing).
+    summary_dir: where the TensorBoard scalars go; model_dir/eval/ if None.
+    in_process: this is the trainer's recorder of its in-process
+      evaluations, which owns results.jsonl and best/.
   """
 
-  def __init__(self, model_dir, chief):
+  def __init__(self, model_dir, chief, *, summary_dir=None, in_process=False):
     self._model_dir = model_dir
     self._chief = chief
+    self._in_process = in_process
+    self._summary_dir = summary_dir or run_dir.path(model_dir,
+                                                    run_dir.EVAL_DIR)
+    if chief and in_process:
+      _mark_recorded_in_process(model_dir)
     self.results_log = ResultsLog(model_dir)
     self._other_log = ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
     self._best = BestCheckpoint(model_dir)
@@ -199,9 +220,9 @@ class Recorder:
                    "the TensorBoard scalars)", result["checkpoint"],
                    self._model_dir, self._other_log.path)
       return
+    self.check_sole_writer()
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(
-          run_dir.path(self._model_dir, run_dir.EVAL_DIR))
+      self._writer = tf.summary.create_file_writer(self._summary_dir)
     with self._writer.as_default():
       for name in METRICS:
         tf.summary.scalar(name, result[name], step=result["step"])
@@ -209,6 +230,34 @@ class Recorder:
     self._best.offer(result, checkpoint)
     self.results_log.record(result)
 
+  def check_sole_writer(self):
+    """Raises ValueError when the trainer records this run's results.
+
+    Only an evaluator's recorder checks; the trainer's owns the records.
+    """
+    if self._in_process or not self._chief:
+      return
+    marker = run_dir.path(self._model_dir, run_dir.EVAL_DIR,
+                          run_dir.RECORDED_IN_PROCESS_FILE)
+    if tf.io.gfile.exists(marker):
+      raise ValueError(
+          f"the trainer of {self._model_dir!r} evaluates in process "
+          "(train.schedule='train_and_eval') and is the one writer of its "
+          "eval/results.jsonl and best/ (see the results there); once that "
+          f"trainer has stopped, delete {marker} to evaluate the run with "
+          "bin/evaluator")
+
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def _mark_recorded_in_process(model_dir):
+  directory = run_dir.path(model_dir, run_dir.EVAL_DIR)
+  if run_dir.read_text(directory, run_dir.RECORDED_IN_PROCESS_FILE) is None:
+    run_dir.write_text(
+        directory, run_dir.RECORDED_IN_PROCESS_FILE,
+        "The trainer (train.schedule='train_and_eval') records this run's "
+        "evaluations in\nresults.jsonl and ../best/; bin/evaluator leaves "
+        "them to it. Delete this file\nto evaluate the run with "
+        "bin/evaluator once the trainer has stopped.\n")

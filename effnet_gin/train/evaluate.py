@@ -89,7 +89,9 @@ def evaluate(*, model_dir, eval_batch_size=gin.REQUIRED,
   Raises:
     FileNotFoundError: when `checkpoint` names no checkpoint.
     ValueError: for bad settings, a checkpoint without EMA weights while
-      `use_ema` is set, or an unrestorable `checkpoint` prefix.
+      `use_ema` is set, an unrestorable `checkpoint` prefix, or a run whose
+      train_and_eval trainer records its own evaluations (it is then the
+      one writer of eval/results.jsonl and best/; see `eval_records`).
   """
   if not model_dir:
     raise ValueError("evaluate needs a model_dir (--model_dir)")

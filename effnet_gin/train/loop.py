@@ -28,8 +28,8 @@ from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
+from effnet_gin.train import eval_records
 from effnet_gin.train.eval_runner import EvalRunner
-from effnet_gin.train.eval_runner import METRICS
 from effnet_gin.train import losses
 from effnet_gin.train import optim
 from effnet_gin.train import recipe
@@ -266,8 +266,11 @@ def train(*, model_dir, train_steps=gin.REQUIRED,
         next_checkpoint = _next_multiple(current, checkpoint_every)
       if schedule == "train_and_eval" and (current >= next_eval
                                            or current >= train_steps):
-        last_eval = _evaluate_in_process(eval_runner, ema, current, model_dir,
-                                         chief)
+        if saved_step != current:  # A result names a checkpoint that exists.
+          manager.save(current)
+          saved_step = current
+        last_eval = _evaluate_in_process(eval_runner, ema, manager.checkpoint,
+                                         current, model_dir, chief)
         next_eval = _next_multiple(current, steps_per_eval)
       writer.flush()
   return dict(start_step=start_step, step=current, loss=last_loss,
@@ -362,19 +365,31 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
   return host_loop
 
 
-def _evaluate_in_process(runner, ema, current, model_dir, chief):
-  """Evaluates the (EMA) weights at step `current`; logs and summarises."""
+def _evaluate_in_process(runner, ema, checkpoint, current, model_dir, chief):
+  """Evaluates the (EMA) weights of step `current` and records the result.
+
+  The step must have been saved as model_dir/ckpt-<current>: the result
+  names it, and it is what best/ copies. The result is recorded as
+  bin/evaluator records one (`eval_records.Recorder`: eval/results.jsonl
+  and best/, from the chief only), its TensorBoard scalars under
+  train_eval/; the trainer then is the one writer of those records.
+
+  Returns:
+    The metrics.
+  """
   swap = ema.averaged_weights() if ema is not None else contextlib.nullcontext()
   with swap:
     metrics = runner.run()
   logging.info("eval at step %d: %s", current, json.dumps(metrics))
-  if chief:
-    eval_writer = tf.summary.create_file_writer(
-        run_dir.path(model_dir, run_dir.TRAIN_EVAL_SUMMARIES_DIR))
-    with eval_writer.as_default():
-      for name in METRICS:
-        tf.summary.scalar(name, metrics[name], step=current)
-    eval_writer.close()
+  recorder = eval_records.Recorder(
+      model_dir, chief, in_process=True,
+      summary_dir=run_dir.path(model_dir, run_dir.TRAIN_EVAL_SUMMARIES_DIR))
+  try:
+    recorder(dict(step=current,
+                  checkpoint=run_dir.checkpoint_path(model_dir, current),
+                  **metrics), checkpoint)
+  finally:
+    recorder.close()
   return metrics
 
 

@@ -25,13 +25,17 @@ write in a model_dir is named here, once:
       other_checkpoints.jsonl results of checkpoints that are not the run's
                               own (in best/ or another directory).
       record_counts.json      the validation files' record counts.
+      recorded_in_process     present once a train_and_eval trainer records
+                              the run's evaluations: bin/evaluator then
+                              leaves results.jsonl and best/ to it.
     best/
       checkpoint, ckpt-<STEP>.*  a copy of the best checkpoint by top-1.
       best_result.json        its result, and the checkpoint it came from.
 
-Checkpoints and the best copy are written by the chief only; results.jsonl
-and best/ are written by `eval_records.Recorder`. All
-I/O goes through `tf.io.gfile`, so model_dir may be a gs:// path.
+All but .worker_scratch_* is written by the chief only. results.jsonl and
+best/ are written by `eval_records.Recorder`, which also states their
+one-writer rule: bin/evaluator's, or a train_and_eval trainer's. All I/O goes
+through `tf.io.gfile`, so model_dir may be a gs:// path.
 """
 import os
 import re
@@ -59,6 +63,7 @@ EVAL_DIR = "eval"
 RESULTS_FILE = "results.jsonl"
 OTHER_RESULTS_FILE = "other_checkpoints.jsonl"
 RECORD_COUNTS_FILE = "record_counts.json"
+RECORDED_IN_PROCESS_FILE = "recorded_in_process"
 BEST_DIR = "best"
 BEST_RESULT_FILE = "best_result.json"
 
