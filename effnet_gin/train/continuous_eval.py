@@ -7,9 +7,9 @@ checkpoints the trainer writes and evaluates each once.
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.train import run_dir
 from effnet_gin.train.checkpoint_evaluator import evaluate_and_record
 from effnet_gin.train.checkpoint_evaluator import UnrestorableCheckpointError
-from effnet_gin.train import run_dir
 
 
 def follow(model_dir, evaluator, recorder, *, train_steps, newest_only,

@@ -7,10 +7,10 @@ outside model_dir (another run's, or in best/) is recorded apart
 from absl import logging
 import tensorflow as tf
 
-from effnet_gin.train.checkpoint_evaluator import evaluate_and_record
-from effnet_gin.train.checkpoint_evaluator import UnrestorableCheckpointError
 from effnet_gin.train import checkpointing
 from effnet_gin.train import run_dir
+from effnet_gin.train.checkpoint_evaluator import evaluate_and_record
+from effnet_gin.train.checkpoint_evaluator import UnrestorableCheckpointError
 
 
 def evaluate_once(evaluator, recorder, checkpoint):
