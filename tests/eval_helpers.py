@@ -10,6 +10,7 @@ import tensorflow as tf
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
+from effnet_gin.train import checkpointing
 from effnet_gin.train import optim
 
 # `effnet_gin.train.evaluate` the attribute is the function; this is the module.
@@ -45,7 +46,8 @@ def configure(data_dir, strategy_kind="cpu"):
 
 
 class ContractWriter:
-  """Writes checkpoints the way the trainer does, with made-up weights.
+  """Writes checkpoints as the trainer does (its checkpoint builder and
+  Manager), with made-up weights.
 
   Before each save the raw weights get noise and the EMA takes one update,
   so raw and EMA weights (and successive checkpoints) all differ.
@@ -57,13 +59,10 @@ class ContractWriter:
     self.optimizer.build(self.model.trainable_variables)
     self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
     self.step = tf.Variable(0, dtype=tf.int64)
-    trackables = dict(step=self.step, model=self.model,
-                      optimizer=self.optimizer)
-    if self.ema is not None:
-      trackables["ema"] = self.ema
-    self.manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(**trackables), model_dir, max_to_keep=max_to_keep,
-        checkpoint_name="ckpt")
+    self.manager = checkpointing.Manager(
+        checkpointing.build_checkpoint(step=self.step, model=self.model,
+                                       optimizer=self.optimizer, ema=self.ema),
+        model_dir, max_to_keep=max_to_keep)
 
   def save(self, step):
     for i, variable in enumerate(self.model.trainable_variables):
@@ -72,7 +71,7 @@ class ContractWriter:
     self.step.assign(step)
     if self.ema is not None:
       self.ema.update(step)
-    return self.manager.save(checkpoint_number=step)
+    return self.manager.save(step)
 
 
 def read_results(model_dir):

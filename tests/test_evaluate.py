@@ -1,9 +1,9 @@
 """Tests of evaluation: one pass, eval-only, and continuous evaluation.
 
-Checkpoints are written here by a few lines that follow the trainer's
-checkpoint contract (`model_dir/ckpt-<STEP>` holding step, model, optimizer
-and EMA); the two-process test with the real bin/trainer lives in
-test_trainer_evaluator_processes.py.
+Checkpoints are written here by the trainer's own checkpoint builder and
+Manager (`model_dir/ckpt-<STEP>` holding step, model, optimizer and EMA)
+around made-up weights (eval_helpers.ContractWriter); the two-process test
+with the real bin/trainer lives in test_trainer_evaluator_processes.py.
 """
 import json
 import logging
