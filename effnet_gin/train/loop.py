@@ -366,16 +366,11 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
 
 
 def _evaluate_in_process(runner, ema, checkpoint, current, model_dir, chief):
-  """Evaluates the (EMA) weights of step `current` and records the result.
+  """Evaluates the (EMA) weights of step `current`; returns the metrics.
 
-  The step must have been saved as model_dir/ckpt-<current>: the result
-  names it, and it is what best/ copies. The result is recorded as
-  bin/evaluator records one (`eval_records.Recorder`: eval/results.jsonl
-  and best/, from the chief only), its TensorBoard scalars under
-  train_eval/; the trainer then is the one writer of those records.
-
-  Returns:
-    The metrics.
+  The result is recorded as bin/evaluator's are (`eval_records.Recorder`:
+  eval/results.jsonl and best/, which the trainer then owns; scalars under
+  train_eval/). It names model_dir/ckpt-<current>, which must be saved.
   """
   swap = ema.averaged_weights() if ema is not None else contextlib.nullcontext()
   with swap:
