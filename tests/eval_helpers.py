@@ -11,6 +11,7 @@ from effnet_gin import configurables
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
+from effnet_gin.train import checkpointing
 from effnet_gin.train import optim
 
 # `effnet_gin.train.evaluate` the attribute is the function; this is the module.
@@ -46,7 +47,8 @@ def configure(data_dir, strategy_kind="cpu"):
 
 
 class ContractWriter:
-  """Writes checkpoints the way the trainer does, with made-up weights.
+  """Writes checkpoints as the trainer does (its checkpoint builder and
+  Manager), with made-up weights.
 
   Before each save the raw weights get noise and the EMA takes one update,
   so raw and EMA weights (and successive checkpoints) all differ.
@@ -58,13 +60,10 @@ class ContractWriter:
     self.optimizer.build(self.model.trainable_variables)
     self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
     self.step = tf.Variable(0, dtype=tf.int64)
-    trackables = dict(step=self.step, model=self.model,
-                      optimizer=self.optimizer)
-    if self.ema is not None:
-      trackables["ema"] = self.ema
-    self.manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(**trackables), model_dir, max_to_keep=max_to_keep,
-        checkpoint_name="ckpt")
+    self.manager = checkpointing.Manager(
+        checkpointing.build_checkpoint(step=self.step, model=self.model,
+                                       optimizer=self.optimizer, ema=self.ema),
+        model_dir, max_to_keep=max_to_keep)
 
   def save(self, step):
     for i, variable in enumerate(self.model.trainable_variables):
@@ -73,7 +72,7 @@ class ContractWriter:
     self.step.assign(step)
     if self.ema is not None:
       self.ema.update(step)
-    return self.manager.save(checkpoint_number=step)
+    return self.manager.save(step)
 
 
 def read_results(model_dir):
@@ -84,7 +83,7 @@ def read_results(model_dir):
 def evaluate(model_dir, **kwargs):
   kwargs.setdefault("train_steps", 3)
   return configurables.evaluate(model_dir=model_dir,
-                               eval_batch_size=EVAL_BATCH_SIZE,
-                               image_size=IMAGE_SIZE, **kwargs)
+                                eval_batch_size=EVAL_BATCH_SIZE,
+                                image_size=IMAGE_SIZE, **kwargs)
 
 

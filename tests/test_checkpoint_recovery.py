@@ -9,7 +9,7 @@ import pytest
 
 from effnet_gin import configurables
 from effnet_gin import cli
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 import trainer_helpers
 
 evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
@@ -63,12 +63,12 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
     result = configurables.train(model_dir=model_dir)
   assert (result["start_step"], result["step"]) == (2, 6)
   assert any(bad in m and "does not restore" in m for m in _messages(caplog))
-  [kept] = glob.glob(os.path.join(model_dir, checkpointing.UNRESTORABLE_SUBDIR,
+  [kept] = glob.glob(os.path.join(model_dir, run_dir.UNRESTORABLE_DIR,
                                   "*", os.path.basename(data_file)))
   assert open(kept, "rb").read() == bad_bytes
   assert trainer_helpers.latest_step(model_dir) == 6
-  assert [checkpointing.checkpoint_step(p) for p in
-          checkpointing.listed_checkpoints(model_dir)] == [2, 4, 6]
+  assert [run_dir.checkpoint_step(p) for p in
+          run_dir.listed_checkpoints(model_dir)] == [2, 4, 6]
 
 
 def test_no_restorable_checkpoint_refuses_to_start_over(tmp_path):

@@ -1,9 +1,9 @@
 """Tests of evaluation: one pass, eval-only, and continuous evaluation.
 
-Checkpoints are written here by a few lines that follow the trainer's
-checkpoint contract (`model_dir/ckpt-<STEP>` holding step, model, optimizer
-and EMA); the two-process test with the real bin/trainer lives in
-test_trainer_evaluator_processes.py.
+Checkpoints are written here by the trainer's own checkpoint builder and
+Manager (`model_dir/ckpt-<STEP>` holding step, model, optimizer and EMA)
+around made-up weights (eval_helpers.ContractWriter); the two-process test
+with the real bin/trainer lives in test_trainer_evaluator_processes.py.
 """
 import json
 import logging
@@ -18,14 +18,13 @@ from effnet_gin import configurables
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.model import build_model
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin.train.eval_runner import run_evaluation
 
 from eval_helpers import configure
 from eval_helpers import ContractWriter
 from eval_helpers import data_dir  # noqa: F401  (a fixture)
 from eval_helpers import EVAL_BATCH_SIZE
 from eval_helpers import evaluate
-from eval_helpers import evaluate_lib
 from eval_helpers import IMAGE_SIZE
 from eval_helpers import NUM_EVAL
 from eval_helpers import read_results
@@ -54,7 +53,7 @@ def test_run_evaluation_scores_every_example_once_over_replicas(data_dir):
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
     model = configurables.build_model()
-  metrics = evaluate_lib.run_evaluation(
+  metrics = run_evaluation(
       dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
@@ -71,11 +70,11 @@ def test_eval_step_compiles_with_xla(data_dir):
   configure(data_dir)
   strategy = configurables.build_strategy()
   model = configurables.build_model()
-  plain = evaluate_lib.run_evaluation(
+  plain = run_evaluation(
       dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)
-  compiled = evaluate_lib.run_evaluation(
+  compiled = run_evaluation(
       dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE, jit_compile=True)
@@ -90,8 +89,9 @@ def test_run_evaluation_rejects_batch_not_divisible_by_replicas(data_dir):
   with strategy.scope():
     model = configurables.build_model()
   with pytest.raises(ValueError, match="eval_batch_size=7"):
-    evaluate_lib.run_evaluation(dataset_builder=configurables.dataset_builder(), strategy=strategy, model=model,
-                                eval_batch_size=7, image_size=IMAGE_SIZE)
+    run_evaluation(dataset_builder=configurables.dataset_builder(),
+                   strategy=strategy, model=model, eval_batch_size=7,
+                   image_size=IMAGE_SIZE)
 
 
 def test_eval_only_matches_in_process_evaluation_of_that_step(
@@ -104,11 +104,11 @@ def test_eval_only_matches_in_process_evaluation_of_that_step(
   strategy = tf.distribute.get_strategy()
   writer.manager.checkpoint.read(path).assert_existing_objects_matched()
   with writer.ema.averaged_weights():
-    ema_metrics = evaluate_lib.run_evaluation(
-      dataset_builder=configurables.dataset_builder(),
+    ema_metrics = run_evaluation(
+        dataset_builder=configurables.dataset_builder(),
         strategy=strategy, model=writer.model,
         eval_batch_size=EVAL_BATCH_SIZE, image_size=IMAGE_SIZE)
-  raw_metrics = evaluate_lib.run_evaluation(
+  raw_metrics = run_evaluation(
       dataset_builder=configurables.dataset_builder(),
       strategy=strategy, model=writer.model, eval_batch_size=EVAL_BATCH_SIZE,
       image_size=IMAGE_SIZE)

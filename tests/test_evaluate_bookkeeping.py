@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.data import tfrecord_source
-from effnet_gin.train import checkpointing
 from effnet_gin.train import eval_records
+from effnet_gin.train import run_dir
 from eval_helpers import configure
 from eval_helpers import ContractWriter
 from eval_helpers import data_dir  # noqa: F401  (a fixture)
@@ -70,8 +70,7 @@ def test_evaluating_the_best_checkpoint_itself_damages_nothing(
   # Make any new score beat the recorded best, as other settings might.
   record = _best_record(model_dir)
   record["top_1_accuracy"] = -1.0
-  checkpointing.write_text(best_dir, eval_records.BEST_RESULT_FILE,
-                           json.dumps(record))
+  run_dir.write_text(best_dir, run_dir.BEST_RESULT_FILE, json.dumps(record))
   before_best = _snapshot(best_dir)
   before_results = read_results(model_dir)
 
@@ -80,7 +79,7 @@ def test_evaluating_the_best_checkpoint_itself_damages_nothing(
   assert _snapshot(best_dir) == before_best
   assert all(len(data) for data in before_best.values())
   assert read_results(model_dir) == before_results
-  others = eval_records.ResultsLog(model_dir, eval_records.OTHER_RESULTS_FILE)
+  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
   assert [r["checkpoint"] for r in others.read()] == [record["checkpoint"]]
 
 
@@ -97,7 +96,7 @@ def test_another_runs_checkpoint_changes_nothing_in_this_run(
   assert result["checkpoint"] == other
   after = _snapshot(model_dir)
   added = set(after) - set(before)
-  assert added == {os.path.join("eval", eval_records.OTHER_RESULTS_FILE)}
+  assert added == {os.path.join("eval", run_dir.OTHER_RESULTS_FILE)}
   assert {k: after[k] for k in before} == before
   with pytest.raises(ValueError, match="not one of the checkpoints"):
     eval_records.BestCheckpoint(model_dir).offer(
@@ -158,3 +157,27 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
     f.write(open(files[0], "rb").read() * 2)
   tfrecord_source.remember_record_counts([(copy, saved[0][1], saved[0][2])])
   assert tfrecord_source.count_records(copy) == 2 * saved[0][2]
+
+
+def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(
+    data_dir, tmp_path):
+  configure(data_dir)
+  model_dir = str(tmp_path / "run")
+  ContractWriter(model_dir).save(1)
+  evaluator_recorder = eval_records.Recorder(model_dir, chief=True)
+  trainer_recorder = eval_records.Recorder(model_dir, chief=True,
+                                           in_process=True)
+  own = dict(step=1, checkpoint=os.path.join(model_dir, "ckpt-1"),
+             top_1_accuracy=0.5, top_5_accuracy=0.5, loss=1.0)
+  trainer_recorder(own, None)
+  trainer_recorder.close()
+  assert [r["step"] for r in read_results(model_dir)] == [1]
+  evaluator_recorder(dict(own, top_1_accuracy=0.9), None)  # Not recorded.
+  assert read_results(model_dir) == [own]
+  assert _best_record(model_dir)["top_1_accuracy"] == 0.5
+  # Other checkpoints' results go to a file the trainer never writes.
+  other = dict(own, checkpoint=str(tmp_path / "other" / "ckpt-7"))
+  evaluator_recorder(other, None)
+  evaluator_recorder.close()
+  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
+  assert others.read() == [other]

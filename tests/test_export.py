@@ -17,11 +17,12 @@ from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
+from effnet_gin.train import checkpointing
+from effnet_gin.train import eval_records
 from effnet_gin.train import optim
 
-# `effnet_gin.train.export` the attribute is the function; these are modules.
+# `effnet_gin.train.export` the attribute is the function; this is the module.
 export_lib = importlib.import_module("effnet_gin.train.export")
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -57,17 +58,17 @@ def run_fixture(tmp_path):
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
   step = tf.Variable(0, dtype=tf.int64)
-  manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(step=step, model=model, optimizer=optimizer,
-                          ema=ema),
-      model_dir, max_to_keep=5, checkpoint_name="ckpt")
+  manager = checkpointing.Manager(
+      checkpointing.build_checkpoint(step=step, model=model,
+                                     optimizer=optimizer, ema=ema),
+      model_dir)
   for number in (1, 2):
     for i, variable in enumerate(model.trainable_variables):
       variable.assign_add(0.3 * tf.random.stateless_normal(
           variable.shape, [number, i], dtype=variable.dtype))
     step.assign(number)
     ema.update(number)
-    manager.save(checkpoint_number=number)
+    manager.save(number)
   return model_dir
 
 
@@ -84,11 +85,9 @@ def configure(num_classes=NUM_CLASSES):
 def classify_in_process(checkpoint_path, image_files, use_ema=True):
   """Top-1 classes and probabilities of the checkpoint's (EMA) weights."""
   model = configurables.build_model()
-  trackables = dict(model=model)
   ema = averaging.ExponentialMovingAverage(model) if use_ema else None
-  if ema is not None:
-    trackables["ema"] = ema
-  tf.train.Checkpoint(**trackables).read(checkpoint_path).expect_partial()
+  checkpointing.build_checkpoint(model=model, ema=ema).read(
+      checkpoint_path).expect_partial()
   if ema is not None:
     ema.copy_to_model()
   images = tf.stack([preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
@@ -155,9 +154,9 @@ def test_checkpoint_choice_latest_best_and_path(run, tmp_path):
       run, f"{run}/ckpt-1") == f"{run}/ckpt-1"
   with pytest.raises(FileNotFoundError, match="bin/evaluator"):
     export_lib.resolve_serving_checkpoint(run, "best")
-  checkpoint = tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64))
-  evaluate_lib.BestCheckpoint(run).offer(
-      dict(step=1, checkpoint=f"{run}/ckpt-1", top_1_accuracy=0.5), checkpoint)
+  # ckpt-1's files are there to copy: no restored checkpoint is needed.
+  eval_records.BestCheckpoint(run).offer(
+      dict(step=1, checkpoint=f"{run}/ckpt-1", top_1_accuracy=0.5), None)
   assert export_lib.resolve_serving_checkpoint(
       run, "best") == f"{run}/best/ckpt-1"
   with pytest.raises(FileNotFoundError, match="ckpt-9"):

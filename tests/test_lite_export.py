@@ -21,6 +21,7 @@ from effnet_gin.model import build_model
 from effnet_gin.model import layers
 from effnet_gin.model.inference import inference_model
 from effnet_gin.train import averaging
+from effnet_gin.train import checkpointing
 from effnet_gin.train import lite_export
 from effnet_gin.train import lite_runtime
 
@@ -136,11 +137,10 @@ def run_fixture(tmp_path):
   model = tiny_model("efficientnet-lite0")
   ema = averaging.ExponentialMovingAverage(model)
   ema.update(1)
-  manager = tf.train.CheckpointManager(
-      tf.train.Checkpoint(step=tf.Variable(1, dtype=tf.int64), model=model,
-                          ema=ema),
-      str(tmp_path / "run"), max_to_keep=2, checkpoint_name="ckpt")
-  manager.save(checkpoint_number=1)
+  checkpointing.Manager(
+      checkpointing.build_checkpoint(step=tf.Variable(1, dtype=tf.int64),
+                                     model=model, ema=ema),
+      str(tmp_path / "run"), max_to_keep=2).save(1)
   return str(tmp_path / "run")
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from effnet_gin import configurables
 from effnet_gin.train import averaging
+from effnet_gin.train import checkpointing
 from effnet_gin.train import optim
 from optimizer_helpers import run_keras
 
@@ -387,12 +388,13 @@ def test_ema_checkpoint_round_trip(tmp_path):
   _shift_weights(model, 1.0)
   ema.update(3)
   saved = [a.numpy() for a in ema.averages]
-  path = tf.train.Checkpoint(model=model, ema=ema).save(str(tmp_path / "ckpt"))
+  path = checkpointing.build_checkpoint(model=model, ema=ema).save(
+      str(tmp_path / "ckpt"))
 
   restored_model = _bn_model(seed=9)
   restored_ema = averaging.ExponentialMovingAverage(restored_model)
-  tf.train.Checkpoint(model=restored_model,
-                      ema=restored_ema).restore(path).assert_consumed()
+  checkpointing.build_checkpoint(
+      model=restored_model, ema=restored_ema).restore(path).assert_consumed()
   for a, s in zip(restored_ema.averages, saved):
     np.testing.assert_allclose(a.numpy(), s)
   # The averages object holds only the averages, not the model's variables.

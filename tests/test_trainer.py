@@ -14,10 +14,13 @@ from effnet_gin import cli
 from effnet_gin.model import build_model
 from effnet_gin.train import checkpointing
 from effnet_gin.train import host_loop as host_loop_lib
+from effnet_gin.train import eval_records
 from effnet_gin.train import loop
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
 import trainer_helpers
+
+# `effnet_gin.train.evaluate` the attribute is the function; this is the module.
 
 SHIPPED = sorted(os.path.basename(p) for p in glob.glob(
     os.path.join(cli.shipped_gin_dir(), "*.gin")))
@@ -153,6 +156,14 @@ def test_invalid_settings_name_the_value(tmp_path):
     _train(tmp_path, "TRAIN_BATCH_SIZE = 0")
 
 
+def test_schedule_is_a_deprecated_alias_of_mode(caplog):
+  with caplog.at_level(logging.WARNING):
+    assert loop._resolve_mode("train", "train_and_eval") == "train_and_eval"  # pylint: disable=protected-access
+  assert any("deprecated" in r.getMessage() for r in caplog.records)
+  with pytest.raises(ValueError, match="disagree"):
+    loop._resolve_mode("train_and_eval", "train")  # pylint: disable=protected-access
+
+
 def test_learns_the_generated_task(tmp_path):
   # demo.gin's model and schedule on the in-graph version of its data, for a
   # quarter of its steps: the loss must fall well below its start (≈3.0;
@@ -261,7 +272,7 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
 
 def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
   result = _train(tmp_path, "TRAIN_STEPS = 5",
-                  "effnet_gin.train.train.schedule = 'train_and_eval'",
+                  "effnet_gin.train.train.mode = 'train_and_eval'",
                   "effnet_gin.train.train.steps_per_eval = 2")
   assert result["eval"]["num_examples"] == 16
   steps = []
@@ -270,3 +281,36 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
       if any(value.tag == "top_1_accuracy" for value in event.summary.value):
         steps.append(event.step)
   assert sorted(steps) == [2, 4, 5]
+
+  # Recorded as bin/evaluator records: one results.jsonl line per evaluated
+  # step, naming its checkpoint, which was saved for it (demo.gin saves
+  # only every 400 steps and at the end).
+  model_dir = str(tmp_path)
+  results = eval_records.ResultsLog(model_dir).read()
+  assert [r["step"] for r in results] == [2, 4, 5]
+  assert results[-1]["top_1_accuracy"] == result["eval"]["top_1_accuracy"]
+  for record in results:
+    assert record["checkpoint"] == os.path.join(model_dir,
+                                                f"ckpt-{record['step']}")
+    assert os.path.exists(record["checkpoint"] + ".index")
+    assert set(record) >= {"top_1_accuracy", "top_5_accuracy", "loss"}
+
+  # best/ holds the step of the best top-1 (the first of equals), restorable.
+  best = max(results, key=lambda r: r["top_1_accuracy"])
+  best_record = eval_records.BestCheckpoint(model_dir).read()
+  assert best_record["step"] == best["step"]
+  archived = tf.train.latest_checkpoint(str(tmp_path / "best"))
+  assert archived == best_record["checkpoint"]
+  model = configurables.build_model()
+  step = tf.Variable(0, dtype=tf.int64)
+  checkpointing.build_checkpoint(
+      step=step, model=model, ema=averaging.ExponentialMovingAverage(model)
+  ).read(archived).assert_existing_objects_matched().expect_partial()
+  assert int(step.numpy()) == best["step"]
+
+  # The trainer is then the one writer of those records: an evaluator on
+  # the same model_dir scores the same weights alike, and records nothing.
+  [again] = configurables.evaluate(model_dir=model_dir,
+                                   checkpoint=best_record["checkpoint"])
+  assert again["top_1_accuracy"] == best_record["top_1_accuracy"]
+  assert eval_records.ResultsLog(model_dir).read() == results

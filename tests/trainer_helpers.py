@@ -5,7 +5,7 @@ import sys
 
 import tensorflow as tf
 
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "bin")
@@ -27,7 +27,7 @@ TINY_BINDINGS = _bindings_of("smoke.gin")
 def latest_step(model_dir):
   """The step number of the newest checkpoint in model_dir, or None."""
   latest = tf.train.latest_checkpoint(model_dir)
-  return None if latest is None else checkpointing.checkpoint_step(latest)
+  return None if latest is None else run_dir.checkpoint_step(latest)
 
 
 def subprocess_env(**extra):

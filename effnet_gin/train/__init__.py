@@ -1,6 +1,6 @@
 """Training: strategy, optimizer, loop, evaluation and export."""
 from effnet_gin.train.evaluate import evaluate
-from effnet_gin.train.evaluate import run_evaluation
+from effnet_gin.train.eval_runner import run_evaluation
 from effnet_gin.train.export import export
 from effnet_gin.train.loop import PREEMPTED_EXIT_CODE
 from effnet_gin.train.loop import train

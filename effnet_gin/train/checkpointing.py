@@ -1,6 +1,7 @@
 """Checkpoints in model_dir: save, resume, and initialise for fine-tuning.
 
-Checkpoints are `model_dir/ckpt-<STEP>`, written by a
+Checkpoints are `model_dir/ckpt-<STEP>` (their names and the run directory's
+layout: `run_dir`), written by a
 `tf.train.CheckpointManager` around `tf.train.Checkpoint(step, model,
 optimizer, ema)`. All I/O goes through TensorFlow's file system layer, so
 model_dir may be a gs:// path.
@@ -20,9 +21,7 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_gin.model import pretrained
-
-CHECKPOINT_NAME = "ckpt"
-UNRESTORABLE_SUBDIR = "unrestorable"
+from effnet_gin.train import run_dir
 
 # What reading a truncated, corrupt or half-deleted checkpoint raises; the
 # checkpoint reader turns OUT_OF_RANGE ("Read less bytes than requested")
@@ -30,50 +29,6 @@ UNRESTORABLE_SUBDIR = "unrestorable"
 RESTORE_ERRORS = (tf.errors.DataLossError, tf.errors.OutOfRangeError,
                   tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
                   IndexError)
-
-
-def write_text(directory, filename, text):
-  """Writes `text` to `directory/filename` atomically (write, then rename).
-
-  The directory is created if missing.
-  """
-  tf.io.gfile.makedirs(directory)
-  path = f"{directory}/{filename}"
-  tmp_path = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp_path, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp_path, path, overwrite=True)
-
-
-def write_checkpoint_state(directory, names, timestamps=(),
-                           last_preserved_timestamp=None):
-  """Writes the `checkpoint` state file listing `names`, newest last.
-
-  `tf.train.CheckpointManager` tracks (and retains) only the listed
-  checkpoints whose timestamps are after `last_preserved_timestamp`; pass
-  both from the state being rewritten, or it forgets the older ones.
-  """
-  lines = [f'model_checkpoint_path: "{names[-1]}"\n']
-  lines += [f'all_model_checkpoint_paths: "{name}"\n' for name in names]
-  lines += [f"all_model_checkpoint_timestamps: {t!r}\n" for t in timestamps]
-  if last_preserved_timestamp is not None:
-    lines.append(f"last_preserved_timestamp: {last_preserved_timestamp!r}\n")
-  write_text(directory, "checkpoint", "".join(lines))
-
-
-def listed_checkpoints(directory):
-  """The checkpoint prefixes `directory`'s state file lists, oldest first.
-
-  Ordered by the step in their `ckpt-<STEP>` names; unnumbered ones are left
-  out.
-  """
-  state = tf.train.get_checkpoint_state(directory)
-  if state is None:
-    return []
-  paths = set(state.all_model_checkpoint_paths)
-  paths.add(state.model_checkpoint_path)
-  numbered = [(checkpoint_step(p), p) for p in paths]
-  return [p for s, p in sorted(numbered) if s is not None]
 
 
 def describe_error(err):
@@ -111,7 +66,8 @@ class Manager:
     if chief:
       write_dir = model_dir
     else:
-      write_dir = f"{model_dir}/.worker_scratch_{worker_id or os.getpid()}"
+      scratch = f"{run_dir.WORKER_SCRATCH_PREFIX}{worker_id or os.getpid()}"
+      write_dir = run_dir.path(model_dir, scratch)
     self._write_dir = write_dir
     self._max_to_keep = max_to_keep if chief else 1
     self._manager = self._new_manager()
@@ -119,7 +75,12 @@ class Manager:
   def _new_manager(self):
     return tf.train.CheckpointManager(
         self._checkpoint, self._write_dir, max_to_keep=self._max_to_keep,
-        checkpoint_name=CHECKPOINT_NAME)
+        checkpoint_name=run_dir.CHECKPOINT_PREFIX)
+
+  @property
+  def checkpoint(self):
+    """The `tf.train.Checkpoint` this manager saves and restores."""
+    return self._checkpoint
 
   @property
   def latest(self):
@@ -141,7 +102,7 @@ class Manager:
       ValueError: when model_dir lists checkpoints but none of them restores
         (rather than training from scratch over them).
     """
-    listed = listed_checkpoints(self._model_dir)
+    listed = run_dir.listed_checkpoints(self._model_dir)
     failed = []
     for path in reversed(listed):
       try:
@@ -172,16 +133,17 @@ class Manager:
             for path, timestamp in zip(paths, timestamps)
             if path not in failed]
     # One folder per incident, so an earlier incident's files stay too.
-    directory = f"{self._model_dir}/{UNRESTORABLE_SUBDIR}/{int(time.time())}"
+    directory = run_dir.path(self._model_dir, run_dir.UNRESTORABLE_DIR,
+                             str(int(time.time())))
     tf.io.gfile.makedirs(directory)
     for prefix in failed:
       for filename in tf.io.gfile.glob(prefix + ".*"):
         target = f"{directory}/{filename.rsplit('/', 1)[-1]}"
         tf.io.gfile.rename(filename, target)
       logging.warning("Moved the files of %s to %s", prefix, directory)
-    write_checkpoint_state(self._model_dir, [name for name, _ in kept],
-                           [timestamp for _, timestamp in kept],
-                           state.last_preserved_timestamp)
+    run_dir.write_checkpoint_state(
+        self._model_dir, [name for name, _ in kept],
+        [timestamp for _, timestamp in kept], state.last_preserved_timestamp)
     self._manager = self._new_manager()  # It read the state file.
 
   def save(self, step):
@@ -209,12 +171,6 @@ def resolve_checkpoint(path):
     raise FileNotFoundError(f"checkpoint {path!r} does not exist "
                             f"(no {path}.index)")
   return path
-
-
-def checkpoint_step(path):
-  """The step number in a `.../ckpt-<STEP>` checkpoint path, or None."""
-  suffix = path.rsplit("-", 1)[-1]
-  return int(suffix) if suffix.isdigit() else None
 
 
 def has_ema(path):

@@ -1,15 +1,7 @@
-"""What the evaluator records, and where (`Recorder`):
-
-  model_dir/eval/results.jsonl      one JSON line per checkpoint of the run.
-  model_dir/eval/other_checkpoints.jsonl
-                                    results of checkpoints that are not the
-                                    run's own (in best/ or another directory):
-                                    kept apart so they never count as the run's.
-  model_dir/eval/record_counts.json the validation files' record counts.
-  model_dir/best/                   a copy of the best checkpoint so far by
-                                    top-1 (the reference's `archive_ckpt`), its
-                                    `checkpoint` state file and
-                                    best_result.json.
+"""What an evaluation records, and where (`Recorder`): the results log
+(`ResultsLog`, eval/results.jsonl and eval/other_checkpoints.jsonl), the best
+archive (`BestCheckpoint`, best/) and the record-count cache
+(`RecordCountCache`, eval/record_counts.json). The layout: `run_dir`.
 """
 import json
 
@@ -17,24 +9,8 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_gin.data import tfrecord_source
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 from effnet_gin.train.eval_runner import METRICS
-
-EVAL_SUBDIR = "eval"
-BEST_SUBDIR = "best"
-RESULTS_FILE = "results.jsonl"
-OTHER_RESULTS_FILE = "other_checkpoints.jsonl"
-BEST_RESULT_FILE = "best_result.json"
-RECORD_COUNTS_FILE = "record_counts.json"
-
-
-def _directory(path):
-  return path.rstrip("/").rsplit("/", 1)[0]
-
-
-def is_own_checkpoint(model_dir, path):
-  """Whether checkpoint prefix `path` lives directly in model_dir."""
-  return _directory(path) == model_dir.rstrip("/")
 
 
 class ResultsLog:
@@ -45,13 +21,13 @@ class ResultsLog:
 
   Args:
     model_dir: the run's directory.
-    filename: the file in model_dir/eval/ (OTHER_RESULTS_FILE holds the
-      results of checkpoints that are not the run's own).
+    filename: the file in model_dir/eval/ (`run_dir.OTHER_RESULTS_FILE`
+      holds the results of checkpoints that are not the run's own).
   """
 
-  def __init__(self, model_dir, filename=RESULTS_FILE):
-    self.path = f"{model_dir.rstrip('/')}/{EVAL_SUBDIR}/{filename}"
-    self._key = "step" if filename == RESULTS_FILE else "checkpoint"
+  def __init__(self, model_dir, filename=run_dir.RESULTS_FILE):
+    self.path = run_dir.path(model_dir, run_dir.EVAL_DIR, filename)
+    self._key = "step" if filename == run_dir.RESULTS_FILE else "checkpoint"
 
   def read(self):
     """Returns the recorded results, oldest first.
@@ -83,7 +59,7 @@ class ResultsLog:
     kept = [r for r in self.read() if r[self._key] != result[self._key]]
     text = "".join(json.dumps(r) + "\n" for r in kept + [result])
     directory, filename = self.path.rsplit("/", 1)
-    checkpointing.write_text(directory, filename, text)
+    run_dir.write_text(directory, filename, text)
 
 
 class BestCheckpoint:
@@ -96,16 +72,13 @@ class BestCheckpoint:
 
   def __init__(self, model_dir, metric="top_1_accuracy"):
     self._model_dir = model_dir.rstrip("/")
-    self.directory = f"{self._model_dir}/{BEST_SUBDIR}"
+    self.directory = run_dir.path(model_dir, run_dir.BEST_DIR)
     self._metric = metric
 
   def read(self):
     """The best result so far (with its archived `checkpoint`), or None."""
-    path = f"{self.directory}/{BEST_RESULT_FILE}"
-    if not tf.io.gfile.exists(path):
-      return None
-    with tf.io.gfile.GFile(path) as f:
-      return json.loads(f.read())
+    text = run_dir.read_text(self.directory, run_dir.BEST_RESULT_FILE)
+    return None if text is None else json.loads(text)
 
   def _copy(self, source):
     """Copies the files of checkpoint `source`; False if they vanished."""
@@ -139,7 +112,7 @@ class BestCheckpoint:
       return False
     source = result["checkpoint"]
     # One in best/ itself would be copied onto itself (truncating it).
-    if not is_own_checkpoint(self._model_dir, source):
+    if not run_dir.is_own_checkpoint(self._model_dir, source):
       raise ValueError(f"{source!r} is not one of the checkpoints the run "
                        f"wrote in {self._model_dir!r}; it cannot become the "
                        "run's best")
@@ -150,10 +123,10 @@ class BestCheckpoint:
                       "writing the restored weights instead", source,
                       self.directory)
       checkpoint.write(prefix)
-    checkpointing.write_checkpoint_state(self.directory,
-                                         [prefix.rsplit("/", 1)[-1]])
-    checkpointing.write_text(
-        self.directory, BEST_RESULT_FILE,
+    run_dir.write_checkpoint_state(self.directory,
+                                   [prefix.rsplit("/", 1)[-1]])
+    run_dir.write_text(
+        self.directory, run_dir.BEST_RESULT_FILE,
         json.dumps(dict(result, source_checkpoint=source,
                         checkpoint=prefix), indent=2) + "\n")
     if best is not None and best["checkpoint"] != prefix:
@@ -174,7 +147,8 @@ class RecordCountCache:
   """
 
   def __init__(self, model_dir):
-    self.path = f"{model_dir}/{EVAL_SUBDIR}/{RECORD_COUNTS_FILE}"
+    self.path = run_dir.path(model_dir, run_dir.EVAL_DIR,
+                             run_dir.RECORD_COUNTS_FILE)
     self._saved = []
 
   def load(self):
@@ -190,7 +164,7 @@ class RecordCountCache:
     counts = tfrecord_source.known_record_counts()
     if counts != self._saved:
       directory, filename = self.path.rsplit("/", 1)
-      checkpointing.write_text(directory, filename, json.dumps(counts))
+      run_dir.write_text(directory, filename, json.dumps(counts))
       self._saved = counts
 
 
@@ -202,13 +176,35 @@ class Recorder:
   offered to best/, so a crash in between re-evaluates it on restart rather
   than leaving a better step out of best/. Checkpoints from best/ or another
   directory go to other_checkpoints.jsonl only.
+
+  One writer per run: results.jsonl and best/ are rewritten whole on each
+  record, so two processes recording at once could drop each other's lines.
+  bin/evaluator records them, unless the trainer evaluates in process
+  (train.mode='train_and_eval'): then the trainer's recorder marks
+  model_dir/eval/recorded_in_process at its first evaluation, and from then
+  on an evaluator's recorder leaves the run's own checkpoints unrecorded
+  (`trainer_records`, checked before every record: the evaluator still
+  returns and logs its result) while still recording other checkpoints to
+  other_checkpoints.jsonl, which the trainer never writes.
+
+  Args:
+    model_dir: the run's directory.
+    chief: whether this process writes (others' recorders do nothing).
+    summary_dir: where the TensorBoard scalars go; model_dir/eval/ if None.
+    in_process: this is the trainer's recorder of its in-process
+      evaluations, which owns results.jsonl and best/.
   """
 
-  def __init__(self, model_dir, chief):
+  def __init__(self, model_dir, chief, *, summary_dir=None, in_process=False):
     self._model_dir = model_dir
     self._chief = chief
+    self._in_process = in_process
+    self._summary_dir = summary_dir or run_dir.path(model_dir,
+                                                    run_dir.EVAL_DIR)
+    if chief and in_process:
+      _mark_recorded_in_process(model_dir)
     self.results_log = ResultsLog(model_dir)
-    self._other_log = ResultsLog(model_dir, OTHER_RESULTS_FILE)
+    self._other_log = ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
     self._best = BestCheckpoint(model_dir)
     self._writer = None  # Created with the first scalars it writes.
     self._counts = RecordCountCache(model_dir)
@@ -218,16 +214,22 @@ class Recorder:
     if not self._chief:
       return
     self._counts.save_if_changed()
-    if not is_own_checkpoint(self._model_dir, result["checkpoint"]):
+    if not run_dir.is_own_checkpoint(self._model_dir, result["checkpoint"]):
       self._other_log.record(result)
       logging.info("%s is not one of the checkpoints the run wrote in %s: "
                    "its result went to %s only (not results.jsonl, best/ or "
                    "the TensorBoard scalars)", result["checkpoint"],
                    self._model_dir, self._other_log.path)
       return
+    if self.trainer_records():
+      logging.warning(
+          "Not recording %s: the trainer of %s evaluates in process "
+          "(train.mode='train_and_eval') and is the one writer of its "
+          "eval/results.jsonl and best/", result["checkpoint"],
+          self._model_dir)
+      return
     if self._writer is None:
-      self._writer = tf.summary.create_file_writer(
-          f"{self._model_dir}/{EVAL_SUBDIR}")
+      self._writer = tf.summary.create_file_writer(self._summary_dir)
     with self._writer.as_default():
       for name in METRICS:
         tf.summary.scalar(name, result[name], step=result["step"])
@@ -235,6 +237,25 @@ class Recorder:
     self._best.offer(result, checkpoint)
     self.results_log.record(result)
 
+  def trainer_records(self):
+    """Whether this is an evaluator's recorder of a run whose trainer
+    records its own evaluations (see the class docstring)."""
+    if self._in_process or not self._chief:
+      return False
+    return tf.io.gfile.exists(run_dir.path(
+        self._model_dir, run_dir.EVAL_DIR, run_dir.RECORDED_IN_PROCESS_FILE))
+
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def _mark_recorded_in_process(model_dir):
+  directory = run_dir.path(model_dir, run_dir.EVAL_DIR)
+  if run_dir.read_text(directory, run_dir.RECORDED_IN_PROCESS_FILE) is None:
+    run_dir.write_text(
+        directory, run_dir.RECORDED_IN_PROCESS_FILE,
+        "The trainer (train.mode='train_and_eval') records this run's "
+        "evaluations in\nresults.jsonl and ../best/; bin/evaluator leaves "
+        "them to it. Delete this file\nto let bin/evaluator record the run "
+        "once the trainer has stopped.\n")

@@ -1,216 +1,34 @@
-"""The evaluator: eval-only of one checkpoint, and continuous evaluation.
+"""The evaluator's entry point: `evaluate`, what `bin/evaluator` runs.
 
-`evaluate` is what `bin/evaluator` runs: it follows a model_dir the way the
-reference's `--mode=eval` job did, evaluating the checkpoints the trainer
-writes, or a single checkpoint given by path. One pass over the validation
-set is `eval_runner`; what is recorded (eval/results.jsonl, best/) is
-`eval_records`. Their public names are importable from here too.
+It follows a model_dir the way the reference's `--mode=eval` job did
+(`continuous_eval`), or evaluates a single checkpoint given by path
+(`eval_once`). Restoring and scoring a checkpoint is `checkpoint_evaluator`,
+one pass over the validation set `eval_runner`, and what is recorded
+(eval/results.jsonl, best/) `eval_records`.
 
-What the evaluator writes, and only there (never into the trainer's files):
-  model_dir/eval/          TensorBoard scalars top_1_accuracy, top_5_accuracy
-                           and loss at each checkpoint's step, results.jsonl
-                           (the run's own checkpoints), other_checkpoints.jsonl
-                           (checkpoints in best/ or other directories) and
-                           record_counts.json (the validation files' record
-                           counts, so a restarted evaluator does not re-read
-                           them).
-  model_dir/best/          a copy of the best of the run's checkpoints.
+The evaluator writes only into model_dir/eval/ (TensorBoard scalars,
+results.jsonl, other_checkpoints.jsonl, record_counts.json) and
+model_dir/best/ (a copy of the best of the run's checkpoints), never into the
+trainer's files: the layout is `run_dir`'s docstring.
 
 All I/O goes through `tf.io.gfile`, so model_dir may be a gs:// path.
 """
-import re
-import time
-
 from absl import logging
-import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin.train import continuous_eval
+from effnet_gin.train import eval_once
 from effnet_gin.train import eval_records
-from effnet_gin.train.eval_records import BEST_RESULT_FILE  # noqa: F401
-from effnet_gin.train.eval_records import BEST_SUBDIR  # noqa: F401
-from effnet_gin.train.eval_records import BestCheckpoint  # noqa: F401
-from effnet_gin.train.eval_records import RESULTS_FILE  # noqa: F401
-from effnet_gin.train.eval_records import ResultsLog  # noqa: F401
-from effnet_gin.train.eval_runner import EvalRunner
-from effnet_gin.train.eval_runner import METRICS  # noqa: F401
-from effnet_gin.train.eval_runner import run_evaluation  # noqa: F401
-
-
-class UnrestorableCheckpointError(ValueError):
-  """A checkpoint's files exist but do not restore (truncated or corrupt)."""
-
-
-class _CheckpointEvaluator:
-  """Restores checkpoints into one model (and EMA) and scores them."""
-
-  def __init__(self, *, strategy, use_ema, eval_batch_size, image_size,
-               jit_compile, model_builder, dataset_builder):
-    with strategy.scope():
-      self._model = model_builder()
-      self._ema = (averaging.ExponentialMovingAverage(self._model) if use_ema
-                   else None)
-      self._step = tf.Variable(0, dtype=tf.int64, trainable=False,
-                               name="global_step")
-    self.checkpoint = checkpointing.build_checkpoint(
-        step=self._step, model=self._model, ema=self._ema)
-    self._runner = EvalRunner(strategy=strategy, model=self._model,
-                              eval_batch_size=eval_batch_size,
-                              image_size=image_size, jit_compile=jit_compile,
-                              dataset_builder=dataset_builder)
-
-  def _check_compatible(self, path):
-    num_classes = checkpointing.checkpoint_num_classes(path)
-    if num_classes != self._model.output_shape[-1]:
-      raise ValueError(
-          f"checkpoint {path!r} has {num_classes} classes but the "
-          f"configured model has {self._model.output_shape[-1]}; set "
-          "NUM_CLASSES (build_model.num_classes) to match the run")
-    if self._ema is not None and not checkpointing.has_ema(path):
-      raise ValueError(
-          f"checkpoint {path!r} holds no EMA weights (trained with "
-          "train.use_ema=False?); evaluate its raw weights with "
-          "evaluate.use_ema=False")
-
-  def _restore(self, path):
-    """Restores `path`; returns False when it vanished before it was read.
-
-    Raises:
-      UnrestorableCheckpointError: when its files exist but do not read.
-    """
-    try:
-      self._check_compatible(path)
-      self.checkpoint.read(path).assert_existing_objects_matched(
-      ).expect_partial()
-    except checkpointing.RESTORE_ERRORS as err:
-      if not tf.io.gfile.exists(path + ".index"):
-        return False
-      raise UnrestorableCheckpointError(
-          f"checkpoint {path!r} does not restore "
-          f"({checkpointing.describe_error(err)}); its files are left in "
-          "place") from err
-    return True
-
-  def __call__(self, path):
-    """Evaluates checkpoint `path`.
-
-    Returns:
-      The result dict (`step`, `checkpoint` and the metrics), or None when
-      the checkpoint was deleted (by the trainer's retention) before it could
-      be read.
-
-    Raises:
-      UnrestorableCheckpointError: when its files do not restore.
-    """
-    if not self._restore(path):
-      logging.warning("Checkpoint %s was deleted before it could be "
-                      "evaluated (the trainer keeps only its newest "
-                      "checkpoints); skipping it", path)
-      return None
-    start = time.time()
-    if self._ema is not None:
-      with self._ema.averaged_weights():
-        metrics = self._runner.run()
-    else:
-      metrics = self._runner.run()
-    result = dict(step=int(self._step.numpy()), checkpoint=path, **metrics)
-    logging.info("Evaluated %s (step %d%s) in %.1fs: %s", path,
-                 result["step"], ", EMA weights" if self._ema else "",
-                 time.time() - start, metrics)
-    return result
-
-
-def run_train_steps(model_dir):
-  """The train_steps the trainer's model_dir/config.gin ran with, or None."""
-  path = f"{model_dir}/config.gin"
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    text = f.read()
-  match = re.search(r"^(?:[\w.]+\.)?train\.train_steps = (\S+)$", text,
-                    re.MULTILINE)
-  if match and match[1].startswith("%"):
-    match = re.search(rf"^{re.escape(match[1][1:])} = (\S+)$", text,
-                      re.MULTILINE)
-  return int(match[1]) if match and match[1].isdigit() else None
-
-
-def _evaluate_one(evaluator, recorder, path):
-  """Evaluates and records one checkpoint; None if it vanished first."""
-  result = evaluator(path)
-  if result is not None:
-    recorder(result, evaluator.checkpoint)
-  return result
-
-
-def _evaluate_newest_restorable(evaluator, recorder, candidates):
-  """Evaluates the newest of `candidates` that restores; returns its result.
-
-  The unrestorable ones tried before it are logged with their error (and
-  left in place).
-
-  Raises:
-    FileNotFoundError: when none of them restores or all vanished.
-  """
-  for path in reversed(candidates):
-    try:
-      result = _evaluate_one(evaluator, recorder, path)
-    except UnrestorableCheckpointError as err:
-      logging.error("%s; falling back to the checkpoint before it", err)
-      continue
-    if result is not None:
-      return result
-  raise FileNotFoundError(f"none of the checkpoints {candidates} could be "
-                          "restored")
-
-
-def _follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
-            min_interval_secs, eval_timeout):
-  """Continuous evaluation of model_dir until its final checkpoint."""
-  done_steps = recorder.results_log.evaluated_steps()
-  if done_steps:
-    logging.info("Already evaluated in %s: steps %s",
-                 recorder.results_log.path, sorted(done_steps))
-  results = []
-  for _ in tf.train.checkpoints_iterator(
-      model_dir, min_interval_secs=min_interval_secs, timeout=eval_timeout):
-    pending = [p for p in checkpointing.listed_checkpoints(model_dir)
-               if checkpointing.checkpoint_step(p) not in done_steps]
-    # Newest first when only the newest counts; an unrestorable one falls
-    # back to the one before it.
-    for path in reversed(pending) if newest_only else pending:
-      done_steps.add(checkpointing.checkpoint_step(path))
-      try:
-        result = _evaluate_one(evaluator, recorder, path)
-      except UnrestorableCheckpointError as err:
-        logging.error("%s; skipping it", err)
-        continue
-      if result is None:
-        continue
-      results.append(result)
-      skipped = [p for p in pending
-                 if checkpointing.checkpoint_step(p) not in done_steps]
-      if newest_only and skipped:
-        logging.warning("Skipped %s: the newer %s was evaluated instead "
-                        "(evaluate.newest_only)", skipped, path)
-        done_steps.update(checkpointing.checkpoint_step(p) for p in skipped)
-        break
-    if max(done_steps, default=-1) >= train_steps:
-      logging.info("Evaluated the final checkpoint (step >= %d); done",
-                   train_steps)
-      break
-  else:
-    logging.info("No new checkpoint in %s for %ss; stopping", model_dir,
-                 eval_timeout)
-  return results
+from effnet_gin.train import run_dir
+from effnet_gin.train import strategy as strategy_lib
+from effnet_gin.train.checkpoint_evaluator import CheckpointEvaluator
 
 
 def _final_train_steps(model_dir, train_steps, train_steps_from_run):
   """The configured train_steps, or the trainer's when asked and known."""
-  run_steps = run_train_steps(model_dir) if train_steps_from_run else None
+  run_steps = (run_dir.config_train_steps(model_dir) if train_steps_from_run
+               else None)
   if run_steps is not None:
     logging.info("Following the trainer's train_steps=%d from %s/config.gin "
                  "(this evaluator's config says %s; pass --train_steps to "
@@ -279,7 +97,10 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
   Raises:
     FileNotFoundError: when `checkpoint` names no checkpoint.
     ValueError: for bad settings, a checkpoint without EMA weights while
-      `use_ema` is set, or an unrestorable `checkpoint` prefix.
+      `use_ema` is set, or an unrestorable `checkpoint` prefix. (A run whose
+      train_and_eval trainer records its own evaluations is evaluated but
+      not recorded: that trainer is the one writer of eval/results.jsonl and
+      best/; see `eval_records`.)
   """
   if not model_dir:
     raise ValueError("evaluate needs a model_dir (--model_dir)")
@@ -289,26 +110,17 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
                                      train_steps_from_run)
   strategy_lib.set_precision_policy(precision)
   strategy = strategy or strategy_lib.build_strategy()
-  evaluator = _CheckpointEvaluator(
+  evaluator = CheckpointEvaluator(
       strategy=strategy, use_ema=use_ema, eval_batch_size=eval_batch_size,
       image_size=image_size, jit_compile=jit_compile,
       model_builder=model_builder, dataset_builder=dataset_builder)
   recorder = eval_records.Recorder(model_dir, strategy_lib.is_chief(strategy))
   try:
-    if checkpoint and tf.io.gfile.isdir(checkpoint):
-      checkpointing.resolve_checkpoint(checkpoint)  # Raises when empty.
-      return [_evaluate_newest_restorable(
-          evaluator, recorder, checkpointing.listed_checkpoints(checkpoint))]
     if checkpoint:
-      path = checkpointing.resolve_checkpoint(checkpoint)
-      result = _evaluate_one(evaluator, recorder, path)
-      if result is None:
-        raise FileNotFoundError(f"checkpoint {path!r} was deleted while it "
-                                "was being read")
-      return [result]
-    return _follow(model_dir, evaluator, recorder, train_steps=train_steps,
-                   newest_only=newest_only,
-                   min_interval_secs=min_interval_secs,
-                   eval_timeout=eval_timeout)
+      return [eval_once.evaluate_once(evaluator, recorder, checkpoint)]
+    return continuous_eval.follow(
+        model_dir, evaluator, recorder, train_steps=train_steps,
+        newest_only=newest_only, min_interval_secs=min_interval_secs,
+        eval_timeout=eval_timeout)
   finally:
     recorder.close()

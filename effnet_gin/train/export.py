@@ -32,8 +32,8 @@ from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import export_dirs
 from effnet_gin.train import lite_export
+from effnet_gin.train import run_dir
 from effnet_gin.train.checkpointing import checkpoint_num_classes
-from effnet_gin.train.evaluate import BEST_SUBDIR
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -98,8 +98,8 @@ def resolve_serving_checkpoint(model_dir, checkpoint="latest"):
   Args:
     model_dir: the training run's directory; needed for 'latest' and 'best'.
     checkpoint: 'latest' (or None) for model_dir's newest checkpoint,
-      'best' for the evaluator's best (model_dir/best), or a checkpoint
-      prefix or directory.
+      'best' for the evaluator's best (model_dir/best, see `run_dir`), or a
+      checkpoint prefix or directory.
 
   Returns:
     A checkpoint prefix.
@@ -113,7 +113,7 @@ def resolve_serving_checkpoint(model_dir, checkpoint="latest"):
     if not model_dir:
       raise ValueError(f"checkpoint={checkpoint!r} needs a model_dir")
     if checkpoint == "best":
-      best_dir = f"{model_dir}/{BEST_SUBDIR}"
+      best_dir = run_dir.path(model_dir, run_dir.BEST_DIR)
       best = tf.train.latest_checkpoint(best_dir)
       if best is None:
         raise FileNotFoundError(

@@ -5,9 +5,10 @@
                         weights and EMA weights are the imported ones, so
                         bin/evaluator, bin/exporter, bin/predict and
                         `train.init_checkpoint` read it unchanged;
-  model_dir/model.gin   the bindings that build exactly that model.
-Everything is validated and written into a scratch directory first, then
-moved: on any error model_dir is left untouched.
+  model_dir/model.gin   the bindings that build exactly that model
+(the run directory's layout: `run_dir`). Everything is validated and written
+into a scratch directory first, then moved: on any error model_dir is left
+untouched.
 """
 import dataclasses
 import os
@@ -21,6 +22,7 @@ from effnet_gin.model import specs
 from effnet_gin.model.weight_sources import spec_signature
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 
 
 def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
@@ -167,11 +169,8 @@ def _write_then_move(model_dir, checkpoint, gin_text):
   """Writes ckpt-0 and model.gin beside model_dir, then moves them in."""
   scratch = f"{model_dir.rstrip('/')}.import-{os.getpid()}"
   try:
-    tf.train.CheckpointManager(
-        checkpoint, scratch, max_to_keep=1,
-        checkpoint_name=checkpointing.CHECKPOINT_NAME).save(
-            checkpoint_number=0)
-    checkpointing.write_text(scratch, "model.gin", gin_text)
+    checkpointing.Manager(checkpoint, scratch, max_to_keep=1).save(0)
+    run_dir.write_text(scratch, run_dir.MODEL_GIN_FILE, gin_text)
     tf.io.gfile.makedirs(model_dir)
     for name in tf.io.gfile.listdir(scratch):
       tf.io.gfile.rename(f"{scratch}/{name}", f"{model_dir}/{name}",
@@ -179,4 +178,4 @@ def _write_then_move(model_dir, checkpoint, gin_text):
   finally:
     if tf.io.gfile.exists(scratch):
       tf.io.gfile.rmtree(scratch)
-  return f"{model_dir}/{checkpointing.CHECKPOINT_NAME}-0"
+  return run_dir.checkpoint_path(model_dir, 0)

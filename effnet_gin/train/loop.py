@@ -11,9 +11,10 @@ console line, the TensorBoard scalars, the NaN check and checkpoints happen,
 exactly as the reference's `iterations_per_loop`. SIGTERM does not wait for
 that: the host loop reads a stop flag before every step (`preemption`), so a
 preempted trainer checkpoints the step it reached within the grace period.
+
+What the trainer writes into model_dir, and under which names: `run_dir`.
 """
 import contextlib
-import functools
 import json
 
 from absl import logging
@@ -24,14 +25,15 @@ from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
+from effnet_gin.train import eval_records
 from effnet_gin.train.eval_runner import EvalRunner
-from effnet_gin.train.eval_runner import METRICS
 from effnet_gin.train import host_loop as host_loop_lib
 from effnet_gin.train import optim
 from effnet_gin.train import outer_loop
 from effnet_gin.train.outer_loop import NonFiniteLossError  # noqa: F401
 from effnet_gin.train import recipe
 from effnet_gin.train import preemption
+from effnet_gin.train import run_dir
 from effnet_gin.train import progress as progress_lib
 from effnet_gin.train import strategy as strategy_lib
 
@@ -241,14 +243,17 @@ def _log_durations(schedule, mode, train_steps, num_train_images,
 def _in_process_evaluation(*, strategy, model, ema, model_dir, chief,
                            eval_batch_size, image_size, jit_compile,
                            dataset_builder):
-  """`evaluate_at(step)` for train_and_eval: scores the (EMA) weights."""
+  """`evaluate_at(step, checkpoint)` for train_and_eval (see OuterLoop.run)."""
   # One runner for all in-process evaluations: traced (and, with XLA,
   # compiled) once.
   runner = EvalRunner(strategy=strategy, model=model,
                       eval_batch_size=eval_batch_size, image_size=image_size,
                       jit_compile=jit_compile, dataset_builder=dataset_builder)
-  return functools.partial(_evaluate_in_process, runner, ema,
-                           model_dir=model_dir, chief=chief)
+  def evaluate_at(step, checkpoint):
+    return _evaluate_in_process(runner, ema, checkpoint, step, model_dir,
+                                chief)
+
+  return evaluate_at
 
 
 def _checked_mode(mode, schedule, *, eval_batch_size, steps_per_eval,
@@ -299,9 +304,9 @@ def _write_run_files(model_dir, strategy, command, config_text):
   tf.io.gfile.makedirs(model_dir)
   chief = strategy_lib.is_chief(strategy)
   if chief:
-    checkpointing.write_text(model_dir, "command", command or "")
+    run_dir.write_text(model_dir, run_dir.COMMAND_FILE, command or "")
     if config_text is not None:
-      checkpointing.write_text(model_dir, "config.gin", config_text)
+      run_dir.write_text(model_dir, run_dir.CONFIG_FILE, config_text)
   return chief
 
 
@@ -334,18 +339,26 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
   return ema, manager, int(step.numpy()), bool(resumed_from)
 
 
-def _evaluate_in_process(runner, ema, current, model_dir, chief):
-  """Evaluates the (EMA) weights at step `current`; logs and summarises."""
+def _evaluate_in_process(runner, ema, checkpoint, current, model_dir, chief):
+  """Evaluates the (EMA) weights of step `current`; returns the metrics.
+
+  The result is recorded as bin/evaluator's are (`eval_records.Recorder`:
+  eval/results.jsonl and best/, which the trainer then owns; scalars under
+  train_eval/). It names model_dir/ckpt-<current>, which must be saved.
+  """
   swap = ema.averaged_weights() if ema is not None else contextlib.nullcontext()
   with swap:
     metrics = runner.run()
   logging.info("eval at step %d: %s", current, json.dumps(metrics))
-  if chief:
-    eval_writer = tf.summary.create_file_writer(f"{model_dir}/train_eval")
-    with eval_writer.as_default():
-      for name in METRICS:
-        tf.summary.scalar(name, metrics[name], step=current)
-    eval_writer.close()
+  recorder = eval_records.Recorder(
+      model_dir, chief, in_process=True,
+      summary_dir=run_dir.path(model_dir, run_dir.TRAIN_EVAL_SUMMARIES_DIR))
+  try:
+    recorder(dict(step=current,
+                  checkpoint=run_dir.checkpoint_path(model_dir, current),
+                  **metrics), checkpoint)
+  finally:
+    recorder.close()
   return metrics
 
 

@@ -10,7 +10,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,8 +41,9 @@ class OuterLoop:
       steps_per_loop: steps per host loop.
       checkpoint_every: steps between checkpoints (rounded up to loops).
       steps_per_eval: steps between evaluations (rounded up to loops).
-      evaluate_at: `evaluate_at(step)` evaluates in-process and returns the
-        metrics; None never evaluates.
+      evaluate_at: `evaluate_at(step, checkpoint)` evaluates in-process
+        (recording the result against the saved `checkpoint` of that step)
+        and returns the metrics; None never evaluates.
       resumed: whether start_step was restored from a checkpoint (so it need
         not be saved again).
       stop_request: the `preemption.StopRequest` the host loop reads.
@@ -53,7 +54,8 @@ class OuterLoop:
       None).
     """
     saved_step = start_step if resumed else None
-    writer = (tf.summary.create_file_writer(f"{self._model_dir}/train")
+    summaries_dir = run_dir.path(self._model_dir, run_dir.TRAIN_SUMMARIES_DIR)
+    writer = (tf.summary.create_file_writer(summaries_dir)
               if self._chief else tf.summary.create_noop_writer())
     last_loss, last_eval = None, None
     next_checkpoint = next_multiple(start_step, checkpoint_every)
@@ -81,7 +83,10 @@ class OuterLoop:
           saved_step = current
           next_checkpoint = next_multiple(current, checkpoint_every)
         if evaluate_at and (current >= next_eval or current >= train_steps):
-          last_eval = evaluate_at(current)
+          if saved_step != current:  # A result names a checkpoint that exists.
+            self._manager.save(current)
+            saved_step = current
+          last_eval = evaluate_at(current, self._manager.checkpoint)
           next_eval = next_multiple(current, steps_per_eval)
         writer.flush()
     return dict(start_step=start_step, step=current, loss=last_loss,
@@ -119,8 +124,8 @@ class OuterLoop:
     if not self._chief or self._operative_config_text is None:
       return
     operative = self._operative_config_text()
-    checkpointing.write_text(self._model_dir, "operative_config.gin",
-                             operative)
+    run_dir.write_text(self._model_dir, run_dir.OPERATIVE_CONFIG_FILE,
+                       operative)
     tf.summary.text("operative_config", markdown_code(operative),
                     step=current)
 

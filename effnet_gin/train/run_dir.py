@@ -1,0 +1,166 @@
+"""The run directory (model_dir): the name and path of everything in it.
+
+Every file the trainer, the evaluator, the exporter and the importer read or
+write in a model_dir is named here, once:
+
+  model_dir/
+    command                   the trainer's command line (chief, at start).
+    config.gin                the gin config the trainer was given.
+    operative_config.gin      the bindings it used (after its first loop).
+    model.gin                 bin/import_checkpoint's: builds ckpt-0's model.
+    checkpoint                the state file listing the checkpoints.
+    ckpt-<STEP>.index         a checkpoint (`tf.train.Checkpoint(step, model,
+    ckpt-<STEP>.data-*          optimizer, ema)`), see `checkpointing`.
+    .worker_scratch_<ID>/     a non-chief worker's save, removed right after.
+    unrestorable/<TIME>/      files of checkpoints that did not restore, set
+                              aside (never deleted) by a resuming trainer.
+    train/                    TensorBoard: the training loop's scalars and the
+                              operative config.
+    train_eval/               TensorBoard: in-process evaluations' scalars
+                              (train.schedule='train_and_eval').
+    eval/
+      events.*                TensorBoard: bin/evaluator's scalars.
+      results.jsonl           one JSON line per evaluated checkpoint of the
+                              run: step, checkpoint, metrics.
+      other_checkpoints.jsonl results of checkpoints that are not the run's
+                              own (in best/ or another directory).
+      record_counts.json      the validation files' record counts.
+      recorded_in_process     present once a train_and_eval trainer records
+                              the run's evaluations: bin/evaluator then
+                              leaves results.jsonl and best/ to it.
+    best/
+      checkpoint, ckpt-<STEP>.*  a copy of the best checkpoint by top-1.
+      best_result.json        its result, and the checkpoint it came from.
+
+All but .worker_scratch_* is written by the chief only. results.jsonl and
+best/ are written by `eval_records.Recorder`, which also states their
+one-writer rule: bin/evaluator's, or a train_and_eval trainer's. All I/O goes
+through `tf.io.gfile`, so model_dir may be a gs:// path.
+"""
+import os
+import re
+
+import tensorflow as tf
+
+# Checkpoints.
+CHECKPOINT_PREFIX = "ckpt"
+CHECKPOINT_STATE_FILE = "checkpoint"
+UNRESTORABLE_DIR = "unrestorable"
+WORKER_SCRATCH_PREFIX = ".worker_scratch_"
+
+# What the trainer and the importer record about the run.
+COMMAND_FILE = "command"
+CONFIG_FILE = "config.gin"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+MODEL_GIN_FILE = "model.gin"
+
+# TensorBoard.
+TRAIN_SUMMARIES_DIR = "train"
+TRAIN_EVAL_SUMMARIES_DIR = "train_eval"
+
+# Evaluation records.
+EVAL_DIR = "eval"
+RESULTS_FILE = "results.jsonl"
+OTHER_RESULTS_FILE = "other_checkpoints.jsonl"
+RECORD_COUNTS_FILE = "record_counts.json"
+RECORDED_IN_PROCESS_FILE = "recorded_in_process"
+BEST_DIR = "best"
+BEST_RESULT_FILE = "best_result.json"
+
+
+def path(model_dir, *names):
+  """`model_dir/name/...`, model_dir's trailing slash dropped."""
+  return "/".join([model_dir.rstrip("/"), *names])
+
+
+def checkpoint_path(directory, step):
+  """The prefix of checkpoint number `step` in `directory`."""
+  return path(directory, f"{CHECKPOINT_PREFIX}-{step}")
+
+
+def checkpoint_step(checkpoint):
+  """The step number in a `.../ckpt-<STEP>` checkpoint path, or None."""
+  suffix = checkpoint.rsplit("-", 1)[-1]
+  return int(suffix) if suffix.isdigit() else None
+
+
+def is_own_checkpoint(model_dir, checkpoint):
+  """Whether checkpoint prefix `checkpoint` lives directly in model_dir."""
+  return checkpoint.rstrip("/").rsplit("/", 1)[0] == model_dir.rstrip("/")
+
+
+def write_text(directory, filename, text):
+  """Writes `text` to `directory/filename` atomically (write, then rename).
+
+  The directory is created if missing.
+  """
+  tf.io.gfile.makedirs(directory)
+  target = path(directory, filename)
+  tmp_path = f"{target}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp_path, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp_path, target, overwrite=True)
+
+
+def read_text(directory, filename):
+  """The text of `directory/filename`, or None when it does not exist."""
+  target = path(directory, filename)
+  if not tf.io.gfile.exists(target):
+    return None
+  with tf.io.gfile.GFile(target) as f:
+    return f.read()
+
+
+def write_checkpoint_state(directory, names, timestamps=(),
+                           last_preserved_timestamp=None):
+  """Writes the `checkpoint` state file listing `names`, newest last.
+
+  `tf.train.CheckpointManager` tracks (and retains) only the listed
+  checkpoints whose timestamps are after `last_preserved_timestamp`; pass
+  both from the state being rewritten, or it forgets the older ones.
+  """
+  lines = [f'model_checkpoint_path: "{names[-1]}"\n']
+  lines += [f'all_model_checkpoint_paths: "{name}"\n' for name in names]
+  lines += [f"all_model_checkpoint_timestamps: {t!r}\n" for t in timestamps]
+  if last_preserved_timestamp is not None:
+    lines.append(f"last_preserved_timestamp: {last_preserved_timestamp!r}\n")
+  write_text(directory, CHECKPOINT_STATE_FILE, "".join(lines))
+
+
+def listed_checkpoints(directory):
+  """The checkpoint prefixes `directory`'s state file lists, oldest first.
+
+  Ordered by the step in their `ckpt-<STEP>` names; unnumbered ones are left
+  out.
+  """
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  paths = set(state.all_model_checkpoint_paths)
+  paths.add(state.model_checkpoint_path)
+  numbered = [(checkpoint_step(p), p) for p in paths]
+  return [p for s, p in sorted(numbered) if s is not None]
+
+
+def write_run_config(model_dir, *, command, config):
+  """Records the trainer's command line and gin config in model_dir."""
+  write_text(model_dir, COMMAND_FILE, command or "")
+  write_text(model_dir, CONFIG_FILE, config)
+
+
+def config_train_steps(model_dir):
+  """The train_steps the trainer's model_dir/config.gin ran with, or None.
+
+  Reads the `train.train_steps` binding, following one macro
+  (`train.train_steps = %TRAIN_STEPS`); None when the file, the binding or
+  a literal number is missing.
+  """
+  text = read_text(model_dir, CONFIG_FILE)
+  if text is None:
+    return None
+  match = re.search(r"^(?:[\w.]+\.)?train\.train_steps = (\S+)$", text,
+                    re.MULTILINE)
+  if match and match[1].startswith("%"):
+    match = re.search(rf"^{re.escape(match[1][1:])} = (\S+)$", text,
+                      re.MULTILINE)
+  return int(match[1]) if match and match[1].isdigit() else None
