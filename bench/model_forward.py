@@ -60,7 +60,7 @@ def main(argv):
   del argv
   keras.mixed_precision.set_global_policy(_POLICY.value)
   models = {"effnet_gin": model_lib.build_model(
-      _VARIANT.value, resolution=_RESOLUTION.value)}
+      _VARIANT.value, image_size=_RESOLUTION.value)}
   size = models["effnet_gin"].input.shape[1]
   if _BASELINE.value:
     models["keras.applications.EfficientNetB0"] = (

@@ -39,7 +39,7 @@ _SIGNALS = flags.DEFINE_integer("signals", 2, "SIGTERM runs of bin/trainer.")
 def _host_loops():
   """Two host loops over one tiny model: without and with the stop check."""
   model = build_model("efficientnet-b0", 10, width_coefficient=0.1,
-                      depth_coefficient=0.1, resolution=32)
+                      depth_coefficient=0.1, image_size=32)
   schedule = optim.build_schedule(global_batch_size=8, num_train_images=64,
                                   train_steps=100_000)
   optimizer = optim.build_optimizer(schedule)

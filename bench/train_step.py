@@ -47,7 +47,7 @@ def ours(images, labels, steps, rounds, jit_compile):
   strategy = tf.distribute.get_strategy()
   batch_size = images.shape[0]
   model = build_model("efficientnet-b0", NUM_CLASSES,
-                      resolution=images.shape[1])
+                      image_size=images.shape[1])
   schedule = optim.build_schedule(global_batch_size=batch_size,
                                   num_train_images=1_281_167)
   optimizer = optim.build_optimizer(schedule)

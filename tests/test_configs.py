@@ -119,7 +119,7 @@ def test_durations_describe_every_count():
 # Paper Table 2 / the reference's efficientnet_params: (resolution, dropout).
 VARIANT_TABLE = {0: (224, 0.2), 1: (240, 0.2), 2: (260, 0.3), 3: (300, 0.3),
                  4: (380, 0.4), 5: (456, 0.4), 6: (528, 0.5), 7: (600, 0.5)}
-IMAGE_SIZE_USERS = ("effnet_gin.model.build_model.resolution",
+IMAGE_SIZE_USERS = ("effnet_gin.model.build_model.image_size",
                     "effnet_gin.train.train.image_size",
                     "effnet_gin.train.evaluate.image_size",
                     "effnet_gin.train.export.image_size")
@@ -149,7 +149,7 @@ def test_model_name_alone_sets_the_resolution_and_image_size_overrides_it():
 def test_a_variant_at_another_size_says_so_once(caplog):
   for _ in range(2):
     build_model("efficientnet-b2", 10, width_coefficient=0.1,
-                depth_coefficient=0.1, resolution=36)
+                depth_coefficient=0.1, image_size=36)
   build_model("efficientnet-b2", 10, width_coefficient=0.1,
               depth_coefficient=0.1)
   messages = [r.getMessage() for r in caplog.records

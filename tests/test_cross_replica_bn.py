@@ -63,7 +63,7 @@ def _train_three_steps(strategy, images, labels, group_size):
   keras.utils.set_random_seed(1)
   with strategy.scope():
     model = build_model("efficientnet-b0", 10, width_coefficient=0.1,
-                        depth_coefficient=0.1, resolution=32,
+                        depth_coefficient=0.1, image_size=32,
                         dropout_rate=0.0, survival_prob=1.0,
                         batch_norm_group_size=group_size)
     optimizer = optim.build_optimizer(0.01)

@@ -78,7 +78,7 @@ def configure(num_classes=NUM_CLASSES):
       build_model.num_classes = {num_classes}
       build_model.width_coefficient = 0.25
       build_model.depth_coefficient = 0.25
-      build_model.resolution = {IMAGE_SIZE}
+      build_model.image_size = {IMAGE_SIZE}
   """)
 
 

@@ -208,7 +208,7 @@ def test_frozen_backbone_from_a_reference_checkpoint_keeps_every_weight(
 def test_frozen_and_unfrozen_models_average_the_same_variables():
   # So an EMA checkpoint of either restores into the other (fine-tuning
   # with a frozen backbone from an imported or trained checkpoint).
-  kwargs = dict(width_coefficient=0.1, depth_coefficient=0.1, resolution=32)
+  kwargs = dict(width_coefficient=0.1, depth_coefficient=0.1, image_size=32)
   frozen = build_model(freeze_backbone=True, **kwargs)
   unfrozen = build_model(**kwargs)
   assert [v.path for v in frozen.trainable_variables] == [

@@ -35,7 +35,7 @@ VARIANTS = ("efficientnet-b0", "efficientnet-lite0")
 def tiny_model(variant):
   """A tiny model of `variant` with randomised BN statistics and weights."""
   model = build_model(variant, num_classes=NUM_CLASSES, width_coefficient=0.25,
-                      depth_coefficient=0.25, resolution=IMAGE_SIZE)
+                      depth_coefficient=0.25, image_size=IMAGE_SIZE)
   rng = np.random.default_rng(len(variant))
   for layer in model.layers:
     if isinstance(layer, layers.BatchNorm):
@@ -151,7 +151,7 @@ def configure(with_data=False):
       build_model.num_classes = {NUM_CLASSES}
       build_model.width_coefficient = 0.25
       build_model.depth_coefficient = 0.25
-      build_model.resolution = {IMAGE_SIZE}
+      build_model.image_size = {IMAGE_SIZE}
   """)
   if with_data:
     gin.parse_config(f"""

@@ -9,7 +9,7 @@ from effnet_gin import configurables
 from effnet_gin import model as model_lib
 from effnet_gin.model import layers
 
-TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32,
+TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, image_size=32,
             num_classes=5)
 
 
@@ -40,7 +40,7 @@ def bfloat16_policy():
     43_040_704, 66_347_960]))
 def test_trainable_parameter_counts_match_the_reference(index, params):
   # Parameter counts do not depend on the input size: build at 32 px.
-  net = model_lib.build_model(f"efficientnet-b{index}", resolution=32)
+  net = model_lib.build_model(f"efficientnet-b{index}", image_size=32)
   assert _trainable_params(net) == params
 
 
@@ -48,7 +48,7 @@ def test_trainable_parameter_counts_match_the_reference(index, params):
     ("efficientnet-b0", 32, 1280, 16), ("efficientnet-b7", 64, 2560, 55),
     ("efficientnet-lite4", 32, 1280, 30)])
 def test_built_stem_head_and_blocks(variant, stem, head, blocks):
-  net = model_lib.build_model(variant, resolution=32)
+  net = model_lib.build_model(variant, image_size=32)
   assert net.get_layer("stem_conv").filters == stem
   assert net.get_layer("top_conv").filters == head
   assert sum(l.name.endswith("_dwconv") for l in net.layers) == blocks
@@ -74,7 +74,7 @@ def test_layer_names_and_shapes():
 
 
 def test_stochastic_depth_survival_falls_linearly():
-  net = model_lib.build_model("efficientnet-b0", resolution=32)
+  net = model_lib.build_model("efficientnet-b0", image_size=32)
   # block2b is block 2 of 16 (0-based), block6d is 14; block2a and block7a
   # change shape, so they have no skip and no stochastic depth.
   assert net.get_layer("block2b_drop").survival_prob == pytest.approx(
@@ -85,7 +85,7 @@ def test_stochastic_depth_survival_falls_linearly():
 
 
 def test_lite_model_has_relu6_no_se_and_lite_normalization():
-  net = model_lib.build_model("efficientnet-lite0", resolution=32)
+  net = model_lib.build_model("efficientnet-lite0", image_size=32)
   names = [l.name for l in net.layers]
   assert not any("_se_" in n for n in names)
   assert net.get_layer("stem_activation").get_config()["activation"] == (
@@ -97,7 +97,7 @@ def test_lite_model_has_relu6_no_se_and_lite_normalization():
 
 
 def test_endpoints_and_headless_model():
-  net = _tiny_model(width_coefficient=1.0, resolution=64,
+  net = _tiny_model(width_coefficient=1.0, image_size=64,
                     return_endpoints=True)
   out = net(_images(2, 64))
   shapes = {k: tuple(v.shape) for k, v in out.items()}
@@ -183,7 +183,7 @@ def test_get_config_round_trip_and_keras_file(tmp_path):
 
 def test_gin_bindings_select_the_variant():
   gin.parse_config(["build_model.variant = 'efficientnet-b3'",
-                    "effnet_gin.model.build_model.resolution = 32",
+                    "effnet_gin.model.build_model.image_size = 32",
                     "build_model.num_classes = 7"])
   net = configurables.build_model()
   assert net.get_layer("stem_conv").filters == 40
@@ -191,7 +191,13 @@ def test_gin_bindings_select_the_variant():
   assert net.output.shape == (None, 7)
   assert net.name == "efficientnet-b3"
   # The library's builder is plain Python: bindings do not reach it.
-  assert model_lib.build_model(resolution=32).name == "efficientnet-b0"
+  assert model_lib.build_model(image_size=32).name == "efficientnet-b0"
+
+
+def test_resolution_is_a_deprecated_alias_of_image_size():
+  assert model_lib.build_model(resolution=32).input_shape == (None, 32, 32, 3)
+  with pytest.raises(ValueError, match="give only image_size"):
+    model_lib.build_model(image_size=32, resolution=64)
 
 
 def test_gin_rejects_a_misspelled_parameter():
@@ -203,7 +209,7 @@ def test_gin_rejects_a_misspelled_parameter():
 
 
 def test_advprop_normalization_maps_0_255_to_minus_one_one():
-  net = model_lib.build_model("efficientnet-b0", resolution=32,
+  net = model_lib.build_model("efficientnet-b0", image_size=32,
                               input_normalization="advprop")
   out = net.get_layer("normalization")(tf.constant([[[[0.0, 127.5, 255.0]]]]))
   np.testing.assert_allclose(out.numpy().ravel(), [-1.0, 0.0, 1.0])

@@ -34,7 +34,7 @@ def build_fixture_model(name, **overrides):
   kwargs = dict(variant=meta["model_name"], num_classes=params["num_classes"],
                 width_coefficient=params["width_coefficient"],
                 depth_coefficient=params["depth_coefficient"],
-                resolution=meta["image_size"])
+                image_size=meta["image_size"])
   kwargs.update(overrides)
   return build_model(**kwargs)
 
@@ -135,7 +135,7 @@ def test_published_name_lists_map_onto_full_size_models(variant):
       if name.startswith(prefix) and not name.endswith(
           (EMA, "/RMSProp", "/RMSProp_1")):
         listed[name[len(prefix):]] = json.loads(shape)
-  model = build_model(variant, resolution=32)  # Weights ignore resolution.
+  model = build_model(variant, image_size=32)  # Weights ignore resolution.
   assert model_reference_shapes(model) == listed
   assert spec_reference_shapes(specs.get_variant(variant), 1000) == listed
 
@@ -147,7 +147,7 @@ def test_every_variant_maps_its_spec_names_onto_its_model(variant):
   # Each variant's own depth (block count, which blocks expand, SE or not)
   # at a tenth of the width, so that even L2 builds in seconds.
   model = build_model(variant, num_classes=3, width_coefficient=0.1,
-                      resolution=32)
+                      image_size=32)
   spec = specs.get_variant(variant)
   narrow = pretrained.dataclasses.replace(spec, width_coefficient=0.1)
   assert model_reference_shapes(model) == spec_reference_shapes(narrow, 3)
@@ -203,7 +203,7 @@ def test_checkpoint_of_another_variant_says_which():
   with pytest.raises(ValueError, match="holds efficientnet-lite0 .*, the "
                      "model is efficientnet-b0"):
     load_pretrained(model, fixture_path("tiny_lite0"))
-  full = build_model("efficientnet-b3", resolution=32)
+  full = build_model("efficientnet-b3", image_size=32)
   with pytest.raises(ValueError, match="holds efficientnet-b0 with "
                      "non-standard shapes .*, the model is efficientnet-b3"):
     load_pretrained(full, fixture_path("tiny_b0"))
@@ -239,21 +239,21 @@ def test_classifier_of_another_size_is_skipped_only_when_asked():
 
 def test_effnet_gin_checkpoint_round_trips_with_its_ema(tmp_path):
   source = build_model(num_classes=4, width_coefficient=0.1,
-                       depth_coefficient=0.1, resolution=32)
+                       depth_coefficient=0.1, image_size=32)
   ema = averaging.ExponentialMovingAverage(source)
   for average in ema.averages:
     average.assign(tf.random.normal(average.shape))
   path = checkpointing.build_checkpoint(model=source, ema=ema).write(
       str(tmp_path / "ckpt-7"))
   target = build_model(num_classes=4, width_coefficient=0.1,
-                       depth_coefficient=0.1, resolution=32)
+                       depth_coefficient=0.1, image_size=32)
   result = load_pretrained(target, path)
   assert (result.source_format, result.ema) == ("effnet_gin", True)
   for variable, average in zip(averaging.averaged_variables(target),
                                ema.averages):
     np.testing.assert_array_equal(variable.numpy(), average.numpy())
   other = build_model(num_classes=4, width_coefficient=0.2,
-                      depth_coefficient=0.1, resolution=32)
+                      depth_coefficient=0.1, image_size=32)
   with pytest.raises(ValueError, match="does not fit"):
     load_pretrained(other, path)
 
@@ -310,7 +310,7 @@ def test_keras_applications_weights_file_gives_keras_logits(index, tmp_path):
   assert np.std(expected, axis=0).mean() > 0.1 * np.abs(expected).mean()
   path = str(tmp_path / "keras.weights.h5")
   keras_model.save_weights(path)
-  model = build_model(f"efficientnet-b{index}", 7, resolution=64)
+  model = build_model(f"efficientnet-b{index}", 7, image_size=64)
   result = load_pretrained(model, path)
   assert (result.source_format, result.variant, result.ema) == (
       "keras", f"efficientnet-b{index}", False)
@@ -320,19 +320,19 @@ def test_keras_applications_weights_file_gives_keras_logits(index, tmp_path):
   print(f"B{index} max relative logits difference {relative:.2e}")
   assert relative <= 1e-4
   if index == 0:  # The same from the model object, and its checks.
-    model = build_model("efficientnet-b0", 7, resolution=64)
+    model = build_model("efficientnet-b0", 7, image_size=64)
     load_pretrained(model, keras_model)
     np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
     for name in ("legacy.h5", "model.keras"):  # Keras 2's h5: by layer name.
       keras_model.save(str(tmp_path / name))
-      model = build_model("efficientnet-b0", 7, resolution=64)
+      model = build_model("efficientnet-b0", 7, image_size=64)
       load_pretrained(model, str(tmp_path / name))
       np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
-    lite = build_model("efficientnet-b0", 7, resolution=64,
+    lite = build_model("efficientnet-b0", 7, image_size=64,
                        input_normalization="lite")
     with pytest.raises(ValueError, match="input_normalization='imagenet'"):
       load_pretrained(lite, path)
-    b1 = build_model("efficientnet-b1", 7, resolution=64)
+    b1 = build_model("efficientnet-b1", 7, image_size=64)
     with pytest.raises(ValueError, match="holds efficientnet-b0, the model "
                        "is efficientnet-b1"):
       load_pretrained(b1, keras_model)

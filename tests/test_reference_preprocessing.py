@@ -63,7 +63,7 @@ def checkpoint_fixture(tmp_path):
       build_model.width_coefficient = 0.1
       build_model.depth_coefficient = 0.1
       build_model.num_classes = 5
-      build_model.resolution = 224
+      build_model.image_size = 224
   """)
   return checkpointing.build_checkpoint(model=configurables.build_model()).write(
       str(tmp_path / "run" / "ckpt-1"))

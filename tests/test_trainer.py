@@ -239,7 +239,7 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
     keras.utils.set_random_seed(1)
     with strategy.scope():
       model = build_model("efficientnet-b0", 10, width_coefficient=0.1,
-                          depth_coefficient=0.1, resolution=32,
+                          depth_coefficient=0.1, image_size=32,
                           dropout_rate=0.0, survival_prob=1.0)
       optimizer = optim.build_optimizer(0.01)
       optimizer.build(model.trainable_variables)

@@ -36,7 +36,7 @@ def shrunk_demo_flags(data_dir, model_dir):
       f"NUM_EVAL_IMAGES = {NUM_EVAL}",
       "effnet_gin.model.build_model.width_coefficient = 0.25",
       "effnet_gin.model.build_model.depth_coefficient = 0.25",
-      "effnet_gin.model.build_model.resolution = 32",
+      "effnet_gin.model.build_model.image_size = 32",
       "effnet_gin.train.train.checkpoint_every_steps = 2",
       "effnet_gin.train.train.keep_checkpoints = 10",
   ]

@@ -76,6 +76,24 @@ def _report_resolution(variant: str, resolution: int) -> None:
                     resolution, own, own)
 
 
+def _image_size_of(image_size, resolution):
+  """`image_size`, or its deprecated alias `resolution` (warned once)."""
+  if resolution is None:
+    return image_size
+  if image_size is not None and image_size != resolution:
+    raise ValueError(f"build_model got image_size={image_size!r} and its "
+                     f"deprecated alias resolution={resolution!r}; give only "
+                     "image_size")
+  if "resolution" not in _REPORTED_ALIASES:
+    _REPORTED_ALIASES.add("resolution")
+    logging.warning("build_model.resolution is deprecated: it is called "
+                    "image_size now, as in the data pipeline and IMAGE_SIZE")
+  return resolution
+
+
+_REPORTED_ALIASES = set()
+
+
 def block_name(stage: int, index_in_stage: int) -> str:
   """Layer-name prefix of a block, e.g. (2, 1) -> "block3b" (0-based args)."""
   letters = string.ascii_lowercase
@@ -86,7 +104,7 @@ def block_name(stage: int, index_in_stage: int) -> str:
 def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 width_coefficient: Optional[float] = None,
                 depth_coefficient: Optional[float] = None,
-                resolution: Optional[int] = None,
+                image_size: Optional[int] = None,
                 dropout_rate: Optional[float] = None,
                 survival_prob: Optional[float] = None,
                 input_normalization: Optional[str] = None,
@@ -96,7 +114,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                 include_top: bool = True,
                 return_endpoints: bool = False,
                 freeze_backbone: bool = False,
-                name: Optional[str] = None) -> keras.Model:
+                name: Optional[str] = None,
+                resolution: Optional[int] = None) -> keras.Model:
   """Builds an EfficientNet as a Keras functional model.
 
   Under the `mixed_bfloat16` Keras policy the network computes in bfloat16
@@ -108,7 +127,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
     num_classes: number of logits (>= 1).
     width_coefficient: overrides the variant's channel multiplier.
     depth_coefficient: overrides the variant's depth multiplier.
-    resolution: input height and width; defaults to the variant's.
+    image_size: input height and width (IMAGE_SIZE in the configs, as
+      `image_size` in the data pipeline); defaults to the variant's.
     dropout_rate: overrides the dropout before the classifier, in [0, 1).
     survival_prob: overrides the stochastic depth survival probability of the
       last block (default 0.8), in (0, 1]; 1 disables stochastic depth.
@@ -132,6 +152,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
       sees only its weights, and the frozen batch norms normalise with their
       moving statistics in training too, leaving them unchanged.
     name: model name; defaults to the variant name.
+    resolution: deprecated name of `image_size` (kept for one release).
 
   Returns:
     A `keras.Model` with its weights created.
@@ -144,7 +165,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
   spec = resolve_spec(variant, width_coefficient=width_coefficient,
                       depth_coefficient=depth_coefficient,
-                      resolution=resolution, dropout_rate=dropout_rate,
+                      resolution=_image_size_of(image_size, resolution),
+                      dropout_rate=dropout_rate,
                       survival_prob=survival_prob,
                       input_normalization=input_normalization)
   _report_resolution(variant, spec.resolution)

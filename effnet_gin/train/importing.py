@@ -79,7 +79,7 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
       variant=variant, num_classes=num_classes or info.num_classes,
       width_coefficient=width_coefficient,
       depth_coefficient=depth_coefficient,
-      resolution=image_size or specs.default_resolution(variant),
+      image_size=image_size or specs.default_resolution(variant),
       input_normalization=normalization)
   model = build_model(**model_kwargs)
   try:
@@ -158,7 +158,7 @@ IMAGE_SIZE = {resolution!r}
 
 effnet_gin.model.build_model.variant = %MODEL_NAME
 effnet_gin.model.build_model.num_classes = %NUM_CLASSES
-effnet_gin.model.build_model.resolution = %IMAGE_SIZE
+effnet_gin.model.build_model.image_size = %IMAGE_SIZE
 effnet_gin.model.build_model.input_normalization = {input_normalization!r}
 effnet_gin.model.build_model.width_coefficient = {width_coefficient!r}
 effnet_gin.model.build_model.depth_coefficient = {depth_coefficient!r}
