@@ -45,9 +45,8 @@ def _host_loops():
   optimizer = optim.build_optimizer(schedule)
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
-  step = tf.Variable(0, dtype=tf.int64)
   common = dict(strategy=tf.distribute.get_strategy(), model=model,
-                optimizer=optimizer, ema=ema, step=step, global_batch_size=8,
+                optimizer=optimizer, ema=ema, global_batch_size=8,
                 label_smoothing=0.1, weight_decay=1e-5, jit_compile=False)
   return {"without stop check": host_loop_lib.build_host_loop(**common),
           "with stop check": host_loop_lib.build_host_loop(

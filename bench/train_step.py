@@ -53,9 +53,8 @@ def ours(images, labels, steps, rounds, jit_compile):
   optimizer = optim.build_optimizer(schedule)
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
-  step = tf.Variable(0, dtype=tf.int64)
   host_loop = host_loop_lib.build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
+      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=batch_size, label_smoothing=0.1, weight_decay=1e-5,
       jit_compile=jit_compile)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()

@@ -69,15 +69,13 @@ def _train_three_steps(strategy, images, labels, group_size):
     optimizer = optim.build_optimizer(0.01)
     optimizer.build(model.trainable_variables)
     ema = averaging.ExponentialMovingAverage(model)
-    step = tf.Variable(0, dtype=tf.int64,
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
   # The global batch of 16, split in order: replica 0 gets examples 0-7,
   # replica 1 examples 8-15.
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((images, labels)).repeat())
   host_loop = host_loop_lib.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-      step=step, global_batch_size=16, label_smoothing=0.1,
+      global_batch_size=16, label_smoothing=0.1,
       weight_decay=1e-5, jit_compile=False)
   iterator = iter(dataset)
   step_losses = [float(host_loop(iterator, tf.constant(1))[0])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnet_gin.model import layers
+from effnet_gin.model import activations
 
 # Wide enough to reach both saturated tails, where sigmoid's rounding shows.
 _X = np.concatenate([np.linspace(-12.0, 12.0, 241),
@@ -37,10 +37,10 @@ def test_value_and_gradient_equal_autodiff_of_the_formula(dtype, rtol, atol,
   x = tf.constant(_X, dtype)
   if compiled:
     y, grad = tf.function(
-        lambda x: _value_and_gradient(layers.fused_swish, x),
+        lambda x: _value_and_gradient(activations.fused_swish, x),
         jit_compile=True)(x)
   else:
-    y, grad = _value_and_gradient(layers.fused_swish, x)
+    y, grad = _value_and_gradient(activations.fused_swish, x)
   # The reference sees the same (rounded) inputs, computed in float32.
   y_ref, grad_ref = _value_and_gradient(_plain_swish, tf.cast(x, tf.float32))
   assert y.dtype == dtype and grad.dtype == dtype
@@ -56,8 +56,8 @@ def test_second_use_in_one_graph_keeps_its_own_gradient():
   b = tf.constant(_X[100:200])
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([a, b])
-    total = tf.reduce_sum(layers.fused_swish(a) * 2.0
-                          + layers.fused_swish(b))
+    total = tf.reduce_sum(activations.fused_swish(a) * 2.0
+                          + activations.fused_swish(b))
   grad_a, grad_b = tape.gradient(total, [a, b])
   sig_a, sig_b = tf.sigmoid(a), tf.sigmoid(b)
   np.testing.assert_allclose(grad_a, 2.0 * sig_a * (1 + a * (1 - sig_a)),

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effnet_gin.model import build_model
+from effnet_gin.model.layers import BatchNorm
 from effnet_gin.train import losses
 
 
@@ -78,62 +80,66 @@ def test_loss_rejects_bad_values(kwargs, bad):
                                global_batch_size=2)
 
 
-class _FusedBatchNorm(keras.layers.Layer):
-  """Stands in for effnet_gin's own BatchNorm: not a Keras BN subclass."""
-
-  def build(self, input_shape):
-    self.gamma = self.add_weight(name="gamma", shape=input_shape[-1:],
-                                 initializer="ones")
-    self.beta = self.add_weight(name="beta", shape=input_shape[-1:],
-                                initializer="ones")
-
-  def call(self, inputs):
-    return inputs * self.gamma + self.beta
+# The published B0 stages (repeats, kernel, stride, expand, in, out), for the
+# expected counts below.
+_B0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+              (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112),
+              (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
 
 
 def _decay_model():
+  """Batch norms with names no pattern would catch, one inside a sub-model."""
   keras.utils.set_random_seed(0)
-  inputs = keras.Input((4, 4, 3))
-  x = keras.layers.Conv2D(4, 3, name="stem_conv")(inputs)
-  x = _FusedBatchNorm(name="stem_bn")(x)
-  x = keras.layers.Conv2D(4, 1, name="block2a_expand_conv")(x)
-  x = _FusedBatchNorm(name="block2a_expand_bn")(x)
-  x = keras.layers.BatchNormalization(name="norm")(x)  # class check only
+  inner_inputs = keras.Input((4, 4, 4))
+  inner = keras.Model(inner_inputs, BatchNorm(name="gain")(
+      keras.layers.Conv2D(4, 1, name="mix")(inner_inputs)), name="subnet")
+  inputs = keras.Input((6, 6, 3))
+  x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
+  x = BatchNorm(name="layer_7")(x)
+  x = inner(x)
+  x = keras.layers.BatchNormalization(name="norm")(x)
   x = keras.layers.GlobalAveragePooling2D()(x)
   return keras.Model(inputs, keras.layers.Dense(2, name="logits")(x))
 
 
-def test_weight_decay_skips_batch_norm_parameters():
+def test_weight_decay_skips_batch_norm_parameters_by_type():
   model = _decay_model()
+  for layer in (model.get_layer("layer_7"),
+                model.get_layer("subnet").get_layer("gain")):
+    layer.gamma.assign(layer.gamma + 3.0)  # Would show in the loss.
   decayed = [v.path for v in losses.regularized_variables(model)]
-  assert decayed == ["stem_conv/kernel", "stem_conv/bias",
-                     "block2a_expand_conv/kernel", "block2a_expand_conv/bias",
+  assert decayed == ["stem/kernel", "stem/bias", "mix/kernel", "mix/bias",
                      "logits/kernel", "logits/bias"]
   expected = 1e-5 * sum(0.5 * np.sum(np.square(v.numpy()))
                         for v in model.trainable_variables
                         if v.path in decayed)
   np.testing.assert_allclose(float(losses.weight_decay_loss(model)),
                              expected, rtol=1e-6)
-  # A plain list of variables goes by the path pattern alone.
-  by_list = losses.weight_decay_loss(model.trainable_variables, 1e-5)
-  norm = model.get_layer("norm")
-  extra = 1e-5 * 0.5 * (np.sum(norm.gamma.numpy()**2)
-                        + np.sum(norm.beta.numpy()**2))
-  np.testing.assert_allclose(float(by_list), expected + extra, rtol=1e-6)
   with pytest.raises(ValueError, match="-1"):
     losses.weight_decay_loss(model, -1.0)
+  with pytest.raises(TypeError, match="list"):
+    losses.weight_decay_loss(model.trainable_variables)
 
 
-@pytest.mark.parametrize("path, is_bn", [
-    ("stem_bn/gamma", True), ("top_bn/beta", True),
-    ("block2a_project_bn/gamma", True), ("batch_normalization_3/beta", True),
-    ("tpu_batch_normalization/gamma:0", True), ("bn/beta", True),
-    ("block1a_bn/moving_mean", False), ("stem_conv/kernel", False),
-    ("subnet/gamma", False), ("gamma", False),
-])
-def test_batch_norm_path_pattern(path, is_bn):
-  # pylint: disable-next=protected-access
-  assert losses._is_batch_norm_path(path) is is_bn
+def test_weight_decay_of_b0_spares_exactly_its_batch_norms():
+  # From the published architecture: every trainable variable but the
+  # batch-norm gamma and beta is decayed (the reference's weight_decay
+  # line) -- stem and top kernels, per block the expand (if any), depthwise,
+  # project and two squeeze-excite convolutions (kernel and bias each), and
+  # the classifier's kernel and bias.
+  bn_channels, num_decayed = 32 + 1280, 1 + 1 + 2
+  for repeats, _, _, expand, filters_in, filters_out in _B0_STAGES:
+    for index in range(repeats):
+      expanded = (filters_in if index == 0 else filters_out) * expand
+      bn_channels += expanded * (2 if expand != 1 else 1) + filters_out
+      num_decayed += 6 + (expand != 1)
+  assert num_decayed == 115
+  # 5,288,548 trainable parameters of B0 at 1000 classes, less 2 per
+  # batch-norm channel.
+  assert 5_288_548 - 2 * bn_channels == 5_246_532
+  decayed = losses.regularized_variables(build_model("efficientnet-b0"))
+  assert len(decayed) == 115
+  assert sum(int(np.prod(v.shape)) for v in decayed) == 5_246_532
 
 
 def test_weight_decay_is_split_across_replicas(mirrored_strategy):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin import configurables
+from effnet_gin.model.layers import BatchNorm
 from effnet_gin.train import averaging
 from effnet_gin.train import checkpointing
 from effnet_gin.train import optim
@@ -313,12 +314,13 @@ def test_mixed_float16_adds_loss_scaling():
 # Exponential moving average
 # ---------------------------------------------------------------------------
 def _bn_model(seed=5):
-  """A model with BN moving statistics and an RNG seed (Dropout)."""
+  """A model with BN moving statistics and an RNG seed (Keras's Dropout)."""
   keras.utils.set_random_seed(seed)
-  inputs = keras.Input((6,))
-  x = keras.layers.Dense(4, name="dense")(inputs)
-  x = keras.layers.BatchNormalization(name="bn")(x)
+  inputs = keras.Input((2, 2, 3))
+  x = keras.layers.Conv2D(4, 1, name="conv")(inputs)
+  x = BatchNorm(name="bn")(x)
   x = keras.layers.Dropout(0.5, name="dropout")(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
   return keras.Model(inputs, keras.layers.Dense(2, name="logits")(x))
 
 
@@ -330,7 +332,7 @@ def _shift_weights(model, delta):
 def test_ema_covers_trainable_and_moving_statistics_only():
   model = _bn_model()
   names = [v.path for v in averaging.averaged_variables(model)]
-  assert names == ["dense/kernel", "dense/bias", "bn/gamma", "bn/beta",
+  assert names == ["conv/kernel", "conv/bias", "bn/gamma", "bn/beta",
                    "logits/kernel", "logits/bias", "bn/moving_mean",
                    "bn/moving_variance"]
   assert any("seed" in v.path for v in model.non_trainable_variables)

@@ -18,6 +18,7 @@ from effnet_gin.train import eval_records
 from effnet_gin.train import loop
 from effnet_gin.train import averaging
 from effnet_gin.train import optim
+from effnet_gin.train import progress as progress_lib
 import trainer_helpers
 
 # `effnet_gin.train.evaluate` the attribute is the function; this is the module.
@@ -244,14 +245,12 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
       optimizer = optim.build_optimizer(0.01)
       optimizer.build(model.trainable_variables)
       ema = averaging.ExponentialMovingAverage(model)
-      step = tf.Variable(0, dtype=tf.int64,
-                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(
             (per_replica_images, per_replica_labels)).repeat())
     host_loop = host_loop_lib.build_host_loop(
         strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-        step=step, global_batch_size=16, label_smoothing=0.1,
+        global_batch_size=16, label_smoothing=0.1,
         weight_decay=1e-5, jit_compile=False)
     iterator = iter(dataset)
     step_losses = [float(host_loop(iterator, tf.constant(1))[0])
@@ -314,3 +313,107 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
                                    checkpoint=best_record["checkpoint"])
   assert again["top_1_accuracy"] == best_record["top_1_accuracy"]
   assert eval_records.ResultsLog(model_dir).read() == results
+
+class _RecordingSGD(keras.optimizers.SGD):
+  """Plain SGD that also keeps the learning rate of its last update."""
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    self.applied_learning_rate = self.add_variable(
+        (), initializer=keras.initializers.Constant(-1.0),
+        name="applied_learning_rate")
+
+  def update_step(self, gradient, variable, learning_rate):
+    self.applied_learning_rate.assign(tf.cast(learning_rate, tf.float32))
+    super().update_step(gradient, variable, learning_rate)
+
+
+class _RecordingEMA(averaging.ExponentialMovingAverage):
+  """The real averages, keeping the `num_updates` of the last update."""
+
+  def __init__(self, model):
+    super().__init__(model)
+    self.num_updates = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+  def update(self, step):
+    self.num_updates.assign(tf.cast(step, tf.int64))
+    super().update(step)
+
+
+def _logged_learning_rates(log_dir):
+  rates = {}
+  for path in glob.glob(os.path.join(log_dir, "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == "learning_rate":
+          rates[event.step] = float(tf.make_ndarray(value.tensor))
+  return rates
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_one_step_counter_drives_schedule_ema_and_log(precision, tmp_path):
+  """The step, EMA num_updates, applied and logged rates agree every loop.
+
+  Under mixed_float16 the first step is forced to overflow (a loss scale of
+  2**60 makes the float16 gradients infinite): the LossScaleOptimizer skips
+  it, and none of the four may count it.
+  """
+  keras.mixed_precision.set_global_policy(precision)
+  keras.utils.set_random_seed(0)
+  # lr(s) = 0.01 * 0.5**s: a different rate at every step.
+  schedule = optim.WarmupDecaySchedule(peak_learning_rate=0.01,
+                                       warmup_steps=0, decay_steps=1,
+                                       decay_factor=0.5)
+  model = build_model("efficientnet-b0", 10, width_coefficient=0.1,
+                      depth_coefficient=0.1, image_size=32,
+                      dropout_rate=0.0, survival_prob=1.0)
+  inner = _RecordingSGD(schedule, name="recording_sgd")
+  optimizer = (keras.optimizers.LossScaleOptimizer(inner)
+               if precision == "mixed_float16" else inner)
+  optimizer.build(model.trainable_variables)
+  ema = _RecordingEMA(model)
+  strategy = tf.distribute.get_strategy()
+  rng = np.random.default_rng(0)
+  batch = (rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32),
+           rng.integers(0, 10, 4).astype(np.int32))
+  iterator = iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(batch).repeat()))
+  host_loop = host_loop_lib.build_host_loop(
+      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
+      global_batch_size=4, label_smoothing=0.1, weight_decay=1e-5,
+      jit_compile=False)
+  progress = progress_lib.LoopProgress(0, 10, 4, 100, schedule)
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  kernel = model.get_layer("stem_conv").kernel
+  skipping = precision == "mixed_float16"
+  if skipping:
+    optimizer.dynamic_scale.assign(2.0**60)
+  steps = []
+  with writer.as_default():
+    for loop_index in range(3):
+      before = kernel.numpy()
+      loss_sum, correct_sum, _, steps_run = host_loop(iterator, tf.constant(1))
+      assert int(steps_run) == 1
+      step = int(optimizer.iterations.numpy())
+      progress.log(step, 1, float(loss_sum), float(correct_sum), 1.0)
+      steps.append(step)
+      assert int(ema.num_updates.numpy()) == step
+      if skipping and loop_index == 0:
+        # Skipped: the scale halved, no update, the rate never applied.
+        assert float(optimizer.dynamic_scale.numpy()) == 2.0**59
+        np.testing.assert_array_equal(kernel.numpy(), before)
+        assert float(inner.applied_learning_rate.numpy()) == -1.0
+        optimizer.dynamic_scale.assign(2.0**8)
+      else:
+        assert not np.array_equal(kernel.numpy(), before)
+        np.testing.assert_allclose(float(inner.applied_learning_rate.numpy()),
+                                   0.01 * 0.5**(step - 1), rtol=1e-6)
+  writer.close()
+  assert steps == ([0, 1, 2] if skipping else [1, 2, 3])
+  logged = _logged_learning_rates(str(tmp_path))
+  assert sorted(logged) == sorted(set(steps))
+  for step in steps:
+    np.testing.assert_allclose(logged[step], 0.01 * 0.5**max(step - 1, 0),
+                               rtol=1e-6)

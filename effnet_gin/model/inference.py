@@ -19,6 +19,7 @@ The copy is only for inference: it has no training behaviour to speak of.
 import keras
 import numpy as np
 
+from effnet_gin.model import activations
 from effnet_gin.model import layers
 
 
@@ -27,7 +28,7 @@ def plain_swish(x):
   return x * keras.ops.sigmoid(x)
 
 
-_SWISHES = (layers.fused_swish, keras.activations.silu,
+_SWISHES = (activations.fused_swish, keras.activations.silu,
             keras.activations.swish)
 _TRAINING_ONLY = (layers.Dropout, layers.StochasticDepth,
                   keras.layers.Dropout)

@@ -12,12 +12,9 @@ Layers here are gin-free. Four are custom, each for a reason:
 * `InputNormalization` maps 0..255 RGB to the network's input scale in
   float32 even under a bfloat16 policy.
 
-The swish activation is `fused_swish`, whose forward and backward passes are
-each one XLA-fused elementwise kernel: on CPU the stock swish takes several
-passes over memory, and swish alone was about a third of the B0 train step
-(forward + backward of a [32, 112, 112, 96] tensor: 87 ms stock, 45 ms
-fused). The depthwise convolutions stay outside XLA, which handles them
-badly on CPU; on TPU the whole step is compiled anyway.
+The swish activation is `activations.fused_swish` (XLA-fused kernels; see
+activations.py). The depthwise convolutions stay outside XLA, which handles
+them badly on CPU; on TPU the whole step is compiled anyway.
 
 `squeeze_excite` and `mbconv_block` apply named Keras layers to a (symbolic)
 tensor, so the layers appear flat in the functional model with stable names
@@ -29,35 +26,12 @@ import keras
 import tensorflow as tf
 
 from effnet_gin.model import cross_replica
+from effnet_gin.model.activations import activation_function
+# Re-exported: `layers.fused_swish` was its home before activations.py.
+# pylint: disable-next=unused-import
+from effnet_gin.model.activations import fused_swish
 
 _PACKAGE = "effnet_gin"
-
-
-@tf.function(jit_compile=True)
-def _swish_forward(x):
-  return x * tf.sigmoid(x)
-
-
-@tf.function(jit_compile=True)
-def _swish_backward(x, upstream):
-  sigmoid = tf.sigmoid(x)
-  return upstream * (sigmoid * (1.0 + x * (1.0 - sigmoid)))
-
-
-@tf.custom_gradient
-def _fused_swish(x):
-  return _swish_forward(x), lambda upstream: _swish_backward(x, upstream)
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-def fused_swish(x):
-  """swish(x) = x * sigmoid(x), with XLA-fused forward and backward kernels."""
-  return _fused_swish(x)
-
-
-def activation_function(name: str):
-  """The activation for a spec's activation name ("swish" is fused)."""
-  return fused_swish if name == "swish" else name
 
 
 def conv_kernel_initializer() -> keras.initializers.Initializer:

@@ -11,17 +11,26 @@ import tensorflow as tf
 from effnet_gin.train import losses
 
 
-def build_host_loop(*, strategy, model, optimizer, ema, step,
+def build_host_loop(*, strategy, model, optimizer, ema,
                     global_batch_size, label_smoothing, weight_decay,
                     jit_compile, stop_request=None, log_every_steps=None):
   """Builds the compiled host loop that runs `num_steps` training steps.
 
+  One counter is the global step: `optimizer.iterations`, the number of
+  updates the optimizer applied. Keras evaluates a `LearningRateSchedule` at
+  it (before incrementing it), the EMA gets it as `num_updates` after each
+  update, and the trainer checkpoints it as `step`. Under mixed_float16 the
+  optimizer is a `LossScaleOptimizer`, which skips a step whose gradients are
+  not finite without applying the inner optimizer, so `iterations` does not
+  advance: a skipped step moves neither the schedule, nor the EMA's decay
+  ramp, nor the step count (the loop then runs one batch more).
+
   Args:
-    strategy: the strategy the model, optimizer, EMA and step live under.
+    strategy: the strategy the model, optimizer and EMA live under.
     model: the Keras model (logits out).
-    optimizer: a built Keras optimizer (slots created under the scope).
+    optimizer: a built Keras optimizer (slots created under the scope); its
+      `iterations` is the global step.
     ema: an `ExponentialMovingAverage`, or None.
-    step: the int64 global step variable, advanced once per step.
     global_batch_size: examples per step over all replicas.
     label_smoothing: label smoothing of the cross-entropy.
     weight_decay: L2 factor on non-batch-norm weights.
@@ -34,10 +43,12 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
   Returns:
     A `tf.function` `host_loop(iterator, num_steps)` over a distributed
     iterator of (images, labels) that returns the summed loss and the summed
-    count of correct top-1 predictions of the steps run, the first step
-    whose loss was not finite (-1 if none), and the number of steps run
-    (fewer than `num_steps` only when stopped).
+    count of correct top-1 predictions of the steps run, the global step
+    after the first step whose loss was not finite (-1 if none), and the
+    number of steps run (batches consumed; fewer than `num_steps` only when
+    stopped).
   """
+  step = optimizer.iterations
 
   def replica_step(images, labels):
     with tf.GradientTape() as tape:
@@ -54,10 +65,10 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
       # LossScaleOptimizer that unscales the gradients again.
       scaled_loss = optimizer.scale_loss(loss)
     grads = tape.gradient(scaled_loss, model.trainable_variables)
+    # Advances `step` unless a LossScaleOptimizer skips the update.
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     if ema is not None:
-      ema.update(step + 1)
-    step.assign_add(1)
+      ema.update(step)
     # Mixup's soft targets are scored by their argmax inside top_k_correct.
     correct = losses.top_k_correct(labels, logits, 1)
     return loss, correct
@@ -86,13 +97,13 @@ def build_host_loop(*, strategy, model, optimizer, ema, step,
       correct = strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
       bad = tf.logical_and(first_bad_step < 0,
                            tf.logical_not(tf.math.is_finite(loss)))
-      first_bad_step = tf.where(bad, step.read_value(), first_bad_step)
+      first_bad_step = tf.where(bad, step.value, first_bad_step)
       loss_sum += loss
       correct_sum += correct
       steps_run += 1
       stop = should_stop()
       if log_every_steps and step % log_every_steps == 0:
-        tf.print("in-loop progress: step", step.read_value(), "loss", loss,
+        tf.print("in-loop progress: step", step.value, "loss", loss,
                  output_stream=sys.stderr)
     return loss_sum, correct_sum, first_bad_step, steps_run
 

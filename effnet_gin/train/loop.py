@@ -169,7 +169,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
   # --- The compiled step and host loop ------------------------------------
   stop_request = preemption.StopRequest()
   host_loop = host_loop_lib.build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema, step=step,
+      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=train_batch_size, label_smoothing=label_smoothing,
       weight_decay=weight_decay, jit_compile=jit_compile,
       stop_request=stop_request, log_every_steps=log_every_steps)
@@ -212,7 +212,8 @@ def _build_model_and_optimizer(strategy, *, model_builder, schedule_builder,
   """Builds, under the strategy's scope, what the checkpoint holds.
 
   Returns:
-    (model, learning-rate schedule, built optimizer, global step variable).
+    (model, learning-rate schedule, built optimizer, global step: the
+    optimizer's `iterations`).
   """
   with strategy.scope():
     model = model_builder()
@@ -223,9 +224,8 @@ def _build_model_and_optimizer(strategy, *, model_builder, schedule_builder,
     # Keras 3 optimizers create their slots lazily; inside strategy.run that
     # fails, so build them here, under the strategy's scope.
     optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-  return model, learning_rate, optimizer, step
+  # The global step is the optimizer's own counter (see build_host_loop).
+  return model, learning_rate, optimizer, optimizer.iterations
 
 
 def _log_durations(schedule, mode, train_steps, num_train_images,

@@ -6,17 +6,14 @@ all-reduces (SUMS) the gradients over replicas in `apply_gradients`, and the
 loop reduces the reported loss with `ReduceOp.SUM`. Both functions are plain
 TensorFlow ops and compile under XLA.
 """
-import re
-
 import keras
 import tensorflow as tf
 
-# Layer segment of a batch-norm variable path, e.g. 'stem_bn',
-# 'block2a_expand_bn', 'batch_normalization_3', 'tpu_batch_normalization'
-# (the TF1 reference's names).
-_BATCH_NORM_LAYER = re.compile(
-    r"(^|_)(bn\d*|batch_?norm(alization)?)(_\d+)?$", re.IGNORECASE)
-_BATCH_NORM_PARAMETER = ("gamma", "beta")
+from effnet_gin.model import layers as model_layers
+
+# Layers whose parameters weight decay skips: effnet_gin's fused BatchNorm and
+# Keras's own (models from keras.applications, or built by hand).
+_BATCH_NORM_TYPES = (model_layers.BatchNorm, keras.layers.BatchNormalization)
 
 
 def classification_loss(labels, logits, *, global_batch_size,
@@ -91,54 +88,45 @@ def _num_classes(logits, num_classes):
   return int(num_classes)
 
 
-def _is_batch_norm_path(path):
-  """Whether a variable path names a batch-norm gamma or beta ('x_bn/gamma')."""
-  parts = re.split(r"[/.]", re.sub(r":\d+$", "", path))
-  if len(parts) < 2 or parts[-1] not in _BATCH_NORM_PARAMETER:
-    return False
-  return bool(_BATCH_NORM_LAYER.search(parts[-2]))
-
-
 def _batch_norm_variable_ids(model):
-  """Ids of the variables owned by Keras BatchNormalization layers."""
+  """Ids of the variables owned by batch-norm layers, nested ones included."""
   # Keras 3 has no public recursive layer walk; `_flatten_layers` is the one
   # Keras itself uses (summary, weights) and covers nested layers.
   # pylint: disable-next=protected-access
   layers = model._flatten_layers(include_self=True, recursive=True)
-  return {id(v) for layer in layers
-          if isinstance(layer, keras.layers.BatchNormalization)
+  return {id(v) for layer in layers if isinstance(layer, _BATCH_NORM_TYPES)
           for v in layer.weights}
 
 
-def regularized_variables(model_or_variables):
-  """Returns the trainable variables weight decay applies to.
+def regularized_variables(model):
+  """Returns the trainable variables weight decay applies to, in order.
 
-  Batch-norm parameters are excluded, as in the reference: a variable is
-  excluded when it belongs to a `keras.layers.BatchNormalization` layer
-  (only checkable when a model is given) or when its path matches
-  `*bn*/gamma` / `*bn*/beta` -- the layer segment being `bn`, ending in `_bn`
-  (`stem_bn`, `block2a_project_bn`, the names effnet_gin's own fused
-  `BatchNorm` layers get) or a batch-norm class name (`batch_normalization_3`).
+  As the reference (which decays every trainable variable whose name lacks
+  'batch_normalization'): all trainable variables except the parameters
+  (gamma, beta) of batch-norm layers -- convolution kernels, the dense kernel
+  and the biases (squeeze-excite, classifier) are decayed. Batch-norm layers
+  are found by type, `effnet_gin.model.layers.BatchNorm` or
+  `keras.layers.BatchNormalization`, at any depth of nesting and whatever
+  their names.
 
   Args:
-    model_or_variables: A Keras model/layer (its trainable variables are
-      used) or an iterable of variables.
+    model: A Keras model or layer.
 
   Returns:
     The list of variables to decay.
+
+  Raises:
+    TypeError: If `model` is not a Keras layer (a bare list of variables
+      does not say which of them belong to batch norm).
   """
-  if isinstance(model_or_variables, keras.layers.Layer):
-    variables = list(model_or_variables.trainable_variables)
-    excluded = _batch_norm_variable_ids(model_or_variables)
-  else:
-    variables = [v for v in model_or_variables if v.trainable]
-    excluded = set()
-  return [v for v in variables
-          if id(v) not in excluded
-          and not _is_batch_norm_path(getattr(v, "path", None) or v.name)]
+  if not isinstance(model, keras.layers.Layer):
+    raise TypeError("regularized_variables needs a Keras model or layer to "
+                    f"find its batch-norm layers, got {type(model).__name__}")
+  excluded = _batch_norm_variable_ids(model)
+  return [v for v in model.trainable_variables if id(v) not in excluded]
 
 
-def weight_decay_loss(model_or_variables, weight_decay=1e-5):
+def weight_decay_loss(model, weight_decay=1e-5):
   """L2 weight decay, weight_decay * sum(||w||^2 / 2), as a replica's share.
 
   Inside a replica context of a multi-replica strategy the term is divided by
@@ -148,8 +136,8 @@ def weight_decay_loss(model_or_variables, weight_decay=1e-5):
   replica, the full term is returned.
 
   Args:
-    model_or_variables: A Keras model/layer or an iterable of variables; see
-      `regularized_variables` for which ones are decayed.
+    model: A Keras model or layer; see `regularized_variables` for which of
+      its variables are decayed.
     weight_decay: Coefficient; the reference uses 1e-5.
 
   Returns:
@@ -157,10 +145,11 @@ def weight_decay_loss(model_or_variables, weight_decay=1e-5):
 
   Raises:
     ValueError: If `weight_decay` is negative.
+    TypeError: If `model` is not a Keras layer.
   """
   if weight_decay < 0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-  variables = regularized_variables(model_or_variables)
+  variables = regularized_variables(model)
   if not weight_decay or not variables:
     return tf.constant(0.0, tf.float32)
   total = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])

@@ -21,9 +21,10 @@ What the training loop must do with them:
      `apply_gradients`.
   3. Scale the loss with `optimizer.scale_loss(loss)` before taking gradients
      (the identity unless the optimizer is a mixed_float16 loss-scale wrapper).
-  4. In the replica function, after `optimizer.apply_gradients`, call
-     `ema.update(step)` with the number of completed steps
-     (`optimizer.iterations` at that point).
+  4. Use `optimizer.iterations` as the global step (the schedule is
+     evaluated at it; a mixed_float16 `LossScaleOptimizer` leaves it alone on
+     a skipped step) and, in the replica function after
+     `optimizer.apply_gradients`, call `ema.update(optimizer.iterations)`.
   5. Evaluate and export with the averages: `ema.averaged_weights()` around
      in-process evaluation, `ema.copy_to_model()` in evaluators/exporters.
 """

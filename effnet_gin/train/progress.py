@@ -6,7 +6,14 @@ import tensorflow as tf
 
 
 class LoopProgress:
-  """The console line and TensorBoard scalars written after each loop."""
+  """The console line and TensorBoard scalars written after each loop.
+
+  `current` is the global step, `optimizer.iterations`: the number of
+  updates applied (see `loop.build_host_loop`). The learning rate logged at
+  step `current` is `learning_rate(current - 1)`, the rate the optimizer
+  applied in its last update (Keras evaluates the schedule at `iterations`
+  before incrementing it); before any update, the rate of the first one.
+  """
 
   def __init__(self, start_step, train_steps, global_batch_size,
                steps_per_epoch, learning_rate):
@@ -25,7 +32,7 @@ class LoopProgress:
     """
     loss = loss_sum / num_steps
     images_per_sec = num_steps * self._batch / elapsed
-    lr = float(self._learning_rate(current - 1))
+    lr = float(self._learning_rate(max(current - 1, 0)))
     tf.summary.scalar("loss", loss, step=current)
     tf.summary.scalar("learning_rate", lr, step=current)
     tf.summary.scalar("epoch", current / self._steps_per_epoch, step=current)
@@ -33,11 +40,12 @@ class LoopProgress:
                       step=current)
     tf.summary.scalar("images_per_sec", images_per_sec, step=current)
     tf.summary.scalar("step_time_sec", elapsed / num_steps, step=current)
-    eta = ((time.time() - self._start_time) / (current - self._start_step)
-           * (self._train_steps - current))
+    # No update yet (mixed_float16 may skip the first steps): no ETA.
+    eta = "?" if current == self._start_step else format_seconds(
+        (time.time() - self._start_time) / (current - self._start_step)
+        * (self._train_steps - current))
     logging.info("step %d/%d  loss %.4f  lr %.5f  %.1f images/sec  ETA %s",
-                 current, self._train_steps, loss, lr, images_per_sec,
-                 format_seconds(eta))
+                 current, self._train_steps, loss, lr, images_per_sec, eta)
     return loss
 
 
