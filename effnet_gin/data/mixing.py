@@ -52,12 +52,8 @@ def _box_masks(height, width, box_h, box_w, seed):
 def cutmix(images, labels, num_classes, alpha, seed):
   """CutMix of each example with its mirror in the batch.
 
-  Args:
-    images: float32 [b, H, W, 3].
-    labels: int32 [b], 0-based class ids.
-    num_classes: int.
-    alpha: float > 0, Beta distribution parameter.
-    seed: [2] stateless random seed.
+  Args: as `augment.mixup`'s (images float32 [b, H, W, 3], 0-based int32
+  labels [b], num_classes, Beta parameter alpha > 0, [2] stateless seed).
 
   Returns:
     (images float32 [b, H, W, 3], soft labels float32 [b, num_classes] that

@@ -81,18 +81,14 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
                        f"{_SCHEDULE_KINDS}.")
     if warmup_steps < 0:
       raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}.")
-    if kind == "exponential" and not (decay_steps and decay_steps > 0):
-      raise ValueError("Exponential decay needs decay_steps > 0, got "
-                       f"{decay_steps!r}.")
-    if kind == "exponential" and not (decay_factor and decay_factor > 0):
-      raise ValueError("Exponential decay needs decay_factor > 0, got "
-                       f"{decay_factor!r}.")
-    if kind == "cosine" and not (train_steps and train_steps > 0):
-      raise ValueError("Cosine decay needs train_steps > 0, got "
-                       f"{train_steps!r}.")
-    if kind == "polynomial" and not (train_steps and train_steps > 0):
-      raise ValueError("Polynomial decay needs train_steps > 0, got "
-                       f"{train_steps!r}.")
+    needed = {"exponential": dict(decay_steps=decay_steps,
+                                  decay_factor=decay_factor),
+              "cosine": dict(train_steps=train_steps),
+              "polynomial": dict(train_steps=train_steps)}.get(kind, {})
+    for name, value in needed.items():
+      if not (value and value > 0):
+        raise ValueError(f"{kind.capitalize()} decay needs {name} > 0, got "
+                         f"{value!r}.")
     self.peak_learning_rate = float(peak_learning_rate)
     self.warmup_steps = int(warmup_steps)
     self.kind = kind

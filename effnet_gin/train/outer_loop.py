@@ -4,8 +4,10 @@ After each host loop: the console line and TensorBoard scalars, the NaN
 check, the operative config (after the first), checkpoints, in-process
 evaluations, and the stop on SIGTERM.
 """
+import dataclasses
 import math
 import time
+from typing import Any, Callable, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -17,19 +19,29 @@ class NonFiniteLossError(FloatingPointError):
   """Raised when the training loss becomes NaN or Inf."""
 
 
+@dataclasses.dataclass(frozen=True)
 class OuterLoop:
-  """The Python loop around the host loop: log, checkpoint, evaluate, stop."""
+  """The Python loop around the host loop: log, checkpoint, evaluate, stop.
 
-  def __init__(self, *, host_loop, iterator, step, manager, progress,
-               model_dir, chief, operative_config_text):
-    self._host_loop = host_loop
-    self._iterator = iterator
-    self._step = step
-    self._manager = manager
-    self._progress = progress
-    self._model_dir = model_dir
-    self._chief = chief
-    self._operative_config_text = operative_config_text
+  Attributes:
+    host_loop: `host_loop.build_host_loop`'s function.
+    iterator: the distributed training iterator it reads.
+    step: the global step variable (the optimizer's iterations).
+    manager: the `checkpointing.Manager` that saves the run.
+    progress: the `progress.LoopProgress` that logs each loop.
+    model_dir: the run's directory.
+    chief: whether this process writes summaries and configs.
+    operative_config_text: zero-argument callable giving the operative
+      config to record after the first loop, or None.
+  """
+  host_loop: Callable
+  iterator: Any
+  step: Any
+  manager: Any
+  progress: Any
+  model_dir: str
+  chief: bool
+  operative_config_text: Optional[Callable[[], str]]
 
   def run(self, *, start_step, train_steps, steps_per_loop, checkpoint_every,
           steps_per_eval, evaluate_at, resumed, stop_request):
@@ -54,9 +66,9 @@ class OuterLoop:
       None).
     """
     saved_step = start_step if resumed else None
-    summaries_dir = run_dir.path(self._model_dir, run_dir.TRAIN_SUMMARIES_DIR)
+    summaries_dir = run_dir.path(self.model_dir, run_dir.TRAIN_SUMMARIES_DIR)
     writer = (tf.summary.create_file_writer(summaries_dir)
-              if self._chief else tf.summary.create_noop_writer())
+              if self.chief else tf.summary.create_noop_writer())
     last_loss, last_eval = None, None
     next_checkpoint = next_multiple(start_step, checkpoint_every)
     next_eval = next_multiple(start_step, steps_per_eval)
@@ -73,20 +85,20 @@ class OuterLoop:
         # agreed on the step (see preemption), so all of them take this path.
         if steps_run < num_steps:
           if saved_step != current:
-            self._manager.save(current)
+            self.manager.save(current)
           logging.warning("Stopped by SIGTERM at step %d; rerun with the "
                           "same model_dir to resume", current)
           return dict(start_step=start_step, step=current, loss=last_loss,
                       preempted=True, eval=last_eval)
         if current >= next_checkpoint or current >= train_steps:
-          self._manager.save(current)
+          self.manager.save(current)
           saved_step = current
           next_checkpoint = next_multiple(current, checkpoint_every)
         if evaluate_at and (current >= next_eval or current >= train_steps):
           if saved_step != current:  # A result names a checkpoint that exists.
-            self._manager.save(current)
+            self.manager.save(current)
             saved_step = current
-          last_eval = evaluate_at(current, self._manager.checkpoint)
+          last_eval = evaluate_at(current, self.manager.checkpoint)
           next_eval = next_multiple(current, steps_per_eval)
         writer.flush()
     return dict(start_step=start_step, step=current, loss=last_loss,
@@ -102,29 +114,29 @@ class OuterLoop:
       NonFiniteLossError: when a step's loss was not finite.
     """
     loop_start = time.time()
-    loss_sum, correct_sum, first_bad, steps_run = self._host_loop(
-        self._iterator, tf.constant(num_steps, tf.int32))
+    loss_sum, correct_sum, first_bad, steps_run = self.host_loop(
+        self.iterator, tf.constant(num_steps, tf.int32))
     loss_sum, steps_run = float(loss_sum), int(steps_run)
     elapsed = time.time() - loop_start
     if int(first_bad) >= 0 or not math.isfinite(loss_sum):
       raise NonFiniteLossError(
           f"training loss became {loss_sum} at step {int(first_bad)} "
           f"(loop of steps {current + 1}–{current + steps_run}); the last "
-          f"checkpoint in {self._model_dir} ({self._manager.latest}) is "
+          f"checkpoint in {self.model_dir} ({self.manager.latest}) is "
           "intact")
-    reached = int(self._step.numpy())
+    reached = int(self.step.numpy())
     loss = None
     if steps_run:
-      loss = self._progress.log(reached, steps_run, loss_sum,
+      loss = self.progress.log(reached, steps_run, loss_sum,
                                 float(correct_sum), elapsed)
     return reached, steps_run, loss
 
   def _write_operative_config(self, current):
     """Records the configuration the run used, once it is complete."""
-    if not self._chief or self._operative_config_text is None:
+    if not self.chief or self.operative_config_text is None:
       return
-    operative = self._operative_config_text()
-    run_dir.write_text(self._model_dir, run_dir.OPERATIVE_CONFIG_FILE,
+    operative = self.operative_config_text()
+    run_dir.write_text(self.model_dir, run_dir.OPERATIVE_CONFIG_FILE,
                        operative)
     tf.summary.text("operative_config", markdown_code(operative),
                     step=current)
