@@ -9,8 +9,9 @@ Registered names (each also reachable with its module prefix, e.g.
   model:  build_model
   data:   build_dataset, Preprocessing (crop and resize settings, read by
           build_dataset and export alike) and the sources TFRecordSource,
-          FakeSource, SyntheticSource, TFDSSource, ImageFolderSource,
-          BigtableSource
+          RandomNoiseSource, LearnableShapesSource, TFDSSource,
+          ImageFolderSource, BigtableSource (FakeSource and SyntheticSource:
+          their deprecated old names)
   train:  build_strategy, build_schedule, build_optimizer,
           ExponentialMovingAverage, train, evaluate, export
 """

@@ -20,8 +20,8 @@ from effnet_gin.data import synthetic
 from effnet_gin.data import tfrecord_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKE_SOURCE_BINDING = (
-    "effnet_gin.data.build_dataset.source = @effnet_gin.data.FakeSource()")
+NOISE_SOURCE_BINDING = ("effnet_gin.data.build_dataset.source = "
+                        "@effnet_gin.data.RandomNoiseSource()")
 
 
 def selected_source():
@@ -116,9 +116,9 @@ def test_data_dir_sets_the_tfrecord_source_directory():
 
 def test_data_dir_selects_tfrecords_even_when_a_file_named_another_source(
     tmp_path):
-  fake = write_gin(tmp_path / "fake.gin", FAKE_SOURCE_BINDING)
+  fake = write_gin(tmp_path / "fake.gin", NOISE_SOURCE_BINDING)
   cli.configure(["demo.gin", fake])
-  assert selected_source() is synthetic.FakeSource  # Later files win...
+  assert selected_source() is synthetic.RandomNoiseSource  # Later files win...
   gin.clear_config()
   cli.configure(["demo.gin", fake], data_dir="/data/imagenet")
   assert selected_source() is tfrecord_source.TFRecordSource  # ...flags more.
@@ -201,10 +201,10 @@ def test_gin_params_win_over_shortcut_flags():
 
 
 def test_a_gin_param_source_overrides_bigtable_instance():
-  # Why the Bigtable end-to-end test must drop the tiny FakeSource bindings.
+  # Why the Bigtable end-to-end test drops the tiny RandomNoiseSource bindings.
   cli.configure(["demo.gin"], bigtable_project="p", bigtable_instance="i",
-                gin_params=[FAKE_SOURCE_BINDING])
-  assert selected_source() is synthetic.FakeSource
+                gin_params=[NOISE_SOURCE_BINDING])
+  assert selected_source() is synthetic.RandomNoiseSource
 
 
 def test_later_gin_params_win_over_earlier_ones():

@@ -137,8 +137,8 @@ def test_write_tfrecord_shards_checks_shard_count(tmp_path):
     tfrecord_source.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)
 
 
-@pytest.mark.parametrize('source_class', [data.FakeSource,
-                                          data.SyntheticSource])
+@pytest.mark.parametrize('source_class', [data.RandomNoiseSource,
+                                          data.LearnableShapesSource])
 def test_generated_sources(source_class):
   source = source_class(num_train=10, num_eval=7, num_classes=5,
                         image_size=12)
@@ -158,9 +158,55 @@ def test_generated_sources(source_class):
   np.testing.assert_array_equal(again[0]['image'], example['image'])
 
 
+@pytest.mark.parametrize('old_name, new_class', [
+    ('FakeSource', data.RandomNoiseSource),
+    ('effnet_gin.data.FakeSource', data.RandomNoiseSource),
+    ('SyntheticSource', data.LearnableShapesSource),
+    ('effnet_gin.data.SyntheticSource', data.LearnableShapesSource)])
+def test_old_gin_names_build_the_renamed_sources_and_warn(
+    old_name, new_class, monkeypatch, caplog):
+  monkeypatch.setattr(synthetic, '_WARNED_ALIASES', set())
+  gin.clear_config()
+  try:
+    gin.parse_config(f"""
+        {old_name}.num_train = 6
+        {old_name}.num_eval = 3
+        {old_name}.num_classes = 4
+        {old_name}.image_size = 10
+        effnet_gin.data.build_dataset.source = @{old_name}()
+    """)
+    build_source = gin.query_parameter(
+        'effnet_gin.data.build_dataset.source').scoped_configurable_fn
+    with caplog.at_level('WARNING'):
+      source = build_source()
+      build_source()
+  finally:
+    gin.clear_config()
+  assert isinstance(source, new_class)
+  assert source.kind == new_class.kind
+  short_name = old_name.rsplit('.', 1)[-1]
+  warnings = [r.getMessage() for r in caplog.records
+              if short_name in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert 'deprecated' in warnings[0] and new_class.__name__ in warnings[0]
+  examples = list(source.examples('train', is_training=False))
+  assert len(examples) == 6
+  assert examples[0]['image'].shape == (10, 10, 3)
+  assert all(0 <= int(e['label']) < 4 for e in examples)
+
+
+def test_old_gin_names_still_reject_unknown_parameters():
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match='num_trian'):
+      gin.parse_config('effnet_gin.data.FakeSource.num_trian = 6')
+  finally:
+    gin.clear_config()
+
+
 def test_learnable_kind_is_limited_to_64_classes():
   with pytest.raises(ValueError, match='num_classes=65'):
-    data.SyntheticSource(num_classes=65)
+    data.LearnableShapesSource(num_classes=65)
 
 
 def test_write_fake_imagenet_writes_real_jpegs(tmp_path):

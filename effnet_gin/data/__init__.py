@@ -31,6 +31,8 @@ from effnet_gin.data.sources import parse_imagenet_example
 from effnet_gin.data.sources import serialize_imagenet_example
 from effnet_gin.data.sources import Source
 from effnet_gin.data.synthetic import FakeSource
+from effnet_gin.data.synthetic import LearnableShapesSource
+from effnet_gin.data.synthetic import RandomNoiseSource
 from effnet_gin.data.synthetic import SyntheticSource
 from effnet_gin.data.synthetic import write_fake_imagenet
 from effnet_gin.data.tfds_source import TFDSSource

@@ -271,7 +271,7 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     global_batch_size: examples per step over all replicas; each batch holds
       `input_context.get_per_replica_batch_size(global_batch_size)`.
     image_size: output resolution S.
-    source: a `Source` (TFRecordSource, FakeSource, TFDSSource, ...).
+    source: a `Source` (TFRecordSource, RandomNoiseSource, TFDSSource, ...).
     num_classes: labels must be in [0, num_classes).
     augment: None, 'autoaugment' (policy v0) or 'randaugment' (train only).
     randaugment_layers: ops per image for RandAugment.

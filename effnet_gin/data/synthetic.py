@@ -1,9 +1,9 @@
 """Generated datasets: random noise ("fake ImageNet") and a learnable task.
 
 Images are drawn with TensorFlow ops from stateless seeds, so example i of a
-split is the same every time, in-graph (`FakeSource`, `SyntheticSource`) or
-written to JPEG TFRecords (`write_fake_imagenet`, used by
-`bin/make_fake_imagenet`).
+split is the same every time, in-graph (`RandomNoiseSource`,
+`LearnableShapesSource`) or written to JPEG TFRecords (`write_fake_imagenet`,
+used by `bin/make_fake_imagenet`).
 
 The learnable task: class c is a coloured shape, shape c % 8 (disk, square,
 triangle, ring, plus, diamond, bar, frame) in colour (c + c // 8) % 8 of a
@@ -12,8 +12,10 @@ fixed palette, so no single cue separates all classes once there are more than
 per image. A small EfficientNet reaches high accuracy on it within minutes on
 a CPU. At most 64 classes (8 shapes x 8 colours).
 """
+import functools
 import math
 
+from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
@@ -180,10 +182,11 @@ class _GeneratedSource(sources.Source):
 
 
 @gin.configurable(module='effnet_gin.data')
-class FakeSource(_GeneratedSource):
+class RandomNoiseSource(_GeneratedSource):
   """Random-noise images with random labels, generated in-graph, no files.
 
   Like the reference's fake_imagenet: for smoke runs and throughput tests.
+  `write_fake_imagenet(kind='random')` writes the same images as TFRecords.
   """
 
   kind = 'random'
@@ -196,8 +199,11 @@ class FakeSource(_GeneratedSource):
 
 
 @gin.configurable(module='effnet_gin.data')
-class SyntheticSource(_GeneratedSource):
-  """The learnable coloured-shapes task, generated in-graph, no files."""
+class LearnableShapesSource(_GeneratedSource):
+  """The learnable coloured-shapes task, generated in-graph, no files.
+
+  `write_fake_imagenet(kind='learnable')` writes the same images as TFRecords.
+  """
 
   kind = 'learnable'
 
@@ -206,6 +212,42 @@ class SyntheticSource(_GeneratedSource):
     """Args: split sizes, classes (<= 64), square image side, dataset seed."""
     super().__init__(num_train=num_train, num_eval=num_eval,
                      num_classes=num_classes, image_size=image_size, seed=seed)
+
+
+# Old names kept for one release, so .gin files and --gin_param bindings that
+# name them still run; each warns once per process when it is built.
+_WARNED_ALIASES = set()
+
+
+def _deprecated_init(new_class, old_name):
+  """An `__init__` for the alias `old_name` of `new_class` that warns once.
+
+  It wraps `new_class.__init__`, so gin still checks bound parameter names
+  against the new class's signature.
+  """
+  @functools.wraps(new_class.__init__)
+  def __init__(self, **kwargs):
+    if old_name not in _WARNED_ALIASES:
+      _WARNED_ALIASES.add(old_name)
+      logging.warning('%s is deprecated and will be removed in the next '
+                      'release; use %s (gin: effnet_gin.data.%s) instead.',
+                      old_name, new_class.__name__, new_class.__name__)
+    new_class.__init__(self, **kwargs)
+  return __init__
+
+
+@gin.configurable(module='effnet_gin.data')
+class FakeSource(RandomNoiseSource):
+  """Deprecated name of `RandomNoiseSource`."""
+
+  __init__ = _deprecated_init(RandomNoiseSource, 'FakeSource')
+
+
+@gin.configurable(module='effnet_gin.data')
+class SyntheticSource(LearnableShapesSource):
+  """Deprecated name of `LearnableShapesSource`."""
+
+  __init__ = _deprecated_init(LearnableShapesSource, 'SyntheticSource')
 
 
 def _encoded_examples(split, num_examples, *, kind, num_classes, height,
