@@ -158,13 +158,6 @@ def test_corrupt_jpeg_raises():
         tf.constant(jpeg[:len(jpeg) // 3] + b'\0' * 20), SIZE, [0, 0])
 
 
-def test_normalize_uses_imagenet_mean_and_std():
-  mean = tf.constant(preprocessing.MEAN_RGB)[tf.newaxis, tf.newaxis]
-  np.testing.assert_allclose(preprocessing.normalize(mean), 0.0, atol=1e-6)
-  np.testing.assert_allclose(
-      preprocessing.normalize(mean + preprocessing.STDDEV_RGB), 1.0, atol=1e-6)
-
-
 # ---------------------------------------------------------------------------
 # The Preprocessing knobs.
 # ---------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from effnet_gin.data.bigtable import BigtableSource
 from effnet_gin.data.image_folder import ImageFolderSource
 from effnet_gin.data.pipeline import build_dataset
 from effnet_gin.data.pipeline import num_eval_steps
-from effnet_gin.data.preprocessing import normalize
 from effnet_gin.data.preprocessing import preprocess_for_eval
 from effnet_gin.data.preprocessing import preprocess_for_train
 from effnet_gin.data.preprocessing import Preprocessing
