@@ -20,10 +20,10 @@ from google.cloud import bigtable as bigtable_admin
 import pytest
 import tensorflow as tf
 
-from effnet_gin.data import bigtable
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import bigtable
+from effnet_gin.data.sources import tfrecord
 
 # The client announces the emulator once per client it creates.
 pytestmark = pytest.mark.filterwarnings(
@@ -63,7 +63,7 @@ def loaded(bigtable_emulator, data_dir):  # noqa: F811
 
 @pytest.fixture(scope='module')
 def tfrecord_examples(data_dir):
-  source = tfrecord_source.TFRecordSource(data_dir)
+  source = tfrecord.TFRecordSource(data_dir)
   return {split: as_multiset(source.examples(split, is_training=False))
           for split in ('train', 'eval')}
 

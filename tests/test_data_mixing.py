@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.data import RandomNoiseSource
-from effnet_gin.data import mixing
+from effnet_gin.data.augment import mixing
 
 
 def _batch(size=6, pixels=16):

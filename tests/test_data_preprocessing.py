@@ -5,13 +5,13 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.data import preprocessing
-from effnet_gin.data import synthetic
+from effnet_gin.data.sources import generated
 
 SIZE = 24
 
 
 def _pixels(height=30, width=44, seed=0):
-  return synthetic.learnable_image(tf.constant(seed % 10),
+  return generated.learnable_image(tf.constant(seed % 10),
                                    tf.constant([seed, 1], tf.int64),
                                    height, width)
 

@@ -7,10 +7,12 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin import data
-from effnet_gin.data import image_folder
 from effnet_gin.data import sources
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import generated
+from effnet_gin.data.sources import tfrecord
+from effnet_gin.data.writers import fake_imagenet
+from effnet_gin.data.writers import images_to_tfrecords
+from effnet_gin.data.writers import tfrecord_shards
 from tests import data_helpers
 
 
@@ -32,8 +34,7 @@ def test_tfrecord_source_shifts_labels_to_zero_based(imagenet_dir):
   assert [int(e['label']) for e in examples] == imagenet_dir['eval_labels']
   assert examples[0]['image'].dtype == tf.string
   assert examples[0]['label'].dtype == tf.int32
-  raw = tfrecord_source.TFRecordSource(imagenet_dir['data_dir'],
-                                       label_offset=0)
+  raw = tfrecord.TFRecordSource(imagenet_dir['data_dir'], label_offset=0)
   assert _labels(raw.examples('eval', is_training=False)) == [
       label + 1 for label in imagenet_dir['eval_labels']]
 
@@ -123,18 +124,18 @@ def test_truncated_tfrecord_count_names_the_file(tmp_path, imagenet_dir):
   with open(path, 'wb') as f:
     f.write(content[:-30])
   with pytest.raises(tf.errors.DataLossError, match='validation-00000-of'):
-    tfrecord_source.count_records(path)
+    tfrecord.count_records(path)
 
 
 def test_count_records_of_a_missing_file_names_it(tmp_path):
   path = str(tmp_path / 'validation-00000-of-00001')
   with pytest.raises(FileNotFoundError, match='validation-00000-of-00001'):
-    tfrecord_source.count_records(path)
+    tfrecord.count_records(path)
 
 
 def test_write_tfrecord_shards_checks_shard_count(tmp_path):
   with pytest.raises(ValueError, match='num_shards'):
-    tfrecord_source.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)
+    tfrecord_shards.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)
 
 
 @pytest.mark.parametrize('source_class', [data.RandomNoiseSource,
@@ -165,7 +166,7 @@ def test_generated_sources(source_class):
     ('effnet_gin.data.SyntheticSource', data.LearnableShapesSource)])
 def test_old_gin_names_build_the_renamed_sources_and_warn(
     old_name, new_class, monkeypatch, caplog):
-  monkeypatch.setattr(synthetic, '_WARNED_ALIASES', set())
+  monkeypatch.setattr(generated, '_WARNED_ALIASES', set())
   gin.clear_config()
   try:
     gin.parse_config(f"""
@@ -210,7 +211,7 @@ def test_learnable_kind_is_limited_to_64_classes():
 
 
 def test_write_fake_imagenet_writes_real_jpegs(tmp_path):
-  info = synthetic.write_fake_imagenet(
+  info = fake_imagenet.write_fake_imagenet(
       str(tmp_path), num_train=6, num_eval=4, num_classes=3, image_size=20,
       image_width=30, train_shards=2, eval_shards=1, kind='random')
   assert [os.path.basename(p) for p in info['eval_files']] == [
@@ -259,10 +260,10 @@ def test_convert_image_folder(tmp_path):
   _write_image_folder(tmp_path / 'train', ['b', 'a'], 4)
   _write_image_folder(tmp_path / 'val', ['a'], 2)
   out = tmp_path / 'records'
-  image_folder.convert_image_folder(str(tmp_path / 'train'), str(out),
-                                    num_shards=2)
-  image_folder.convert_image_folder(str(tmp_path / 'val'), str(out),
-                                    num_shards=1, prefix='validation')
+  images_to_tfrecords.convert_image_folder(
+      str(tmp_path / 'train'), str(out), num_shards=2)
+  images_to_tfrecords.convert_image_folder(
+      str(tmp_path / 'val'), str(out), num_shards=1, prefix='validation')
   assert (out / 'labels.txt').read_text() == 'a\nb\n'
   source = data.TFRecordSource(str(out))
   assert sorted(_labels(source.examples('train', is_training=False))) == [
@@ -270,8 +271,8 @@ def test_convert_image_folder(tmp_path):
   assert _labels(source.examples('eval', is_training=False)) == [0, 0]
   _write_image_folder(tmp_path / 'other', ['c'], 1)
   with pytest.raises(ValueError, match=r"\['c'\]"):
-    image_folder.convert_image_folder(str(tmp_path / 'other'), str(out),
-                                      num_shards=1, prefix='validation')
+    images_to_tfrecords.convert_image_folder(
+        str(tmp_path / 'other'), str(out), num_shards=1, prefix='validation')
 
 
 def test_tfds_source_reads_a_prepared_dataset(tmp_path):

@@ -3,7 +3,7 @@
 The table layout is the reference one: one serialized ImageNet tf.Example per
 row, in column family `tfexample`, qualifier `example`, under row keys made of
 a split prefix and a zero-filled index (`train_0000003892`,
-`validation_0000000017`); `bigtable_loader` writes such tables.
+`validation_0000000017`); `writers.tfrecords_to_bigtable` writes such tables.
 
 Reading. Every input pipeline cuts the split's key range into the same list of
 index ranges (the first and last keys of the prefix are looked up, so every
@@ -34,7 +34,8 @@ from google.cloud.bigtable.data import row_filters
 import gin
 import tensorflow as tf
 
-from effnet_gin.data import sources
+from effnet_gin.data.sources import imagenet_example
+from effnet_gin.data.sources import protocol
 
 EMULATOR_ENV = 'BIGTABLE_EMULATOR_HOST'
 INDEX_DIGITS = 10
@@ -242,7 +243,7 @@ def read_range(table, start, end, *, row_filter, attempt_timeout, max_retries,
 
 
 @gin.configurable(module='effnet_gin.data')
-class BigtableSource(sources.Source):
+class BigtableSource(protocol.Source):
   """ImageNet tf.Examples stored one per row in a Cloud Bigtable table."""
 
   def __init__(self, project=gin.REQUIRED, instance=gin.REQUIRED, *,
@@ -316,7 +317,7 @@ class BigtableSource(sources.Source):
       ValueError: the table does not exist, the prefix has no rows, or keys
         are not prefix + zero-filled index while several pipelines read.
     """
-    sources.check_split(split)
+    protocol.check_split(split)
     prefix = self.prefixes[split]
     start, end = prefix.encode(), prefix_end(prefix.encode())
     wanted = (num_input_pipelines * self.num_parallel_scans
@@ -340,7 +341,7 @@ class BigtableSource(sources.Source):
             f'Row keys of {self.table_ref.describe()} such as {first!r} are '
             f'not {prefix!r} + a zero-filled index, so '
             f'{num_input_pipelines} input pipelines cannot agree on disjoint '
-            'key ranges; rewrite the table with bigtable_loader')
+            'key ranges; rewrite the table with bin/tfrecords_to_bigtable')
       # One pipeline may split on the table's sample keys; they vary between
       # calls, so pipelines could not share them.
       samples = sorted({key for key, _ in table.sample_row_keys(
@@ -350,7 +351,7 @@ class BigtableSource(sources.Source):
 
   def pipeline_ranges(self, split, input_context=None):
     """The key ranges this input pipeline reads (round-robin assignment)."""
-    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     return self.key_ranges(split, num_pipelines)[pipeline_id::num_pipelines]
 
   # Reading.
@@ -364,7 +365,7 @@ class BigtableSource(sources.Source):
     """
     ranges = self.pipeline_ranges(split, input_context)
     if not ranges and is_training:
-      num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+      num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
       raise ValueError(
           f'Input pipeline {pipeline_id} of {num_pipelines} has no '
           f'{split!r} rows in {self.table_ref.describe()}: fewer rows than '
@@ -380,7 +381,7 @@ class BigtableSource(sources.Source):
         num_parallel_calls=self.num_parallel_scans,
         deterministic=not is_training)
     return dataset.map(
-        functools.partial(sources.parse_imagenet_example,
+        functools.partial(imagenet_example.parse_imagenet_example,
                           label_offset=self.label_offset),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=not is_training)
 
@@ -421,7 +422,7 @@ class BigtableSource(sources.Source):
     Like `TFRecordSource`, the training split is not counted: a keys-only
     scan of ImageNet's 1.28M training rows is not cheap.
     """
-    sources.check_split(split)
+    protocol.check_split(split)
     if split == 'train':
       return None
     return sum(self.examples_per_pipeline(split, 1))

@@ -24,8 +24,8 @@ from google.cloud.bigtable import column_family as column_family_lib
 from google.cloud.bigtable_admin_v2.types import Table
 import tensorflow as tf
 
-from effnet_gin.data import bigtable
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import bigtable
+from effnet_gin.data.sources import tfrecord
 
 _MAX_MUTATIONS_PER_REQUEST = 100_000
 # Every run writes the same cell timestamp, so rewriting a row replaces its
@@ -142,13 +142,13 @@ def _records_after(paths, skip):
   for path in paths:
     if skip:
       # Whole files already loaded are counted in C++, not read in Python.
-      num_records = tfrecord_source.count_records(path)
+      num_records = tfrecord.count_records(path)
       if skip >= num_records:
         skip -= num_records
         continue
     records = tf.data.TFRecordDataset(path).skip(skip)
     skip = 0
-    with tfrecord_source.naming_corrupt_file(path):
+    with tfrecord.naming_corrupt_file(path):
       yield from records.as_numpy_iterator()
 
 
