@@ -11,8 +11,10 @@ gin-configurable as `effnet_gin.data.<ClassName>`:
                    LearnableShapesSource
 
 imagenet_example.py parses (and, for the writers, serializes) the ImageNet
-tf.Example that TFRecord files and Bigtable rows hold. A new reader is a new
-module here with one `Source` subclass, exported from
+tf.Example that TFRecord files and Bigtable rows hold; bigtable_rows.py is the
+Bigtable row layout and scans that BigtableSource and the loader share.
+
+A new reader is a new module here with one `Source` subclass, exported from
 `effnet_gin/data/__init__.py` and listed in `effnet_gin/cli.py`'s
 `_source_classes`.
 """
