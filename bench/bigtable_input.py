@@ -2,8 +2,8 @@
 
 Writes --num_images ImageNet-sized JPEGs (500x375, ~110 KB each, like
 ImageNet's average) as TFRecords, starts the Cloud Bigtable emulator on a
-loopback port, loads the records into it with `bigtable_loader`, and then, in
-alternating rounds in one run, prints images/sec of
+loopback port, loads the records into it with `tfrecords_to_bigtable`, and
+then, in alternating rounds in one run, prints images/sec of
 
   * raw reading: `source.examples('train')` (encoded examples, no decoding);
   * `build_dataset(split='train')`: reading + decode/crop/resize/flip + batch;
@@ -25,10 +25,10 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from effnet_gin.data import bigtable_loader
 from effnet_gin.data import pipeline
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import tfrecord
+from effnet_gin.data.writers import fake_imagenet
+from effnet_gin.data.writers import tfrecords_to_bigtable
 
 # The emulator launcher is shared with the tests.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
@@ -73,7 +73,7 @@ def main(argv):
       bigtable_emulator.BigtableEmulator(binary) as emulator, \
       bigtable_emulator.emulator_host(emulator.address):
     started = time.perf_counter()
-    synthetic.write_fake_imagenet(
+    fake_imagenet.write_fake_imagenet(
         data_dir, num_train=_NUM_IMAGES.value, num_eval=16, num_classes=1000,
         image_size=375, image_width=500, train_shards=16, eval_shards=1,
         kind='random', jpeg_quality=75)
@@ -82,7 +82,7 @@ def main(argv):
     print(f'wrote {_NUM_IMAGES.value} JPEGs ({megabytes:.0f} MB) in '
           f'{time.perf_counter() - started:.1f}s')
     started = time.perf_counter()
-    bigtable_loader.load_tfrecords_to_bigtable(
+    tfrecords_to_bigtable.load_tfrecords_to_bigtable(
         data_dir=data_dir, project=emulator.project,
         instance=emulator.instance, table='imagenet')
     print(f'loaded them into the emulator in '
@@ -91,7 +91,7 @@ def main(argv):
     sources = {
         'bigtable': emulator.source(
             table='imagenet', num_parallel_scans=_NUM_PARALLEL_SCANS.value),
-        'tfrecord': tfrecord_source.TFRecordSource(data_dir),
+        'tfrecord': tfrecord.TFRecordSource(data_dir),
     }
     candidates = {}
     for name, source in sources.items():

@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import tfrecord
+from effnet_gin.data.writers import fake_imagenet
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFRecord directory.',
                                 required=True)
@@ -87,11 +87,11 @@ def main(argv):
   data_dir = _DATA_DIR.value
   if not tf.io.gfile.glob(os.path.join(data_dir, 'train-*')):
     print(f'writing {_NUM_IMAGES.value} 500x375 JPEGs to {data_dir} ...')
-    synthetic.write_fake_imagenet(
+    fake_imagenet.write_fake_imagenet(
         data_dir, num_train=_NUM_IMAGES.value, num_eval=16, num_classes=64,
         image_size=375, image_width=500, train_shards=16, eval_shards=1,
         kind='learnable')
-  source = tfrecord_source.TFRecordSource(data_dir)
+  source = tfrecord.TFRecordSource(data_dir)
   size, batch = _IMAGE_SIZE.value, _BATCH_SIZE.value
   candidates = {
       'effnet_gin build_dataset': lambda: pipeline.build_dataset(

@@ -217,8 +217,9 @@ def _selected_source():
 
 def _source_classes():
   from effnet_gin import data  # pylint: disable=import-outside-toplevel
-  return (data.TFRecordSource, data.FakeSource, data.SyntheticSource,
-          data.TFDSSource, data.ImageFolderSource, data.BigtableSource)
+  return (data.TFRecordSource, data.RandomNoiseSource,
+          data.LearnableShapesSource, data.TFDSSource, data.ImageFolderSource,
+          data.BigtableSource)
 
 
 def _is_required(value):

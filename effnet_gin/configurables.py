@@ -15,8 +15,9 @@ Registered names (each also reachable with its module prefix, e.g.
   model:  build_model, variant_resolution
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
-          and the sources TFRecordSource, FakeSource, SyntheticSource,
-          TFDSSource, ImageFolderSource, BigtableSource
+          and the sources TFRecordSource, RandomNoiseSource,
+          LearnableShapesSource, TFDSSource, ImageFolderSource, BigtableSource
+          (FakeSource and SyntheticSource: their deprecated old names)
   train:  build_strategy, build_schedule, build_optimizer,
           ExponentialMovingAverage, steps_for_epochs, train, evaluate, export,
           export_lite
@@ -72,6 +73,10 @@ build_dataset = _data(data_lib.build_dataset, "build_dataset",
 randaugment_magnitude_for = _data(data_lib.randaugment_magnitude_for,
                                   "randaugment_magnitude_for")
 TFRecordSource = _data(data_lib.TFRecordSource, "TFRecordSource")
+RandomNoiseSource = _data(data_lib.RandomNoiseSource, "RandomNoiseSource")
+LearnableShapesSource = _data(data_lib.LearnableShapesSource,
+                              "LearnableShapesSource")
+# Deprecated names of the two above, kept for one release (they warn).
 FakeSource = _data(data_lib.FakeSource, "FakeSource")
 SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
 TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")

@@ -30,8 +30,8 @@ import time
 
 import pytest
 
-from effnet_gin.data import bigtable
-from effnet_gin.data import bigtable_loader
+from effnet_gin.data.sources import bigtable
+from effnet_gin.data.writers import tfrecords_to_bigtable
 
 EMULATOR_ENV = 'BIGTABLE_EMULATOR_HOST'
 _SDK_BINARY = os.path.join('platform', 'bigtable-emulator', 'cbtemulator')
@@ -196,7 +196,7 @@ def load_dataset_into_emulator(emulator, data_dir, *, table='imagenet',
     What `load_tfrecords_to_bigtable` returns: rows written per row prefix.
   """
   with emulator_host(emulator.address):
-    return bigtable_loader.load_tfrecords_to_bigtable(
+    return tfrecords_to_bigtable.load_tfrecords_to_bigtable(
         data_dir=str(data_dir), project=emulator.project,
         instance=emulator.instance, table=table, **loader_kwargs)
 

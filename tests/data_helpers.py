@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from effnet_gin.data import sources
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.writers import fake_imagenet
+from effnet_gin.data.writers import tfrecord_shards
 
 # Grey levels of indexed images: example i is a flat image of level
 # _GREY_BASE + _GREY_STEP * i, far enough apart to survive JPEG and resizing.
@@ -47,7 +47,7 @@ def write_imagenet_tfrecords(directory, num_train=64, num_eval=32,
     'num_eval', 'num_classes', 'train_labels', 'eval_labels' (0-based labels
     in file order).
   """
-  return synthetic.write_fake_imagenet(
+  return fake_imagenet.write_fake_imagenet(
       str(directory), num_train=num_train, num_eval=num_eval,
       num_classes=num_classes, image_size=image_size,
       train_shards=train_shards, eval_shards=eval_shards,
@@ -102,7 +102,7 @@ def write_indexed_tfrecords(directory, num_examples, num_shards, num_classes,
           tf.io.encode_jpeg(image, quality=95).numpy(),
           index % num_classes + 1)
 
-  return tfrecord_source.write_tfrecord_shards(
+  return tfrecord_shards.write_tfrecord_shards(
       str(directory), prefix, examples(), num_examples, num_shards)
 
 

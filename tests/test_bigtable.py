@@ -21,10 +21,11 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin import configurables
-from effnet_gin.data import bigtable
 from effnet_gin.data import pipeline
 from effnet_gin.data import sources
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import bigtable
+from effnet_gin.data.sources import bigtable_rows
+from effnet_gin.data.sources import tfrecord
 
 # The client announces the emulator once per client it creates.
 pytestmark = pytest.mark.filterwarnings(
@@ -64,7 +65,7 @@ def loaded(bigtable_emulator, data_dir):  # noqa: F811
 
 @pytest.fixture(scope='module')
 def tfrecord_examples(data_dir):
-  source = tfrecord_source.TFRecordSource(data_dir)
+  source = tfrecord.TFRecordSource(data_dir)
   return {split: as_multiset(source.examples(split, is_training=False))
           for split in ('train', 'eval')}
 
@@ -73,22 +74,24 @@ def tfrecord_examples(data_dir):
 
 
 def test_row_keys_are_the_reference_ones():
-  assert bigtable.row_key('train_', 3892) == b'train_0000003892'
-  assert bigtable.parse_row_index(b'train_0000003892', b'train_', 10) == 3892
-  assert bigtable.parse_row_index(b'train_00003892', b'train_', 10) is None
-  assert bigtable.parse_row_index(b'validation_0000000001', b'train_',
-                                  10) is None
-  assert bigtable.prefix_end(b'train_') == b'train`'
-  assert bigtable.prefix_end(b'a\xff\xff') == b'b'
-  assert bigtable.prefix_end(b'\xff') == b''
+  assert bigtable_rows.row_key('train_', 3892) == b'train_0000003892'
+  assert bigtable_rows.parse_row_index(b'train_0000003892', b'train_',
+                                       10) == 3892
+  assert bigtable_rows.parse_row_index(b'train_00003892', b'train_',
+                                       10) is None
+  assert bigtable_rows.parse_row_index(b'validation_0000000001', b'train_',
+                                       10) is None
+  assert bigtable_rows.prefix_end(b'train_') == b'train`'
+  assert bigtable_rows.prefix_end(b'a\xff\xff') == b'b'
+  assert bigtable_rows.prefix_end(b'\xff') == b''
 
 
 def test_split_index_range_covers_the_prefix_contiguously():
-  ranges = bigtable.split_index_range(b'train_', 0, 99, 8, 10)
+  ranges = bigtable_rows.split_index_range(b'train_', 0, 99, 8, 10)
   assert len(ranges) == 8
   assert ranges[0][0] == b'train_' and ranges[-1][1] == b'train`'
   assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-  assert bigtable.split_index_range(b'v_', 5, 6, 8, 10) == [
+  assert bigtable_rows.split_index_range(b'v_', 5, 6, 8, 10) == [
       (b'v_', b'v_0000000006'), (b'v_0000000006', b'v`')]
 
 
@@ -273,20 +276,20 @@ def test_read_range_resumes_after_the_last_row_read(loaded, monkeypatch,
   table.create(column_families={'tfexample': None})
   rows = []
   for i in range(num_rows):
-    row = table.direct_row(bigtable.row_key('train_', i))
+    row = table.direct_row(bigtable_rows.row_key('train_', i))
     row.set_cell('tfexample', b'example', os.urandom(64 * 1024))
     rows.append(row)
   assert all(status.code == 0 for status in table.mutate_rows(rows))
   with CuttingProxy(loaded.port) as proxy:
     monkeypatch.setenv(EMULATOR_ENV, proxy.address)
     with loaded.source(table='wide').table_ref.open() as data_table:
-      rows = bigtable.read_range(data_table, b'train_', b'train`',
-                                 row_filter=None, attempt_timeout=30,
-                                 max_retries=2)
+      rows = bigtable_rows.read_range(data_table, b'train_', b'train`',
+                                      row_filter=None, attempt_timeout=30,
+                                      max_retries=2)
       keys = [next(rows).row_key for _ in range(5)]
       proxy.cut_now()
       keys += [row.row_key for row in rows]
-  assert keys == [bigtable.row_key('train_', i) for i in range(num_rows)]
+  assert keys == [bigtable_rows.row_key('train_', i) for i in range(num_rows)]
   # Rows the client had buffered still arrive; the resume starts after them.
   resumed_after = re.search(r"interrupted after row b'train_(\d+)'",
                             caplog.text)
@@ -297,7 +300,8 @@ def test_scan_gives_up_after_bounded_retries(loaded, monkeypatch):
   with CuttingProxy(loaded.port) as proxy:
     monkeypatch.setenv(EMULATOR_ENV, proxy.address)
     source = loaded.source(table='imagenet', max_scan_retries=0)
-    ((start, end),) = bigtable.split_index_range(b'validation_', 0, 0, 1, 10)
+    ((start, end),) = bigtable_rows.split_index_range(b'validation_', 0, 0,
+                                                      1, 10)
     proxy.arm(cut_after_bytes=20_000)
     with pytest.raises(ConnectionError,
                        match=r"'imagenet'.*failed 1 times in a row"):
@@ -307,5 +311,5 @@ def test_scan_gives_up_after_bounded_retries(loaded, monkeypatch):
 def test_loader_roundtrip_keeps_bytes(loaded, data_dir):
   source = loaded.source(table='imagenet')
   records = data_helpers.read_records(data_dir, 'validation-*')
-  ((start, end),) = bigtable.split_index_range(b'validation_', 0, 0, 1, 10)
+  ((start, end),) = bigtable_rows.split_index_range(b'validation_', 0, 0, 1, 10)
   assert list(source.serialized_examples(start, end)) == records

@@ -25,10 +25,11 @@ NUM_TRAIN = 64
 NUM_EVAL = 24
 TRAIN_STEPS = 4
 
-# The tiny bindings minus their FakeSource: `--gin_param`s are applied after
-# the shortcut flags, so `build_dataset.source = @FakeSource()` would override
-# the source that `--bigtable_instance` selects.
-BINDINGS = [b for b in trainer_helpers.TINY_BINDINGS if "FakeSource" not in b]
+# The tiny bindings minus their RandomNoiseSource: `--gin_param`s are applied
+# after the shortcut flags, so `build_dataset.source = @RandomNoiseSource()`
+# would override the source that `--bigtable_instance` selects.
+BINDINGS = [b for b in trainer_helpers.TINY_BINDINGS
+            if "RandomNoiseSource" not in b]
 BINDINGS += [f"NUM_EVAL_IMAGES = {NUM_EVAL}", f"TRAIN_STEPS = {TRAIN_STEPS}",
              "effnet_gin.train.train.schedule = 'train'"]
 

@@ -15,13 +15,13 @@ import gin
 import pytest
 
 from effnet_gin import cli
-from effnet_gin.data import bigtable
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import bigtable
+from effnet_gin.data.sources import generated
+from effnet_gin.data.sources import tfrecord
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKE_SOURCE_BINDING = (
-    "effnet_gin.data.build_dataset.source = @effnet_gin.data.FakeSource()")
+NOISE_SOURCE_BINDING = ("effnet_gin.data.build_dataset.source = "
+                        "@effnet_gin.data.RandomNoiseSource()")
 
 
 def selected_source():
@@ -107,7 +107,7 @@ def test_without_flags_nothing_is_bound_beyond_the_files():
 
 def test_data_dir_sets_the_tfrecord_source_directory():
   cli.configure(["b0_tpu.gin"], data_dir="gs://bucket/imagenet")
-  assert selected_source() is tfrecord_source.TFRecordSource
+  assert selected_source() is tfrecord.TFRecordSource
   assert (gin.query_parameter("effnet_gin.data.TFRecordSource.data_dir") ==
           "gs://bucket/imagenet")
   # The file's other TFRecordSource settings survive.
@@ -116,12 +116,12 @@ def test_data_dir_sets_the_tfrecord_source_directory():
 
 def test_data_dir_selects_tfrecords_even_when_a_file_named_another_source(
     tmp_path):
-  fake = write_gin(tmp_path / "fake.gin", FAKE_SOURCE_BINDING)
+  fake = write_gin(tmp_path / "fake.gin", NOISE_SOURCE_BINDING)
   cli.configure(["demo.gin", fake])
-  assert selected_source() is synthetic.FakeSource  # Later files win...
+  assert selected_source() is generated.RandomNoiseSource  # Later files win...
   gin.clear_config()
   cli.configure(["demo.gin", fake], data_dir="/data/imagenet")
-  assert selected_source() is tfrecord_source.TFRecordSource  # ...flags more.
+  assert selected_source() is tfrecord.TFRecordSource  # ...flags more.
   assert (gin.query_parameter("effnet_gin.data.TFRecordSource.data_dir") ==
           "/data/imagenet")
 
@@ -201,10 +201,10 @@ def test_gin_params_win_over_shortcut_flags():
 
 
 def test_a_gin_param_source_overrides_bigtable_instance():
-  # Why the Bigtable end-to-end test must drop the tiny FakeSource bindings.
+  # Why the Bigtable end-to-end test drops the tiny RandomNoiseSource bindings.
   cli.configure(["demo.gin"], bigtable_project="p", bigtable_instance="i",
-                gin_params=[FAKE_SOURCE_BINDING])
-  assert selected_source() is synthetic.FakeSource
+                gin_params=[NOISE_SOURCE_BINDING])
+  assert selected_source() is generated.RandomNoiseSource
 
 
 def test_later_gin_params_win_over_earlier_ones():

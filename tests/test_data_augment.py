@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnet_gin.data import augment
-from effnet_gin.data import synthetic
+from effnet_gin.data.augment import mixing
+from effnet_gin.data.augment import policies
+from effnet_gin.data.sources import generated
 
 
 def _image(seed=0, size=(24, 32)):
-  return synthetic.learnable_image(tf.constant(seed % 10),
+  return generated.learnable_image(tf.constant(seed % 10),
                                    tf.constant([seed, 9], tf.int64), *size)
 
 
@@ -17,42 +18,42 @@ def _check_uint8_image(output, shape):
   assert tuple(output.shape) == tuple(shape)
 
 
-@pytest.mark.parametrize('name', augment.RANDAUGMENT_OPS)
+@pytest.mark.parametrize('name', policies.RANDAUGMENT_OPS)
 @pytest.mark.parametrize('level', [0.0, 5.0, 10.0, 28.0])
 def test_every_op_keeps_uint8_shape(name, level):
   image = _image()
-  output = augment._apply_op(image, name, level, tf.constant([1, 2], tf.int64),
-                             cutout_const=40, translate_const=100)
+  output = policies._apply_op(image, name, level, tf.constant([1, 2], tf.int64),
+                              cutout_const=40, translate_const=100)
   _check_uint8_image(output, image.shape)
 
 
 def test_simple_ops_match_their_definitions():
   image = tf.constant([[[0, 100, 200], [127, 128, 255]]], tf.uint8)
-  np.testing.assert_array_equal(augment.invert(image), 255 - image.numpy())
-  np.testing.assert_array_equal(augment.solarize(image, 128),
+  np.testing.assert_array_equal(policies.invert(image), 255 - image.numpy())
+  np.testing.assert_array_equal(policies.solarize(image, 128),
                                 [[[0, 100, 55], [127, 127, 0]]])
-  np.testing.assert_array_equal(augment.solarize_add(image, 100, 128),
+  np.testing.assert_array_equal(policies.solarize_add(image, 100, 128),
                                 [[[100, 200, 200], [227, 128, 255]]])
-  np.testing.assert_array_equal(augment.posterize(image, 2),
+  np.testing.assert_array_equal(policies.posterize(image, 2),
                                 [[[0, 64, 192], [64, 128, 192]]])
-  np.testing.assert_array_equal(augment.brightness(image, 0.0), 0)
-  np.testing.assert_array_equal(augment.brightness(image, 1.0), image)
-  np.testing.assert_array_equal(augment.brightness(image, 2.0),
+  np.testing.assert_array_equal(policies.brightness(image, 0.0), 0)
+  np.testing.assert_array_equal(policies.brightness(image, 1.0), image)
+  np.testing.assert_array_equal(policies.brightness(image, 2.0),
                                 [[[0, 200, 255], [254, 255, 255]]])
 
 
 def test_histogram_ops():
   low_contrast = tf.constant(np.random.default_rng(0).integers(
       100, 141, [32, 32, 3]).astype(np.uint8))
-  stretched = augment.autocontrast(low_contrast).numpy()
+  stretched = policies.autocontrast(low_contrast).numpy()
   assert stretched.min() == 0 and stretched.max() == 255
-  equalized = augment.equalize(low_contrast).numpy()
+  equalized = policies.equalize(low_contrast).numpy()
   assert equalized.min() == 0 and equalized.max() > 200
   flat = tf.fill([4, 6, 3], tf.constant(90, tf.uint8))
-  np.testing.assert_array_equal(augment.autocontrast(flat), flat)
-  np.testing.assert_array_equal(augment.equalize(flat), flat)
-  np.testing.assert_array_equal(augment.sharpness(flat, 1.7), flat)
-  np.testing.assert_array_equal(augment.contrast(flat, 0.3), flat)
+  np.testing.assert_array_equal(policies.autocontrast(flat), flat)
+  np.testing.assert_array_equal(policies.equalize(flat), flat)
+  np.testing.assert_array_equal(policies.sharpness(flat, 1.7), flat)
+  np.testing.assert_array_equal(policies.contrast(flat, 0.3), flat)
 
 
 def _pil_equalize(image):
@@ -74,18 +75,18 @@ def test_equalize_matches_pil(low, high):
   image = np.random.default_rng(low).integers(low, high, [40, 30, 3]).astype(
       np.uint8)
   image[..., 2] = 9  # One flat channel.
-  np.testing.assert_array_equal(augment.equalize(tf.constant(image)),
+  np.testing.assert_array_equal(policies.equalize(tf.constant(image)),
                                 _pil_equalize(image))
 
 
 def test_geometric_ops_fill_with_grey():
   image = tf.fill([10, 10, 3], tf.constant(255, tf.uint8))
-  shifted = augment.translate_x(image, 4).numpy()
+  shifted = policies.translate_x(image, 4).numpy()
   np.testing.assert_array_equal(shifted[:, :4], 128)
   np.testing.assert_array_equal(shifted[:, 4:], 255)
-  np.testing.assert_array_equal(augment.rotate(image, 0.0), image)
-  np.testing.assert_array_equal(augment.shear_y(image, 0.0), image)
-  cut = augment.cutout(image, 2, tf.constant([0, 0], tf.int64)).numpy()
+  np.testing.assert_array_equal(policies.rotate(image, 0.0), image)
+  np.testing.assert_array_equal(policies.shear_y(image, 0.0), image)
+  cut = policies.cutout(image, 2, tf.constant([0, 0], tf.int64)).numpy()
   assert 1 <= (cut == 128).all(axis=-1).sum() <= 16
 
 
@@ -93,8 +94,8 @@ def test_geometric_ops_fill_with_grey():
 def test_policies_same_eagerly_and_in_tf_data_and_in_range(policy):
   def apply(image, seed):
     if policy == 'autoaugment':
-      return augment.autoaugment(image, seed)
-    return augment.randaugment(image, seed, num_layers=2, magnitude=17)
+      return policies.autoaugment(image, seed)
+    return policies.randaugment(image, seed, num_layers=2, magnitude=17)
 
   images = tf.stack([_image(i) for i in range(6)])
   seeds = [[i, 3] for i in range(6)]
@@ -111,15 +112,15 @@ def test_policies_same_eagerly_and_in_tf_data_and_in_range(policy):
 
 def test_policies_reject_float_images():
   with pytest.raises(ValueError, match='uint8'):
-    augment.autoaugment(tf.zeros([8, 8, 3]), [0, 0])
+    policies.autoaugment(tf.zeros([8, 8, 3]), [0, 0])
   with pytest.raises(ValueError, match='uint8'):
-    augment.randaugment(tf.zeros([8, 8, 3]), [0, 0])
+    policies.randaugment(tf.zeros([8, 8, 3]), [0, 0])
 
 
 def test_mixup_mixes_images_and_labels_with_the_same_weight():
   images = tf.stack([tf.fill([4, 4, 3], v) for v in (0.0, 100.0, 255.0)])
   labels = tf.constant([0, 1, 2])
-  mixed_images, mixed_labels = augment.mixup(images, labels, 4, 0.2, [1, 2])
+  mixed_images, mixed_labels = mixing.mixup(images, labels, 4, 0.2, [1, 2])
   assert mixed_images.shape == images.shape
   assert mixed_labels.shape == (3, 4) and mixed_labels.dtype == tf.float32
   np.testing.assert_allclose(tf.reduce_sum(mixed_labels, -1), 1.0, rtol=1e-6)

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
-from effnet_gin.data import FakeSource
-from effnet_gin.data import mixing
+from effnet_gin.data import RandomNoiseSource
+from effnet_gin.data.augment import mixing
 
 
 def _batch(size=6, pixels=16):
@@ -76,7 +76,8 @@ def test_eager_equals_tf_data():
 
 
 def test_build_dataset_applies_them_to_training_batches():
-  source = FakeSource(num_train=32, num_eval=8, num_classes=5, image_size=20)
+  source = RandomNoiseSource(num_train=32, num_eval=8, num_classes=5,
+                             image_size=20)
   dataset = build_dataset(split="train", global_batch_size=8, image_size=16,
                           source=source, num_classes=5, cutmix_alpha=1.0,
                           random_erasing_prob=0.5, seed=3)

@@ -236,8 +236,8 @@ def test_bad_arguments(imagenet_dir):
 
 
 def test_generated_uint8_source_through_the_pipeline():
-  source = data.FakeSource(num_train=8, num_eval=5, num_classes=NUM_CLASSES,
-                           image_size=20)
+  source = data.RandomNoiseSource(num_train=8, num_eval=5,
+                                  num_classes=NUM_CLASSES, image_size=20)
   images, labels = next(iter(_build(source, 'train', augment='autoaugment')))
   assert images.shape == (4, SIZE, SIZE, 3) and labels.shape == (4,)
   batches = list(_build(source, 'eval', global_batch_size=4))

@@ -8,10 +8,12 @@ import tensorflow as tf
 
 from effnet_gin import configurables
 from effnet_gin import data
-from effnet_gin.data import image_folder
 from effnet_gin.data import sources
-from effnet_gin.data import synthetic
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import generated
+from effnet_gin.data.sources import tfrecord
+from effnet_gin.data.writers import fake_imagenet
+from effnet_gin.data.writers import images_to_tfrecords
+from effnet_gin.data.writers import tfrecord_shards
 import data_helpers
 
 
@@ -33,8 +35,7 @@ def test_tfrecord_source_shifts_labels_to_zero_based(imagenet_dir):
   assert [int(e['label']) for e in examples] == imagenet_dir['eval_labels']
   assert examples[0]['image'].dtype == tf.string
   assert examples[0]['label'].dtype == tf.int32
-  raw = tfrecord_source.TFRecordSource(imagenet_dir['data_dir'],
-                                       label_offset=0)
+  raw = tfrecord.TFRecordSource(imagenet_dir['data_dir'], label_offset=0)
   assert _labels(raw.examples('eval', is_training=False)) == [
       label + 1 for label in imagenet_dir['eval_labels']]
 
@@ -124,22 +125,22 @@ def test_truncated_tfrecord_count_names_the_file(tmp_path, imagenet_dir):
   with open(path, 'wb') as f:
     f.write(content[:-30])
   with pytest.raises(tf.errors.DataLossError, match='validation-00000-of'):
-    tfrecord_source.count_records(path)
+    tfrecord.count_records(path)
 
 
 def test_count_records_of_a_missing_file_names_it(tmp_path):
   path = str(tmp_path / 'validation-00000-of-00001')
   with pytest.raises(FileNotFoundError, match='validation-00000-of-00001'):
-    tfrecord_source.count_records(path)
+    tfrecord.count_records(path)
 
 
 def test_write_tfrecord_shards_checks_shard_count(tmp_path):
   with pytest.raises(ValueError, match='num_shards'):
-    tfrecord_source.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)
+    tfrecord_shards.write_tfrecord_shards(str(tmp_path), 'train', [b'x'], 1, 2)
 
 
-@pytest.mark.parametrize('source_class', [data.FakeSource,
-                                          data.SyntheticSource])
+@pytest.mark.parametrize('source_class', [data.RandomNoiseSource,
+                                          data.LearnableShapesSource])
 def test_generated_sources(source_class):
   source = source_class(num_train=10, num_eval=7, num_classes=5,
                         image_size=12)
@@ -159,13 +160,59 @@ def test_generated_sources(source_class):
   np.testing.assert_array_equal(again[0]['image'], example['image'])
 
 
+@pytest.mark.parametrize('old_name, new_class', [
+    ('FakeSource', data.RandomNoiseSource),
+    ('effnet_gin.data.FakeSource', data.RandomNoiseSource),
+    ('SyntheticSource', data.LearnableShapesSource),
+    ('effnet_gin.data.SyntheticSource', data.LearnableShapesSource)])
+def test_old_gin_names_build_the_renamed_sources_and_warn(
+    old_name, new_class, monkeypatch, caplog):
+  monkeypatch.setattr(generated, '_WARNED_ALIASES', set())
+  gin.clear_config()
+  try:
+    gin.parse_config(f"""
+        {old_name}.num_train = 6
+        {old_name}.num_eval = 3
+        {old_name}.num_classes = 4
+        {old_name}.image_size = 10
+        effnet_gin.data.build_dataset.source = @{old_name}()
+    """)
+    build_source = gin.query_parameter(
+        'effnet_gin.data.build_dataset.source').scoped_configurable_fn
+    with caplog.at_level('WARNING'):
+      source = build_source()
+      build_source()
+  finally:
+    gin.clear_config()
+  assert isinstance(source, new_class)
+  assert source.kind == new_class.kind
+  short_name = old_name.rsplit('.', 1)[-1]
+  warnings = [r.getMessage() for r in caplog.records
+              if short_name in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert 'deprecated' in warnings[0] and new_class.__name__ in warnings[0]
+  examples = list(source.examples('train', is_training=False))
+  assert len(examples) == 6
+  assert examples[0]['image'].shape == (10, 10, 3)
+  assert all(0 <= int(e['label']) < 4 for e in examples)
+
+
+def test_old_gin_names_still_reject_unknown_parameters():
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match='num_trian'):
+      gin.parse_config('effnet_gin.data.FakeSource.num_trian = 6')
+  finally:
+    gin.clear_config()
+
+
 def test_learnable_kind_is_limited_to_64_classes():
   with pytest.raises(ValueError, match='num_classes=65'):
-    data.SyntheticSource(num_classes=65)
+    data.LearnableShapesSource(num_classes=65)
 
 
 def test_write_fake_imagenet_writes_real_jpegs(tmp_path):
-  info = synthetic.write_fake_imagenet(
+  info = fake_imagenet.write_fake_imagenet(
       str(tmp_path), num_train=6, num_eval=4, num_classes=3, image_size=20,
       image_width=30, train_shards=2, eval_shards=1, kind='random')
   assert [os.path.basename(p) for p in info['eval_files']] == [
@@ -214,10 +261,10 @@ def test_convert_image_folder(tmp_path):
   _write_image_folder(tmp_path / 'train', ['b', 'a'], 4)
   _write_image_folder(tmp_path / 'val', ['a'], 2)
   out = tmp_path / 'records'
-  image_folder.convert_image_folder(str(tmp_path / 'train'), str(out),
-                                    num_shards=2)
-  image_folder.convert_image_folder(str(tmp_path / 'val'), str(out),
-                                    num_shards=1, prefix='validation')
+  images_to_tfrecords.convert_image_folder(
+      str(tmp_path / 'train'), str(out), num_shards=2)
+  images_to_tfrecords.convert_image_folder(
+      str(tmp_path / 'val'), str(out), num_shards=1, prefix='validation')
   assert (out / 'labels.txt').read_text() == 'a\nb\n'
   source = data.TFRecordSource(str(out))
   assert sorted(_labels(source.examples('train', is_training=False))) == [
@@ -225,8 +272,8 @@ def test_convert_image_folder(tmp_path):
   assert _labels(source.examples('eval', is_training=False)) == [0, 0]
   _write_image_folder(tmp_path / 'other', ['c'], 1)
   with pytest.raises(ValueError, match=r"\['c'\]"):
-    image_folder.convert_image_folder(str(tmp_path / 'other'), str(out),
-                                      num_shards=1, prefix='validation')
+    images_to_tfrecords.convert_image_folder(
+        str(tmp_path / 'other'), str(out), num_shards=1, prefix='validation')
 
 
 def test_tfds_source_reads_a_prepared_dataset(tmp_path):

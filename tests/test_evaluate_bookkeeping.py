@@ -7,7 +7,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import tfrecord
 from effnet_gin.train import eval_records
 from effnet_gin.train import run_dir
 from eval_helpers import configure
@@ -134,7 +134,7 @@ def test_train_steps_come_from_the_trainers_config(data_dir, tmp_path, caplog):
 def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
   # The counts are cached per process; earlier tests counted other data sets,
   # which this run's file must not list. A fresh evaluator starts empty.
-  tfrecord_source._RECORD_COUNTS.clear()  # pylint: disable=protected-access
+  tfrecord._RECORD_COUNTS.clear()  # pylint: disable=protected-access
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
@@ -148,15 +148,15 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
                    for path in files]
 
   # A restart (a fresh process has no counts) takes them from the file.
-  tfrecord_source._RECORD_COUNTS.clear()  # pylint: disable=protected-access
+  tfrecord._RECORD_COUNTS.clear()  # pylint: disable=protected-access
   cache.load()
-  assert [list(e) for e in tfrecord_source.known_record_counts()] == saved
+  assert [list(e) for e in tfrecord.known_record_counts()] == saved
   # A file that changed size is counted afresh, not taken from the cache.
   copy = str(tmp_path / "validation-copy")
   with open(copy, "wb") as f:
     f.write(open(files[0], "rb").read() * 2)
-  tfrecord_source.remember_record_counts([(copy, saved[0][1], saved[0][2])])
-  assert tfrecord_source.count_records(copy) == 2 * saved[0][2]
+  tfrecord.remember_record_counts([(copy, saved[0][1], saved[0][2])])
+  assert tfrecord.count_records(copy) == 2 * saved[0][2]
 
 
 def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(

@@ -155,11 +155,12 @@ def finetune(model_dir, model_gin, init_checkpoint, *params):
        "EVAL_BATCH_SIZE = 8", "TRAIN_STEPS = 2", "STEPS_PER_LOOP = 1",
        "STEPS_PER_EVAL = 2",
        "effnet_gin.train.build_strategy.kind = 'cpu'",
-       "effnet_gin.data.build_dataset.source = @effnet_gin.data.FakeSource()",
-       "effnet_gin.data.FakeSource.num_train = 32",
-       "effnet_gin.data.FakeSource.num_eval = 8",
-       "effnet_gin.data.FakeSource.num_classes = 5",
-       "effnet_gin.data.FakeSource.image_size = 72"] + list(params))
+       "effnet_gin.data.build_dataset.source = "
+       "@effnet_gin.data.RandomNoiseSource()",
+       "effnet_gin.data.RandomNoiseSource.num_train = 32",
+       "effnet_gin.data.RandomNoiseSource.num_eval = 8",
+       "effnet_gin.data.RandomNoiseSource.num_classes = 5",
+       "effnet_gin.data.RandomNoiseSource.image_size = 72"] + list(params))
   return configurables.train(model_dir=str(model_dir), command="test")
 
 

@@ -155,12 +155,12 @@ def configure(with_data=False):
   """)
   if with_data:
     gin.parse_config(f"""
-        build_dataset.source = @FakeSource()
+        build_dataset.source = @RandomNoiseSource()
         build_dataset.num_classes = {NUM_CLASSES}
-        FakeSource.num_train = 8
-        FakeSource.num_eval = 12
-        FakeSource.num_classes = {NUM_CLASSES}
-        FakeSource.image_size = 40
+        RandomNoiseSource.num_train = 8
+        RandomNoiseSource.num_eval = 12
+        RandomNoiseSource.num_classes = {NUM_CLASSES}
+        RandomNoiseSource.image_size = 40
     """)
 
 

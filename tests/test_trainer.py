@@ -198,9 +198,9 @@ def test_learns_the_generated_task(tmp_path):
       "effnet_gin.model.build_model.width_coefficient = 0.5",
       "effnet_gin.model.build_model.depth_coefficient = 0.5",
       "effnet_gin.data.build_dataset.source = "
-      "@effnet_gin.data.SyntheticSource()",
-      "effnet_gin.data.SyntheticSource.image_size = 64",
-      "effnet_gin.data.SyntheticSource.num_classes = 10",
+      "@effnet_gin.data.LearnableShapesSource()",
+      "effnet_gin.data.LearnableShapesSource.image_size = 64",
+      "effnet_gin.data.LearnableShapesSource.num_classes = 10",
       "effnet_gin.train.train.steps_per_eval = 300")
   assert result["loss"] < 1.8, result
   assert result["eval"]["num_examples"] == 200
@@ -239,7 +239,7 @@ def test_fine_tuning_skips_a_classifier_of_another_size(tmp_path):
   assert any(np.array_equal(stem, value) for value in stored)
   # Through the trainer: a 5-class run starts from the 10-class checkpoint.
   result = _train(tmp_path / "target", "NUM_CLASSES = 5",
-                  "effnet_gin.data.FakeSource.num_classes = 5",
+                  "effnet_gin.data.RandomNoiseSource.num_classes = 5",
                   f"effnet_gin.train.train.init_checkpoint = '{source_ckpt}'")
   assert result["step"] == 2
 

@@ -20,10 +20,10 @@ import random
 
 import tensorflow as tf
 
-from effnet_gin.data import augment as augment_lib
-from effnet_gin.data import mixing
 from effnet_gin.data import preprocessing as preprocessing_lib
-from effnet_gin.data import sources
+from effnet_gin.data.augment import mixing
+from effnet_gin.data.augment import policies
+from effnet_gin.data.sources import protocol
 
 AUGMENTATIONS = (None, 'autoaugment', 'randaugment')
 # Keeps the mixup seeds apart from the per-example seeds.
@@ -109,7 +109,7 @@ def num_eval_steps(source, *, global_batch_size, input_context=None,
 
 def _eval_plan(source, input_context, global_batch_size, num_eval_examples):
   """(per-pipeline eval quotas, eval steps); counts the source once."""
-  num_pipelines, _ = sources.pipeline_shard(input_context)
+  num_pipelines, _ = protocol.pipeline_shard(input_context)
   counts = source.examples_per_pipeline('eval', num_pipelines)
   quotas = eval_quotas(counts, num_eval_examples)
   if not sum(quotas):
@@ -141,16 +141,16 @@ def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
   # Bicubic resizing overshoots [0, 255] a little; the cast would wrap.
   pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
   if augment == 'autoaugment':
-    pixels = augment_lib.autoaugment(pixels, seed)
+    pixels = policies.autoaugment(pixels, seed)
   else:
-    pixels = augment_lib.randaugment(pixels, seed, randaugment_layers,
-                                     randaugment_magnitude)
+    pixels = policies.randaugment(pixels, seed, randaugment_layers,
+                                  randaugment_magnitude)
   return tf.cast(pixels, tf.float32)
 
 
 def _pipeline_seed(seed, input_context):
   """A per-pipeline base seed; random when `seed` is None."""
-  _, pipeline_id = sources.pipeline_shard(input_context)
+  _, pipeline_id = protocol.pipeline_shard(input_context)
   if seed is None:
     seed = random.SystemRandom().randrange(2**31)
   return (seed * 1_000_003 + pipeline_id) % 2**62
@@ -207,7 +207,7 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
       lambda images, labels: (images, _checked_labels(labels, num_classes)))
   if mixup_alpha > 0:
     dataset = dataset.enumerate().map(
-        lambda step, batch: augment_lib.mixup(
+        lambda step, batch: mixing.mixup(
             *batch, num_classes, mixup_alpha,
             tf.stack([tf.constant(base_seed ^ _MIXUP_SEED_SALT, tf.int64),
                       step])),
@@ -223,7 +223,7 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
   # every count stats each eval file again).
   quotas, num_steps = _eval_plan(source, input_context, global_batch_size,
                                  num_eval_examples)
-  _, pipeline_id = sources.pipeline_shard(input_context)
+  _, pipeline_id = protocol.pipeline_shard(input_context)
   num_batches = _replicas_per_pipeline(input_context) * num_steps
   examples = source.examples('eval', input_context, is_training=False)
   examples = examples.take(quotas[pipeline_id])
@@ -266,7 +266,7 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     global_batch_size: examples per step over all replicas; each batch holds
       `input_context.get_per_replica_batch_size(global_batch_size)`.
     image_size: output resolution S.
-    source: a `Source` (TFRecordSource, FakeSource, TFDSSource, ...).
+    source: a `Source` (TFRecordSource, RandomNoiseSource, TFDSSource, ...).
     num_classes: labels must be in [0, num_classes).
     augment: None, 'autoaugment' (policy v0) or 'randaugment' (train only).
     randaugment_layers: ops per image for RandAugment.
@@ -310,7 +310,7 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     tf.errors.InvalidArgumentError: when iterated, for an out-of-range label
       (listed) or, without skip_corrupt, an undecodable image.
   """
-  sources.check_split(split)
+  protocol.check_split(split)
   if image_size < 1 or num_classes < 1:
     raise ValueError(f'image_size and num_classes must be >= 1, got '
                      f'image_size={image_size}, num_classes={num_classes}')

@@ -18,15 +18,14 @@ The default resize is the reference's TF1 `resize_bicubic`; with it, eval
 outputs equal the reference's to float rounding.
 Outputs are float32 [S, S, 3] on the 0..255 scale, not clipped: bicubic
 overshoots a little past 0 and 255, as in the reference.
-Mean/std normalisation (`normalize`) is left to the model.
+Mean/std normalisation is the model's first layer (the per-variant table
+`effnet_gin.model.specs.INPUT_NORMALIZATIONS`).
 """
 import dataclasses
 import numbers
 
 import tensorflow as tf
 
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # The reference's resize: TF1 `resize_bicubic` with align_corners=False and
 # half_pixel_centers=False. TF2's 'bicubic' samples at half-pixel centres
 # with another kernel: 1-5 levels apart on average on photographs.
@@ -304,15 +303,3 @@ def preprocess_for_eval(image, image_size, options=REFERENCE):
       image, image_size, lambda shape: center_crop_window(shape, crop_share),
       options.resize_method)
 
-
-def normalize(images):
-  """Subtracts the ImageNet mean and divides by the std, per RGB channel.
-
-  Args:
-    images: float [..., 3] on the 0..255 scale.
-
-  Returns:
-    float32 tensor of the same shape.
-  """
-  images = tf.cast(images, tf.float32)
-  return (images - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)

@@ -8,7 +8,7 @@ import json
 from absl import logging
 import tensorflow as tf
 
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import tfrecord
 from effnet_gin.train import run_dir
 from effnet_gin.train.eval_runner import METRICS
 
@@ -155,13 +155,13 @@ class RecordCountCache:
     """Makes the saved counts known to the TFRecord source."""
     if tf.io.gfile.exists(self.path):
       with tf.io.gfile.GFile(self.path) as f:
-        tfrecord_source.remember_record_counts(json.loads(f.read()))
-      self._saved = tfrecord_source.known_record_counts()
+        tfrecord.remember_record_counts(json.loads(f.read()))
+      self._saved = tfrecord.known_record_counts()
       logging.info("Reusing the record counts of %d eval files from %s",
                    len(self._saved), self.path)
 
   def save_if_changed(self):
-    counts = tfrecord_source.known_record_counts()
+    counts = tfrecord.known_record_counts()
     if counts != self._saved:
       directory, filename = self.path.rsplit("/", 1)
       run_dir.write_text(directory, filename, json.dumps(counts))

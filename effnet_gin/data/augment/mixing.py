@@ -1,11 +1,13 @@
-"""Batch augmentations beside mixup: CutMix and random erasing.
+"""Batch augmentations: mixup, CutMix and random erasing.
 
-Both act on training batches of float32 images in 0..255, vectorised over the
+They act on training batches of float32 images in 0..255, vectorised over the
 batch with stateless random ops (so eager and tf.data give the same result
 for the same seed):
 
+* `mixup` (Zhang et al. 2018, as in the reference): each example is blended
+  with its mirror in the batch, example b - 1 - i.
 * `cutmix` (Yun et al. 2019): each example gets a box cut from its mirror in
-  the batch (example b - 1 - i, as `augment.mixup` pairs them), with area
+  the batch (example b - 1 - i, as `mixup` pairs them), with area
   fraction 1 - λ, λ ~ Beta(α, α); its label becomes λ·own + (1 − λ)·partner
   with λ recomputed from the box actually pasted (clipped at the borders).
 * `random_erasing` (Zhong et al. 2020): with probability p, each image has
@@ -47,6 +49,37 @@ def _box_masks(height, width, box_h, box_w, seed):
   inside = ((rows >= top[:, None, None]) & (rows < bottom[:, None, None]) &
             (cols >= left[:, None, None]) & (cols < right[:, None, None]))
   return tf.cast(inside, tf.float32)[..., None]
+
+
+def mixup(images, labels, num_classes, alpha, seed):
+  """Mixes each example with its mirror in the batch (reference mixup).
+
+  Per example, lambda ~ Beta(alpha, alpha), taken as max(lambda, 1 - lambda)
+  so the original image dominates; example i is mixed with example b - 1 - i.
+
+  Args:
+    images: float32 [b, H, W, 3].
+    labels: int32 [b], 0-based class ids.
+    num_classes: int.
+    alpha: float > 0, Beta distribution parameter.
+    seed: [2] stateless random seed.
+
+  Returns:
+    (images float32 [b, H, W, 3], soft labels float32 [b, num_classes]).
+  """
+  batch_size = tf.shape(images)[0]
+  seeds = _seeds(seed, 2)
+  # Beta(a, a) from two Gamma(a) draws.
+  gamma1 = tf.random.stateless_gamma([batch_size], seeds[0], alpha)
+  gamma2 = tf.random.stateless_gamma([batch_size], seeds[1], alpha)
+  weight = gamma1 / (gamma1 + gamma2)
+  weight = tf.maximum(weight, 1.0 - weight)
+  one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+  mixed_images = (images * weight[:, None, None, None]
+                  + images[::-1] * (1.0 - weight[:, None, None, None]))
+  mixed_labels = (one_hot * weight[:, None]
+                  + one_hot[::-1] * (1.0 - weight[:, None]))
+  return mixed_images, mixed_labels
 
 
 def cutmix(images, labels, num_classes, alpha, seed):

@@ -1,4 +1,4 @@
-"""The Source protocol and the ImageNet tf.Example format.
+"""The `Source` protocol every reader of labelled images implements.
 
 A source yields raw labelled examples for one input pipeline; `build_dataset`
 (pipeline.py) turns them into batches. Every source implements:
@@ -19,9 +19,9 @@ split. `split` is 'train' or 'eval'.
 number of batches. The base class counts by iterating (cached per source);
 sources that know their sizes override it.
 
-The ImageNet format is the one the public `imagenet_to_gcs` script writes:
-features `image/encoded` (JPEG bytes) and `image/class/label` (int64, 1..1000,
-label 0 reserved for "background").
+A new reader is a module of `effnet_gin/data/sources/` with one `Source`
+subclass, exported from `effnet_gin/data/__init__.py`; a tool that writes the
+files it reads goes in `effnet_gin/data/writers/`.
 """
 import abc
 import threading
@@ -29,11 +29,6 @@ import threading
 import tensorflow as tf
 
 SPLITS = ('train', 'eval')
-
-_IMAGENET_FEATURES = {
-    'image/encoded': tf.io.FixedLenFeature([], tf.string),
-    'image/class/label': tf.io.FixedLenFeature([], tf.int64),
-}
 
 
 def check_split(split):
@@ -62,44 +57,6 @@ def pipeline_context(num_input_pipelines, input_pipeline_id):
   return tf.distribute.InputContext(num_input_pipelines=num_input_pipelines,
                                     input_pipeline_id=input_pipeline_id,
                                     num_replicas_in_sync=num_input_pipelines)
-
-
-def parse_imagenet_example(serialized, *, label_offset=1):
-  """Parses one serialized ImageNet-format tf.Example.
-
-  Args:
-    serialized: tf.string scalar, a serialized `tf.train.Example` with
-      features `image/encoded` and `image/class/label`.
-    label_offset: subtracted from the stored label; 1 for the ImageNet
-      convention of 1-based labels, 0 for 0-based files.
-
-  Returns:
-    {'image': tf.string scalar of encoded image bytes,
-     'label': tf.int32 scalar}.
-  """
-  features = tf.io.parse_single_example(serialized, _IMAGENET_FEATURES)
-  label = tf.cast(features['image/class/label'], tf.int32) - label_offset
-  return {'image': features['image/encoded'], 'label': label}
-
-
-def serialize_imagenet_example(encoded_image, label):
-  """Serializes one ImageNet-format tf.Example (the inverse of the parser).
-
-  Args:
-    encoded_image: bytes of an encoded JPEG (or PNG) image.
-    label: int, the label as stored (1-based for ImageNet files).
-
-  Returns:
-    bytes, the serialized `tf.train.Example`.
-  """
-  feature = {
-      'image/encoded': tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[encoded_image])),
-      'image/class/label': tf.train.Feature(
-          int64_list=tf.train.Int64List(value=[int(label)])),
-  }
-  example = tf.train.Example(features=tf.train.Features(feature=feature))
-  return example.SerializeToString()
 
 
 def shard_sizes(total, num_shards):

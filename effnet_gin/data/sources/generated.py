@@ -1,8 +1,9 @@
-"""Generated datasets: random noise ("fake ImageNet") and a learnable task.
+"""Generated sources: random noise ("fake ImageNet") and learnable shapes.
 
 Images are drawn with TensorFlow ops from stateless seeds, so example i of a
-split is the same every time, in-graph (`FakeSource`, `SyntheticSource`) or
-written to JPEG TFRecords (`write_fake_imagenet`, used by
+split is the same every time: generated in-graph by `RandomNoiseSource`
+(kind 'random') and `LearnableShapesSource` (kind 'learnable'), or written to
+JPEG TFRecords by `writers.fake_imagenet.write_fake_imagenet` (used by
 `bin/make_fake_imagenet`).
 
 The learnable task: class c is a coloured shape, shape c % 8 (disk, square,
@@ -12,13 +13,14 @@ fixed palette, so no single cue separates all classes once there are more than
 per image. A small EfficientNet reaches high accuracy on it within minutes on
 a CPU. At most 64 classes (8 shapes x 8 colours).
 """
+import functools
 import math
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from effnet_gin.data import sources
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import protocol
 
 NUM_SHAPES = 8
 PALETTE = np.array([
@@ -38,7 +40,8 @@ KINDS = ('random', 'learnable')
 _SPLIT_SALT = {'train': 1, 'eval': 2}
 
 
-def _check_kind(kind, num_classes):
+def check_kind(kind, num_classes):
+  """Raises ValueError for an unknown kind or a bad class count."""
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
   if num_classes < 1:
@@ -145,13 +148,13 @@ def generated_example(index, *, split, kind, num_classes, height, width,
   return {'image': image, 'label': label}
 
 
-class _GeneratedSource(sources.Source):
+class _GeneratedSource(protocol.Source):
   """Generates examples in-graph; example i is always the same."""
 
   kind = None
 
   def __init__(self, *, num_train, num_eval, num_classes, image_size, seed):
-    _check_kind(self.kind, num_classes)
+    check_kind(self.kind, num_classes)
     self.sizes = {'train': num_train, 'eval': num_eval}
     self.num_classes = num_classes
     self.image_size = image_size
@@ -160,8 +163,8 @@ class _GeneratedSource(sources.Source):
   def examples(self, split, input_context=None, *, is_training, seed=None):
     """See `Source.examples`; pipeline i generates indices i, i + k, ...."""
     del is_training, seed  # The pipeline shuffles; examples are fixed.
-    sources.check_split(split)
-    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    protocol.check_split(split)
+    num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     indices = tf.data.Dataset.range(self.sizes[split]).shard(
         num_pipelines, pipeline_id)
     return indices.map(
@@ -171,17 +174,18 @@ class _GeneratedSource(sources.Source):
         num_parallel_calls=tf.data.AUTOTUNE)
 
   def num_examples(self, split):
-    sources.check_split(split)
+    protocol.check_split(split)
     return self.sizes[split]
 
   def examples_per_pipeline(self, split, num_input_pipelines):
-    return sources.shard_sizes(self.num_examples(split), num_input_pipelines)
+    return protocol.shard_sizes(self.num_examples(split), num_input_pipelines)
 
 
-class FakeSource(_GeneratedSource):
+class RandomNoiseSource(_GeneratedSource):
   """Random-noise images with random labels, generated in-graph, no files.
 
   Like the reference's fake_imagenet: for smoke runs and throughput tests.
+  `write_fake_imagenet(kind='random')` writes the same images as TFRecords.
   """
 
   kind = 'random'
@@ -193,8 +197,11 @@ class FakeSource(_GeneratedSource):
                      num_classes=num_classes, image_size=image_size, seed=seed)
 
 
-class SyntheticSource(_GeneratedSource):
-  """The learnable coloured-shapes task, generated in-graph, no files."""
+class LearnableShapesSource(_GeneratedSource):
+  """The learnable coloured-shapes task, generated in-graph, no files.
+
+  `write_fake_imagenet(kind='learnable')` writes the same images as TFRecords.
+  """
 
   kind = 'learnable'
 
@@ -205,69 +212,35 @@ class SyntheticSource(_GeneratedSource):
                      num_classes=num_classes, image_size=image_size, seed=seed)
 
 
-def _encoded_examples(split, num_examples, *, kind, num_classes, height,
-                      width, seed, jpeg_quality):
-  """Yields (serialized ImageNet tf.Example, 0-based label) of a split."""
-  def encode(index):
-    example = generated_example(index, split=split, kind=kind,
-                                num_classes=num_classes, height=height,
-                                width=width, seed=seed)
-    return tf.io.encode_jpeg(example['image'], quality=jpeg_quality), \
-        example['label']
-
-  dataset = tf.data.Dataset.range(num_examples).map(
-      encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
-  for encoded, label in dataset.as_numpy_iterator():
-    yield sources.serialize_imagenet_example(encoded, label + 1), int(label)
+# Old names kept for one release, so .gin files and --gin_param bindings that
+# name them still run; each warns once per process when it is built.
+_WARNED_ALIASES = set()
 
 
-def write_fake_imagenet(output_dir, *, num_train, num_eval, num_classes,
-                        image_size, image_width=None, train_shards,
-                        eval_shards, kind='random', seed=0, jpeg_quality=90):
-  """Writes generated JPEG TFRecords in the ImageNet format.
+def _deprecated_init(new_class, old_name):
+  """An `__init__` for the alias `old_name` of `new_class` that warns once.
 
-  Files are `train-XXXXX-of-YYYYY` and `validation-XXXXX-of-YYYYY`; labels
-  are stored 1-based as in ImageNet.
-
-  Args:
-    output_dir: directory to write into (created if missing).
-    num_train: number of training images.
-    num_eval: number of validation images.
-    num_classes: number of classes (<= 64 for 'learnable').
-    image_size: image height in pixels (and width unless `image_width`).
-    image_width: optional image width, e.g. 500 with image_size=375 for
-      ImageNet-sized images.
-    train_shards: number of training files.
-    eval_shards: number of validation files.
-    kind: 'random' (noise, random labels) or 'learnable' (coloured shapes).
-    seed: int, selects a different generated dataset.
-    jpeg_quality: JPEG quality, 0-100.
-
-  Returns:
-    dict with 'data_dir', 'train_files', 'eval_files', 'num_train',
-    'num_eval', 'num_classes', and 'train_labels' / 'eval_labels': lists of
-    0-based labels in file order (shard 0 first).
-
-  Raises:
-    ValueError: bad kind, class count or shard count.
+  It wraps `new_class.__init__`, so gin still checks bound parameter names
+  against the new class's signature.
   """
-  _check_kind(kind, num_classes)
-  result = {'data_dir': output_dir, 'num_train': num_train,
-            'num_eval': num_eval, 'num_classes': num_classes}
-  for split, prefix, count, shards in (
-      ('train', 'train', num_train, train_shards),
-      ('eval', 'validation', num_eval, eval_shards)):
-    labels = []
+  @functools.wraps(new_class.__init__)
+  def __init__(self, **kwargs):
+    if old_name not in _WARNED_ALIASES:
+      _WARNED_ALIASES.add(old_name)
+      logging.warning('%s is deprecated and will be removed in the next '
+                      'release; use %s (gin: effnet_gin.data.%s) instead.',
+                      old_name, new_class.__name__, new_class.__name__)
+    new_class.__init__(self, **kwargs)
+  return __init__
 
-    def serialized(split=split, count=count, labels=labels):
-      for example, label in _encoded_examples(
-          split, count, kind=kind, num_classes=num_classes,
-          height=image_size, width=image_width or image_size, seed=seed,
-          jpeg_quality=jpeg_quality):
-        labels.append(label)
-        yield example
 
-    result[f'{split}_files'] = tfrecord_source.write_tfrecord_shards(
-        output_dir, prefix, serialized(), count, shards)
-    result[f'{split}_labels'] = labels
-  return result
+class FakeSource(RandomNoiseSource):
+  """Deprecated name of `RandomNoiseSource`."""
+
+  __init__ = _deprecated_init(RandomNoiseSource, 'FakeSource')
+
+
+class SyntheticSource(LearnableShapesSource):
+  """Deprecated name of `LearnableShapesSource`."""
+
+  __init__ = _deprecated_init(LearnableShapesSource, 'SyntheticSource')

@@ -1,4 +1,4 @@
-"""AutoAugment (policy v0), RandAugment and mixup, in TensorFlow ops.
+"""AutoAugment (policy v0) and RandAugment, per image, in TensorFlow ops.
 
 Follows the reference EfficientNet `autoaugment.py` (Cubuk et al. 2019,
 "AutoAugment"; Cubuk et al. 2020, "RandAugment") on uint8 [H, W, 3] images,
@@ -335,33 +335,3 @@ def randaugment(image, seed, num_layers=2, magnitude=10):
         for name in RANDAUGMENT_OPS])
   return image
 
-
-def mixup(images, labels, num_classes, alpha, seed):
-  """Mixes each example with its mirror in the batch (reference mixup).
-
-  Per example, lambda ~ Beta(alpha, alpha), taken as max(lambda, 1 - lambda)
-  so the original image dominates; example i is mixed with example b - 1 - i.
-
-  Args:
-    images: float32 [b, H, W, 3].
-    labels: int32 [b], 0-based class ids.
-    num_classes: int.
-    alpha: float > 0, Beta distribution parameter.
-    seed: [2] stateless random seed.
-
-  Returns:
-    (images float32 [b, H, W, 3], soft labels float32 [b, num_classes]).
-  """
-  batch_size = tf.shape(images)[0]
-  seeds = tf.random.experimental.stateless_split(_as_seed(seed), num=2)
-  # Beta(a, a) from two Gamma(a) draws.
-  gamma1 = tf.random.stateless_gamma([batch_size], seeds[0], alpha)
-  gamma2 = tf.random.stateless_gamma([batch_size], seeds[1], alpha)
-  weight = gamma1 / (gamma1 + gamma2)
-  weight = tf.maximum(weight, 1.0 - weight)
-  one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-  mixed_images = (images * weight[:, None, None, None]
-                  + images[::-1] * (1.0 - weight[:, None, None, None]))
-  mixed_labels = (one_hot * weight[:, None]
-                  + one_hot[::-1] * (1.0 - weight[:, None]))
-  return mixed_images, mixed_labels

@@ -24,8 +24,8 @@ from google.cloud.bigtable import column_family as column_family_lib
 from google.cloud.bigtable_admin_v2.types import Table
 import tensorflow as tf
 
-from effnet_gin.data import bigtable
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import bigtable_rows
+from effnet_gin.data.sources import tfrecord
 
 _MAX_MUTATIONS_PER_REQUEST = 100_000
 # Every run writes the same cell timestamp, so rewriting a row replaces its
@@ -104,7 +104,7 @@ def load_tfrecords_to_bigtable(*, data_dir, project, instance,
     raise FileNotFoundError(
         f'No TFRecord files match {train_pattern!r} or {eval_pattern!r} in '
         f'data_dir {data_dir!r}')
-  table_ref = bigtable.TableRef(project, instance, table)
+  table_ref = bigtable_rows.TableRef(project, instance, table)
   client = bigtable_admin.Client(project=project, admin=True)
   admin_table = client.instance(instance).table(table)
   with table_ref.clear_errors('creating the table'):
@@ -142,13 +142,13 @@ def _records_after(paths, skip):
   for path in paths:
     if skip:
       # Whole files already loaded are counted in C++, not read in Python.
-      num_records = tfrecord_source.count_records(path)
+      num_records = tfrecord.count_records(path)
       if skip >= num_records:
         skip -= num_records
         continue
     records = tf.data.TFRecordDataset(path).skip(skip)
     skip = 0
-    with tfrecord_source.naming_corrupt_file(path):
+    with tfrecord.naming_corrupt_file(path):
       yield from records.as_numpy_iterator()
 
 
@@ -190,14 +190,16 @@ def _first_missing_index(table, prefix, timeout):
   """The smallest index with no `prefix` + index row (keys-only scan)."""
   start = prefix.encode()
   expected = 0
-  rows = bigtable.read_range(
-      table, start, bigtable.prefix_end(start), row_filter=bigtable.KEYS_ONLY,
+  rows = bigtable_rows.read_range(
+      table, start, bigtable_rows.prefix_end(start),
+      row_filter=bigtable_rows.KEYS_ONLY,
       attempt_timeout=max(timeout, 600.0), max_retries=5)
   for row in rows:
-    index = bigtable.parse_row_index(row.row_key, start, bigtable.INDEX_DIGITS)
+    index = bigtable_rows.parse_row_index(row.row_key, start,
+                                          bigtable_rows.INDEX_DIGITS)
     if index is None:
       logging.warning('Ignoring row %r: not %r + a %d-digit index.',
-                      row.row_key, prefix, bigtable.INDEX_DIGITS)
+                      row.row_key, prefix, bigtable_rows.INDEX_DIGITS)
     elif index == expected:
       expected += 1
     else:
@@ -223,7 +225,7 @@ class _RowWriter:
     index, batch, batch_bytes = first_index, [], 0
     started = last_log = time.monotonic()
     for value in values:
-      row = self._table.direct_row(bigtable.row_key(prefix, index))
+      row = self._table.direct_row(bigtable_rows.row_key(prefix, index))
       row.set_cell(self._column_family, self._column_qualifier, value,
                    timestamp=_CELL_TIMESTAMP)
       batch.append(row)
@@ -235,7 +237,8 @@ class _RowWriter:
       if time.monotonic() - last_log >= log_every_seconds:
         last_log = time.monotonic()
         logging.info('%s: %d rows written (up to %r), %.0f rows/s.', prefix,
-                     index - first_index, bigtable.row_key(prefix, index - 1),
+                     index - first_index,
+                     bigtable_rows.row_key(prefix, index - 1),
                      (index - first_index) / (last_log - started))
     if batch:
       self._mutate(batch)

@@ -1,19 +1,17 @@
-"""Folders of images with one sub-folder per class.
+"""Folders of images with one sub-folder per class: `ImageFolderSource`.
 
-`ImageFolderSource` reads such folders directly; `convert_image_folder` writes
-one as ImageNet-format TFRecord shards (faster to read, and `gs://`-friendly).
 Class index = position of the sub-folder name in sorted order.
+`writers.images_to_tfrecords.convert_image_folder` writes such a folder as
+ImageNet-format TFRecord shards (faster to read, and `gs://`-friendly) with
+the same class indices.
 """
 import os
-import random
 
 import tensorflow as tf
 
-from effnet_gin.data import sources
-from effnet_gin.data import tfrecord_source
+from effnet_gin.data.sources import protocol
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-LABELS_FILE = 'labels.txt'
 
 
 def class_names(root):
@@ -65,7 +63,7 @@ def list_images(root, names):
   return images
 
 
-class ImageFolderSource(sources.Source):
+class ImageFolderSource(protocol.Source):
   """Images in `root`/<class>/, eval images in `eval_root`/<class>/."""
 
   def __init__(self, root, eval_root=None):
@@ -89,7 +87,7 @@ class ImageFolderSource(sources.Source):
     self.eval_root = eval_root
 
   def _split_images(self, split):
-    sources.check_split(split)
+    protocol.check_split(split)
     if split not in self._images:
       raise ValueError(f'ImageFolderSource({self.root!r}) has no eval split; '
                        'set eval_root')
@@ -98,7 +96,7 @@ class ImageFolderSource(sources.Source):
   def examples(self, split, input_context=None, *, is_training, seed=None):
     """See `Source.examples`; pipeline i reads images i, i + k, ...."""
     images = self._split_images(split)
-    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     shard = images[pipeline_id::num_pipelines]
     paths = [path for path, _ in shard]
     labels = [label for _, label in shard]
@@ -115,55 +113,4 @@ class ImageFolderSource(sources.Source):
     return len(self._split_images(split))
 
   def examples_per_pipeline(self, split, num_input_pipelines):
-    return sources.shard_sizes(self.num_examples(split), num_input_pipelines)
-
-
-def _read_bytes(path):
-  with tf.io.gfile.GFile(path, 'rb') as f:
-    return f.read()
-
-
-def convert_image_folder(input_dir, output_dir, *, num_shards, prefix='train',
-                         seed=0):
-  """Writes an image folder as shuffled ImageNet-format TFRecord shards.
-
-  Image bytes are stored as they are (the pipeline decodes JPEG and other
-  formats); labels are stored 1-based as in ImageNet. `labels.txt` in
-  `output_dir` lists the class names, line i+1 for label i; converting the
-  eval folder next to the train folder checks it against the same list.
-
-  Args:
-    input_dir: folder with one sub-folder per class.
-    output_dir: where `prefix-XXXXX-of-YYYYY` and labels.txt are written.
-    num_shards: number of files.
-    prefix: file name prefix ('train' or 'validation').
-    seed: seed of the shuffle that mixes classes across shards.
-
-  Returns:
-    The list of written shard paths.
-
-  Raises:
-    FileNotFoundError: `input_dir` is missing or holds no images.
-    ValueError: an existing labels.txt lacks one of the classes, or
-      `num_shards` exceeds the image count.
-  """
-  labels_path = os.path.join(output_dir, LABELS_FILE)
-  names = class_names(input_dir)
-  if tf.io.gfile.exists(labels_path):
-    with tf.io.gfile.GFile(labels_path) as f:
-      known = f.read().split('\n')[:-1]
-    if not set(names) <= set(known):
-      raise ValueError(
-          f'classes {sorted(set(names) - set(known))} of {input_dir!r} are '
-          f'missing from {labels_path!r}')
-    names = known
-  else:
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(labels_path, 'w') as f:
-      f.write(''.join(name + '\n' for name in names))
-  images = list_images(input_dir, names)
-  random.Random(seed).shuffle(images)
-  serialized = (sources.serialize_imagenet_example(_read_bytes(path), label + 1)
-                for path, label in images)
-  return tfrecord_source.write_tfrecord_shards(
-      output_dir, prefix, serialized, len(images), num_shards)
+    return protocol.shard_sizes(self.num_examples(split), num_input_pipelines)

@@ -14,7 +14,8 @@ import threading
 
 import tensorflow as tf
 
-from effnet_gin.data import sources
+from effnet_gin.data.sources import imagenet_example
+from effnet_gin.data.sources import protocol
 
 # Per-file record counts, keyed by (path, size in bytes). Counting reads whole
 # files, so it is done once per process (the eval pipeline needs the counts to
@@ -85,50 +86,7 @@ def count_records_in_files(paths, max_workers=8):
     return list(pool.map(count_records, paths))
 
 
-def write_tfrecord_shards(output_dir, prefix, examples, num_examples,
-                          num_shards):
-  """Writes serialized examples to `prefix-XXXXX-of-YYYYY` shards.
-
-  Shards hold contiguous blocks of the example stream whose sizes differ by
-  at most one.
-
-  Args:
-    output_dir: directory to write into (created if missing).
-    prefix: file name prefix, e.g. 'train' or 'validation'.
-    examples: iterable of serialized tf.Example bytes, `num_examples` long.
-    num_examples: int, how many examples `examples` yields.
-    num_shards: int, number of files, 1 <= num_shards <= num_examples.
-
-  Returns:
-    The list of written file paths, in shard order.
-
-  Raises:
-    ValueError: `num_shards` is out of range, or `examples` ran short.
-  """
-  if not 1 <= num_shards <= num_examples:
-    raise ValueError(
-        f'{prefix}: num_shards must be in [1, num_examples={num_examples}], '
-        f'got {num_shards}')
-  tf.io.gfile.makedirs(output_dir)
-  iterator = iter(examples)
-  paths = []
-  for shard in range(num_shards):
-    path = os.path.join(output_dir,
-                        f'{prefix}-{shard:05d}-of-{num_shards:05d}')
-    begin = shard * num_examples // num_shards
-    end = (shard + 1) * num_examples // num_shards
-    with tf.io.TFRecordWriter(path) as writer:
-      for _ in range(begin, end):
-        try:
-          writer.write(next(iterator))
-        except StopIteration:
-          raise ValueError(f'{prefix}: examples ended before '
-                           f'num_examples={num_examples}') from None
-    paths.append(path)
-  return paths
-
-
-class TFRecordSource(sources.Source):
+class TFRecordSource(protocol.Source):
   """ImageNet-format TFRecord shards in `data_dir` (local or `gs://`)."""
 
   def __init__(self, data_dir, *, train_pattern='train-*',
@@ -183,7 +141,7 @@ class TFRecordSource(sources.Source):
       FileNotFoundError: no file matches the split's pattern.
       ValueError: bad split, or the holdout leaves no training file.
     """
-    sources.check_split(split)
+    protocol.check_split(split)
     if split not in self._files:
       self._files[split] = self._list_files(split)
     return self._files[split]
@@ -209,7 +167,7 @@ class TFRecordSource(sources.Source):
       ValueError: fewer files than input pipelines.
     """
     files = self.files(split)
-    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     if len(files) < num_pipelines:
       raise ValueError(
           f'{split} split of {self.data_dir!r} has {len(files)} files, fewer '
@@ -233,7 +191,7 @@ class TFRecordSource(sources.Source):
       dataset = tf.data.TFRecordDataset(files,
                                         buffer_size=self.read_buffer_bytes)
     return dataset.map(
-        functools.partial(sources.parse_imagenet_example,
+        functools.partial(imagenet_example.parse_imagenet_example,
                           label_offset=self.label_offset),
         num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -243,7 +201,7 @@ class TFRecordSource(sources.Source):
     Training splits are not counted: reading all of ImageNet's training
     shards to count them is not cheap.
     """
-    sources.check_split(split)
+    protocol.check_split(split)
     if split == 'train':
       return None
     return sum(count_records_in_files(self.files(split)))
@@ -254,5 +212,5 @@ class TFRecordSource(sources.Source):
                       count_records_in_files(self.files(split))))
     return [
         sum(counts[path] for path in self.pipeline_files(
-            split, sources.pipeline_context(num_input_pipelines, i)))
+            split, protocol.pipeline_context(num_input_pipelines, i)))
         for i in range(num_input_pipelines)]

@@ -10,7 +10,7 @@ shard sizes are known without counting.
 """
 import tensorflow as tf
 
-from effnet_gin.data import sources
+from effnet_gin.data.sources import protocol
 
 
 def _tfds():
@@ -20,7 +20,7 @@ def _tfds():
   return tensorflow_datasets
 
 
-class TFDSSource(sources.Source):
+class TFDSSource(protocol.Source):
   """A prepared TFDS image classification dataset."""
 
   def __init__(self, name, tfds_data_dir=None, *,
@@ -63,14 +63,14 @@ class TFDSSource(sources.Source):
     self.label_key = label_key
 
   def _pipeline_split(self, split, num_pipelines, pipeline_id):
-    sources.check_split(split)
+    protocol.check_split(split)
     return _tfds().even_splits(self.splits[split], n=num_pipelines)[
         pipeline_id]
 
   def examples(self, split, input_context=None, *, is_training, seed=None):
     """See `Source.examples`."""
     tfds = _tfds()
-    num_pipelines, pipeline_id = sources.pipeline_shard(input_context)
+    num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     dataset = self._builder.as_dataset(
         split=self._pipeline_split(split, num_pipelines, pipeline_id),
         shuffle_files=is_training,
@@ -83,7 +83,7 @@ class TFDSSource(sources.Source):
         }, num_parallel_calls=tf.data.AUTOTUNE)
 
   def num_examples(self, split):
-    sources.check_split(split)
+    protocol.check_split(split)
     return self._builder.info.splits[self.splits[split]].num_examples
 
   def examples_per_pipeline(self, split, num_input_pipelines):
