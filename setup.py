@@ -57,8 +57,10 @@ setuptools.setup(
         # 1.8, which would downgrade protobuf below TensorFlow's; TensorFlow
         # falls back to its own client, which needs only these two.
         "tpu": TPU_REQUIREMENTS,
-        # The TPU requirements too, so the resolver's path is tested.
-        "test": ["pytest>=8,<10"] + LITE + ONNX + TPU_REQUIREMENTS,
+        # The TPU requirements too, so the resolver's path is tested;
+        # pytest-xdist runs the suite on both cores (README's command).
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"] + LITE + ONNX +
+                TPU_REQUIREMENTS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

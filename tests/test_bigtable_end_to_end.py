@@ -31,7 +31,7 @@ TRAIN_STEPS = 4
 BINDINGS = [b for b in trainer_helpers.TINY_BINDINGS
             if "RandomNoiseSource" not in b]
 BINDINGS += [f"NUM_EVAL_IMAGES = {NUM_EVAL}", f"TRAIN_STEPS = {TRAIN_STEPS}",
-             "effnet_gin.train.train.schedule = 'train'"]
+             "effnet_gin.train.train.mode = 'train'"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
 def _configure(*params):
   gin.clear_config()
   cli.configure(["demo.gin"], list(trainer_helpers.TINY_BINDINGS) + [
-      "effnet_gin.train.train.schedule = 'train'", "STEPS_PER_LOOP = 2",
+      "effnet_gin.train.train.mode = 'train'", "STEPS_PER_LOOP = 2",
       "effnet_gin.train.train.checkpoint_every_steps = 2",
       *params])
 

@@ -189,7 +189,7 @@ def test_frozen_backbone_from_a_reference_checkpoint_keeps_every_weight(
   finetune(run_dir, f"{imported}/model.gin", TINY_B0,
            "effnet_gin.model.build_model.freeze_backbone = True",
            "effnet_gin.train.train.checkpoint_every_steps = 1")
-  reference = build_model(num_classes=10, freeze_backbone=False)
+  reference = configurables.build_model(num_classes=10, freeze_backbone=False)
   load_pretrained(reference, TINY_B0)
   expected = {v.path: v.numpy() for v in reference.weights
               if not v.path.startswith("predictions/")}

@@ -42,7 +42,7 @@ def run_params(data_dir):
       f"NUM_CLASSES = {NUM_CLASSES}", "NUM_TRAIN_IMAGES = 640",
       f"NUM_EVAL_IMAGES = {NUM_EVAL}", "TRAIN_BATCH_SIZE = 32",
       "EVAL_BATCH_SIZE = 50", "TRAIN_STEPS = 250", "STEPS_PER_LOOP = 50",
-      "effnet_gin.train.train.schedule = 'train'",
+      "effnet_gin.train.train.mode = 'train'",
       "effnet_gin.train.train.seed = 7",
       "effnet_gin.model.build_model.width_coefficient = 0.25",
       "effnet_gin.model.build_model.depth_coefficient = 0.25",

@@ -74,7 +74,7 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
                                  stderr=subprocess.STDOUT)
     try:
       # Only the separate evaluator evaluates (demo.gin evaluates in-process).
-      run(script("trainer") + flags + ["--schedule=train"],
+      run(script("trainer") + flags + ["--mode=train"],
           str(tmp_path / "trainer.log"), timeout=900)
       # No --eval_timeout: the evaluator has to notice the final step itself.
       evaluator.wait(timeout=600)

@@ -38,7 +38,7 @@ def _start(model_dir, log_path, *params, env=None):
 
 def test_killed_trainer_resumes_to_the_right_step(tmp_path):
   model_dir, log_path = tmp_path / "model", tmp_path / "log"
-  params = ("TRAIN_STEPS = 200", "effnet_gin.train.train.schedule = 'train'",
+  params = ("TRAIN_STEPS = 200", "effnet_gin.train.train.mode = 'train'",
             "effnet_gin.train.train.checkpoint_every_steps = 10")
   process = _start(model_dir, log_path, *params)
   try:
@@ -63,7 +63,7 @@ def test_killed_trainer_resumes_to_the_right_step(tmp_path):
 # One host loop of 1000 steps takes far longer than a preemption's grace
 # period; the in-loop progress line every 20 steps shows the loop is running.
 _LONG_LOOP = ("TRAIN_STEPS = 5000", "STEPS_PER_LOOP = 1000",
-              "effnet_gin.train.train.schedule = 'train'",
+              "effnet_gin.train.train.mode = 'train'",
               "effnet_gin.train.train.log_every_steps = 20")
 
 
@@ -158,7 +158,7 @@ def test_multi_worker_mirrored_trains_in_sync_and_the_chief_saves(tmp_path):
   model_dir = tmp_path / "model"
   workers = _start_workers(model_dir, tmp_path, "TRAIN_STEPS = 3",
                            "STEPS_PER_LOOP = 3", "TRAIN_BATCH_SIZE = 8",
-                           "effnet_gin.train.train.schedule = 'train'",
+                           "effnet_gin.train.train.mode = 'train'",
                            "effnet_gin.train.train.log_every_steps = 1")
   logs = _wait_for_workers(workers)
   for index, ((process, _), log) in enumerate(zip(workers, logs)):

@@ -140,7 +140,7 @@ _DEPTH_FIELDS = ("num_blocks",)
 
 
 def model_gin(source, result, *, variant, num_classes, width_coefficient,
-              depth_coefficient, resolution, input_normalization):
+              depth_coefficient, image_size, input_normalization):
   """The text of model.gin: the bindings that build the imported model."""
   weights = "EMA" if result.ema else "raw"
   return f"""\
@@ -154,7 +154,7 @@ def model_gin(source, result, *, variant, num_classes, width_coefficient,
 
 MODEL_NAME = {variant!r}
 NUM_CLASSES = {num_classes!r}
-IMAGE_SIZE = {resolution!r}
+IMAGE_SIZE = {image_size!r}
 
 effnet_gin.model.build_model.variant = %MODEL_NAME
 effnet_gin.model.build_model.num_classes = %NUM_CLASSES

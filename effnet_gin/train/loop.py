@@ -277,12 +277,11 @@ def _nothing_to_do(model_dir, start_step, train_steps):
 def _resolve_mode(mode, schedule):
   """`mode`, or the deprecated `schedule` when only that is given."""
   if schedule is not None:
+    # Given, the old name wins: it is what an old override of a shipped
+    # config (which now sets mode) means.
     logging.warning("train.schedule is deprecated: it is called train.mode "
                     "now (as the reference's --mode); the old name goes in "
                     "the next release")
-    if mode != "train" and mode != schedule:
-      raise ValueError(f"train.mode={mode!r} and its deprecated alias "
-                       f"train.schedule={schedule!r} disagree; set only mode")
     mode = schedule
   if mode not in MODES:
     raise ValueError(f"train.mode must be one of {MODES}, got {mode!r}")
