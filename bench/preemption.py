@@ -27,7 +27,7 @@ import trainer_helpers  # noqa: E402  (the tests' tiny bindings and command)
 
 from effnet_gin.model import build_model  # noqa: E402
 from effnet_gin.train import averaging  # noqa: E402
-from effnet_gin.train import host_loop as host_loop_lib
+from effnet_gin.train import host_loop as host_loop_lib  # noqa: E402
 from effnet_gin.train import optim  # noqa: E402
 from effnet_gin.train import preemption  # noqa: E402
 

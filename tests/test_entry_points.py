@@ -46,8 +46,8 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
   model_builder = _Recorded(functools.partial(
       model_lib.build_model, "efficientnet-b0", num_classes=NUM_CLASSES,
       width_coefficient=0.1, depth_coefficient=0.1, image_size=SIZE))
-  source = data.FakeSource(num_train=16, num_eval=6, num_classes=NUM_CLASSES,
-                           image_size=40)
+  source = data.RandomNoiseSource(num_train=16, num_eval=6,
+                                  num_classes=NUM_CLASSES, image_size=40)
   dataset_builder = _Recorded(functools.partial(
       data.build_dataset, source=source, num_classes=NUM_CLASSES))
   schedule_builder = _Recorded(functools.partial(

@@ -136,7 +136,11 @@ def test_dropout_and_stochastic_depth_act_only_in_training():
   images = _images()
   infer = tf.function(lambda x: net(x, training=False))
   np.testing.assert_array_equal(infer(images), infer(images))
-  np.testing.assert_allclose(net(images), infer(images), rtol=1e-4)
+  # Eager and traced inference differ only in float summation order; a
+  # logit near 0 then differs relatively, so the tolerance is the logits'.
+  inferred = infer(images).numpy()
+  np.testing.assert_allclose(net(images), inferred, rtol=1e-4,
+                             atol=1e-4 * np.abs(inferred).max())
   train = tf.function(lambda x: net(x, training=True))
   assert not np.allclose(train(images), train(images))
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from effnet_gin.train import checkpointing
+from effnet_gin.train import run_dir
 import trainer_helpers
 
 
@@ -175,7 +175,7 @@ def test_multi_worker_mirrored_trains_in_sync_and_the_chief_saves(tmp_path):
   assert losses[1] == losses[0]
   # One checkpoint, the chief's; the other worker's copy went to a scratch
   # directory that is gone.
-  assert checkpointing.listed_checkpoints(str(model_dir)) == [
+  assert run_dir.listed_checkpoints(str(model_dir)) == [
       str(model_dir / "ckpt-3")]
   assert sorted(name for name in os.listdir(model_dir)
                 if name.startswith("ckpt")) == [
