@@ -8,8 +8,8 @@ saves a `tf.Module` with two signatures:
                     decoded and preprocessed exactly as the eval split
                     (the `Preprocessing` it is given, under gin the bound
                     one: by default the reference's center crop with
-                    padding 32 and TF1 bicubic resize) inside the graph, one image at a time with
-                    `tf.map_fn`.
+                    padding 32 and TF1 bicubic resize) inside the graph,
+                    one image at a time with `tf.map_fn`.
   serving_images    images: float32 [N, S, S, 3], RGB 0-255, already
                     preprocessed.
 

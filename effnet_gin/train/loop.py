@@ -249,6 +249,7 @@ def _in_process_evaluation(*, strategy, model, ema, model_dir, chief,
   runner = EvalRunner(strategy=strategy, model=model,
                       eval_batch_size=eval_batch_size, image_size=image_size,
                       jit_compile=jit_compile, dataset_builder=dataset_builder)
+
   def evaluate_at(step, checkpoint):
     return _evaluate_in_process(runner, ema, checkpoint, step, model_dir,
                                 chief)
@@ -303,9 +304,7 @@ def _write_run_files(model_dir, strategy, command, config_text):
   tf.io.gfile.makedirs(model_dir)
   chief = strategy_lib.is_chief(strategy)
   if chief:
-    run_dir.write_text(model_dir, run_dir.COMMAND_FILE, command or "")
-    if config_text is not None:
-      run_dir.write_text(model_dir, run_dir.CONFIG_FILE, config_text)
+    run_dir.write_run_config(model_dir, command=command, config=config_text)
   return chief
 
 

@@ -73,13 +73,16 @@ class OuterLoop:
     next_checkpoint = next_multiple(start_step, checkpoint_every)
     next_eval = next_multiple(start_step, steps_per_eval)
     current = start_step
+    wrote_operative_config = False
     with stop_request.installed(), writer.as_default():
       while current < train_steps:
         num_steps = min(steps_per_loop, train_steps - current)
-        first_loop = current == start_step
         current, steps_run, loss = self._run_host_loop(current, num_steps)
         last_loss = loss if steps_run else last_loss
-        if steps_run and first_loop:
+        # After the first loop that ran: a loop of only skipped (mixed_float16)
+        # updates leaves the step where it was, so the step cannot tell.
+        if steps_run and not wrote_operative_config:
+          wrote_operative_config = True
           self._write_operative_config(current)
         # A loop cut short was stopped by a worker's SIGTERM; every worker
         # agreed on the step (see preemption), so all of them take this path.

@@ -142,10 +142,11 @@ def listed_checkpoints(directory):
   return [p for s, p in sorted(numbered) if s is not None]
 
 
-def write_run_config(model_dir, *, command, config):
-  """Records the trainer's command line and gin config in model_dir."""
+def write_run_config(model_dir, *, command, config=None):
+  """Records the trainer's command line and (when given) its config."""
   write_text(model_dir, COMMAND_FILE, command or "")
-  write_text(model_dir, CONFIG_FILE, config)
+  if config is not None:
+    write_text(model_dir, CONFIG_FILE, config)
 
 
 def config_train_steps(model_dir):
