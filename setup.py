@@ -21,7 +21,7 @@ ONNX = ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"]
 
 setuptools.setup(
     name="effnet_gin",
-    version="0.1.0",
+    version="0.2.0",
     description=("Gin-configured TensorFlow 2 trainer for EfficientNet on "
                  "Cloud TPU, GPU and CPU."),
     long_description=LONG_DESCRIPTION,

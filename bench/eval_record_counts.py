@@ -25,12 +25,14 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 160, "JPEG side in pixels.")
 # One evaluator start's counting: load the cache, count, save the cache.
 _START = """
 import sys, time
-from effnet_gin.data import TFRecordSource
-from effnet_gin.train import eval_records
+from effnet_gin.data.sources import tfrecord
+from effnet_gin.evaluation import records
 start = time.perf_counter()
-cache = eval_records.RecordCountCache(sys.argv[2])
+record_counts = tfrecord.RecordCounts()
+cache = records.RecordCountCache(sys.argv[2], record_counts)
 cache.load()
-counts = TFRecordSource(sys.argv[1]).examples_per_pipeline("eval", 1)
+counts = tfrecord.TFRecordSource(
+    sys.argv[1], record_counts=record_counts).examples_per_pipeline("eval", 1)
 cache.save_if_changed()
 print(sum(counts), time.perf_counter() - start)
 """

@@ -86,8 +86,8 @@ def export_variant(variant, directory):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from effnet_gin.model import build_model  # pylint: disable=g-import-not-at-top
   from effnet_gin.model.inference import inference_model  # pylint: disable=g-import-not-at-top
-  from effnet_gin.train.export import ServingModule  # pylint: disable=g-import-not-at-top
-  from effnet_gin.train import lite_export  # pylint: disable=g-import-not-at-top
+  from effnet_gin.serving.exporter import ServingModule  # pylint: disable=g-import-not-at-top
+  from effnet_gin.serving import converters  # pylint: disable=g-import-not-at-top
   model = inference_model(build_model(variant))
   size = int(model.input_shape[1])
   paths = {"saved_model": f"{directory}/{variant}_saved_model"}
@@ -99,7 +99,7 @@ def export_variant(variant, directory):
   for format_name in ("tflite", "tflite_int8"):
     paths[format_name] = f"{directory}/{variant}_{format_name}.tflite"
     with open(paths[format_name], "wb") as f:
-      f.write(lite_export.convert_tflite(model, format_name,
+      f.write(converters.convert_tflite(model, format_name,
                                          calibration=calibration))
   return paths, size
 

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import trainer_helpers  # noqa: E402  (the tests' tiny bindings and command)
 
 from effnet_gin.model import build_model  # noqa: E402
-from effnet_gin.train import averaging  # noqa: E402
-from effnet_gin.train import host_loop as host_loop_lib  # noqa: E402
+from effnet_gin.checkpoints import averaging  # noqa: E402
+from effnet_gin.train import train_step  # noqa: E402
 from effnet_gin.train import optim  # noqa: E402
 from effnet_gin.train import preemption  # noqa: E402
 
@@ -48,8 +48,8 @@ def _host_loops():
   common = dict(strategy=tf.distribute.get_strategy(), model=model,
                 optimizer=optimizer, ema=ema, global_batch_size=8,
                 label_smoothing=0.1, weight_decay=1e-5, jit_compile=False)
-  return {"without stop check": host_loop_lib.build_host_loop(**common),
-          "with stop check": host_loop_lib.build_host_loop(
+  return {"without stop check": train_step.build_host_loop(**common),
+          "with stop check": train_step.build_host_loop(
               **common, stop_request=preemption.StopRequest())}
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from effnet_gin.model import build_model
-from effnet_gin.train import host_loop as host_loop_lib
-from effnet_gin.train import averaging
+from effnet_gin.train import train_step
+from effnet_gin.checkpoints import averaging
 from effnet_gin.train import optim
 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input resolution.")
@@ -53,7 +53,7 @@ def ours(images, labels, steps, rounds, jit_compile):
   optimizer = optim.build_optimizer(schedule)
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
-  host_loop = host_loop_lib.build_host_loop(
+  host_loop = train_step.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=batch_size, label_smoothing=0.1, weight_decay=1e-5,
       jit_compile=jit_compile)

@@ -23,6 +23,7 @@ from absl import logging
 import gin
 import tensorflow as tf
 
+from effnet_gin import data
 # Importing the configurables registers every gin-bound builder.
 from effnet_gin import configurables  # noqa: F401  pylint: disable=unused-import
 
@@ -216,7 +217,6 @@ def _selected_source():
 
 
 def _source_classes():
-  from effnet_gin import data  # pylint: disable=import-outside-toplevel
   return (data.TFRecordSource, data.RandomNoiseSource,
           data.LearnableShapesSource, data.TFDSSource, data.ImageFolderSource,
           data.BigtableSource)

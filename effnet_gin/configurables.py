@@ -27,22 +27,20 @@ build_model()` builds the configured model); calling the library's own
 (`effnet_gin.model.build_model()`) ignores gin.
 """
 import functools
-import importlib
 
 import gin
 
 from effnet_gin import data as data_lib
 from effnet_gin import model as model_lib
-from effnet_gin.train import averaging
-from effnet_gin.train import lite_export
-from effnet_gin.train import loop
+from effnet_gin.checkpoints import averaging
+from effnet_gin.serving import converters
+from effnet_gin.train import trainer
 from effnet_gin.train import optim
-from effnet_gin.train import recipe
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin.train import durations
+from effnet_gin import distribute
 
-# effnet_gin.train's attributes `evaluate` and `export` are the functions.
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
-export_lib = importlib.import_module("effnet_gin.train.export")
+from effnet_gin.evaluation import evaluator
+from effnet_gin.serving import exporter
 
 
 def _model(fn_or_cls, name=None, **kwargs):
@@ -76,7 +74,7 @@ TFRecordSource = _data(data_lib.TFRecordSource, "TFRecordSource")
 RandomNoiseSource = _data(data_lib.RandomNoiseSource, "RandomNoiseSource")
 LearnableShapesSource = _data(data_lib.LearnableShapesSource,
                               "LearnableShapesSource")
-# Deprecated names of the two above, kept for one release (they warn).
+# Deprecated names of the two above; they warn, and go in effnet_gin 0.3.0.
 FakeSource = _data(data_lib.FakeSource, "FakeSource")
 SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
 TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")
@@ -84,30 +82,30 @@ ImageFolderSource = _data(data_lib.ImageFolderSource, "ImageFolderSource")
 BigtableSource = _data(data_lib.BigtableSource, "BigtableSource")
 
 # --- train -----------------------------------------------------------------
-build_strategy = _train(strategy_lib.build_strategy, "build_strategy")
+build_strategy = _train(distribute.build_strategy, "build_strategy")
 build_schedule = _train(optim.build_schedule, "build_schedule")
 build_optimizer = _train(optim.build_optimizer, "build_optimizer")
 ExponentialMovingAverage = _train(averaging.ExponentialMovingAverage,
                                   "ExponentialMovingAverage")
-steps_for_epochs = _train(recipe.steps_for_epochs, "steps_for_epochs")
+steps_for_epochs = _train(durations.steps_for_epochs, "steps_for_epochs")
 
 # The entry points' collaborators come from here, not from bindings.
 _TRAIN_COLLABORATORS = ["model_builder", "dataset_builder", "schedule_builder",
                         "optimizer_builder", "ema_builder", "strategy"]
 _configured_train = _train(
-    loop.train, "train",
+    trainer.train, "train",
     denylist=["model_dir", "command", "config_text", "operative_config_text",
               *_TRAIN_COLLABORATORS])
 _configured_evaluate = _train(
-    evaluate_lib.evaluate, "evaluate",
+    evaluator.evaluate, "evaluate",
     denylist=["model_dir", "train_steps_from_run", "model_builder",
               "dataset_builder", "strategy"])
 _configured_export_lite = _train(
-    lite_export.export_lite, "export_lite",
+    converters.export_lite, "export_lite",
     allowlist=["calibration_images", "compare_on_eval", "max_int8_drop",
                "num_threads", "opset"])
 _configured_export = _train(
-    export_lib.export, "export",
+    exporter.export, "export",
     denylist=["model_dir", "export_dir", "model_builder", "preprocessing",
               "lite_exporter"])
 
@@ -118,7 +116,7 @@ def dataset_builder():
 
 
 def train(**kwargs):
-  """Runs `loop.train` with gin's bindings and gin-bound collaborators.
+  """Runs `trainer.train` with gin's bindings and gin-bound collaborators.
 
   Records the command, gin's config and, after the first loop, the operative
   config in model_dir. Keyword arguments override both (e.g. `model_dir`,
@@ -137,7 +135,7 @@ def train(**kwargs):
 
 
 def evaluate(**kwargs):
-  """Runs `evaluate.evaluate` with gin's bindings and collaborators."""
+  """Runs `evaluator.evaluate` with gin's bindings and collaborators."""
   wiring = dict(model_builder=build_model, dataset_builder=dataset_builder())
   wiring.update(kwargs)
   if "strategy" not in wiring:
@@ -146,13 +144,13 @@ def evaluate(**kwargs):
 
 
 def export_lite(model, **kwargs):
-  """`lite_export.export_lite` with gin's bindings and dataset builder."""
+  """`converters.export_lite` with gin's bindings and dataset builder."""
   kwargs.setdefault("dataset_builder", dataset_builder())
   return _configured_export_lite(model, **kwargs)
 
 
 def export(**kwargs):
-  """Runs `export.export` with gin's bindings and collaborators."""
+  """Runs `exporter.export` with gin's bindings and collaborators."""
   wiring = dict(model_builder=build_model, preprocessing=Preprocessing(),
                 lite_exporter=export_lite)
   wiring.update(kwargs)

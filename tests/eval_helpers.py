@@ -1,5 +1,4 @@
 """Shared by the evaluator tests: a tiny eval set, config and checkpoints."""
-import importlib
 import json
 import os
 
@@ -10,12 +9,11 @@ import tensorflow as tf
 from effnet_gin import configurables
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
 from effnet_gin.train import optim
 
-# `effnet_gin.train.evaluate` the attribute is the function; this is the module.
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
+from effnet_gin.evaluation import evaluator as evaluate_lib
 
 NUM_CLASSES = 10
 NUM_EVAL = 37  # Not a multiple of the batch: the last batches are padded.

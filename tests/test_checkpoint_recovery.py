@@ -1,6 +1,5 @@
 """A truncated latest checkpoint: the trainer and the evaluator fall back."""
 import glob
-import importlib
 import logging
 import os
 
@@ -9,10 +8,10 @@ import pytest
 
 from effnet_gin import configurables
 from effnet_gin import cli
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 import trainer_helpers
 
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
+from effnet_gin.evaluation import evaluator as evaluate_lib
 
 
 def _configure(*params):

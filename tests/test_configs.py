@@ -14,7 +14,7 @@ from effnet_gin import cli
 from effnet_gin import configurables
 from effnet_gin.model import build_model
 from effnet_gin.train import optim
-from effnet_gin.train import recipe
+from effnet_gin.train import durations
 import trainer_helpers
 
 DATA = dict(data_dir="gs://bucket/imagenet")
@@ -47,7 +47,7 @@ def schedule_of_config():
     (350, 65536, 6842),
 ])
 def test_steps_for_epochs_truncates_as_the_reference(epochs, batch, steps):
-  assert recipe.steps_for_epochs(epochs=epochs, num_train_images=1281167,
+  assert durations.steps_for_epochs(epochs=epochs, num_train_images=1281167,
                                  global_batch_size=batch) == steps
 
 
@@ -57,7 +57,7 @@ def test_steps_for_epochs_truncates_as_the_reference(epochs, batch, steps):
     dict(epochs="350", num_train_images=10, global_batch_size=2)])
 def test_steps_for_epochs_rejects_non_positive_values(kwargs):
   with pytest.raises(ValueError, match="must be a positive number"):
-    recipe.steps_for_epochs(**kwargs)
+    durations.steps_for_epochs(**kwargs)
 
 
 def test_b0_tpu_schedule_is_the_reference():
@@ -102,7 +102,7 @@ def test_an_explicit_train_steps_wins_everywhere():
 def test_durations_describe_every_count():
   schedule = optim.build_schedule(global_batch_size=2048,
                                   num_train_images=1281167)
-  line = recipe.durations_of(
+  line = durations.durations_of(
       train_steps=218949, num_train_images=1281167, global_batch_size=2048,
       schedule=schedule, steps_per_eval=6255, checkpoint_every_steps=1251,
       steps_per_loop=1251).describe()

@@ -7,8 +7,8 @@ import tensorflow as tf
 from effnet_gin.model import build_model
 from effnet_gin.model import cross_replica
 from effnet_gin.model import layers
-from effnet_gin.train import averaging
-from effnet_gin.train import host_loop as host_loop_lib
+from effnet_gin.checkpoints import averaging
+from effnet_gin.train import train_step
 from effnet_gin.train import optim
 
 
@@ -73,7 +73,7 @@ def _train_three_steps(strategy, images, labels, group_size):
   # replica 1 examples 8-15.
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((images, labels)).repeat())
-  host_loop = host_loop_lib.build_host_loop(
+  host_loop = train_step.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=16, label_smoothing=0.1,
       weight_decay=1e-5, jit_compile=False)

@@ -6,7 +6,6 @@ all three with builders of our own and checks that those, and nothing from
 gin, made the run.
 """
 import functools
-import importlib
 import os
 
 import gin
@@ -15,13 +14,13 @@ import tensorflow as tf
 
 from effnet_gin import data
 from effnet_gin import model as model_lib
-from effnet_gin.train import averaging
+from effnet_gin.checkpoints import averaging
 from effnet_gin.train import optim
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin import distribute
 
-loop = importlib.import_module("effnet_gin.train.loop")
-evaluate_lib = importlib.import_module("effnet_gin.train.evaluate")
-export_lib = importlib.import_module("effnet_gin.train.export")
+from effnet_gin.train import trainer
+from effnet_gin.evaluation import evaluator as evaluate_lib
+from effnet_gin.serving import exporter as export_lib
 
 NUM_CLASSES = 5
 SIZE = 32
@@ -56,9 +55,9 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
                                                   name="momentum"))
   ema_builder = _Recorded(functools.partial(averaging.ExponentialMovingAverage,
                                             decay=0.5))
-  strategy = strategy_lib.build_strategy(kind="cpu")
+  strategy = distribute.build_strategy(kind="cpu")
   model_dir = str(tmp_path / "run")
-  result = loop.train(
+  result = trainer.train(
       model_dir=model_dir, train_steps=2, train_batch_size=4,
       image_size=SIZE, num_train_images=16, steps_per_loop=1,
       mode="train_and_eval", eval_batch_size=4, steps_per_eval=2,

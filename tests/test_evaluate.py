@@ -18,7 +18,7 @@ from effnet_gin import configurables
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.model import build_model
-from effnet_gin.train.eval_runner import run_evaluation
+from effnet_gin.evaluation.eval_pass import run_evaluation
 
 from eval_helpers import configure
 from eval_helpers import ContractWriter

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.data.sources import tfrecord
-from effnet_gin.train import eval_records
-from effnet_gin.train import run_dir
+from effnet_gin.evaluation import records
+from effnet_gin.checkpoints import run_dir
 from eval_helpers import configure
 from eval_helpers import ContractWriter
 from eval_helpers import data_dir  # noqa: F401  (a fixture)
@@ -29,7 +29,7 @@ def _snapshot(directory):
 
 
 def _best_record(model_dir):
-  return eval_records.BestCheckpoint(model_dir).read()
+  return records.BestCheckpoint(model_dir).read()
 
 
 def test_crash_while_archiving_the_best_re_evaluates_it(
@@ -43,7 +43,7 @@ def test_crash_while_archiving_the_best_re_evaluates_it(
     raise RuntimeError("injected crash between evaluation and recording")
 
   with monkeypatch.context() as patch:
-    patch.setattr(eval_records.BestCheckpoint, "offer", crash)
+    patch.setattr(records.BestCheckpoint, "offer", crash)
     with pytest.raises(RuntimeError, match="injected crash"):
       evaluate(model_dir, train_steps=2)
   assert not os.path.exists(os.path.join(model_dir, "eval", "results.jsonl"))
@@ -79,7 +79,7 @@ def test_evaluating_the_best_checkpoint_itself_damages_nothing(
   assert _snapshot(best_dir) == before_best
   assert all(len(data) for data in before_best.values())
   assert read_results(model_dir) == before_results
-  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
+  others = records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
   assert [r["checkpoint"] for r in others.read()] == [record["checkpoint"]]
 
 
@@ -99,7 +99,7 @@ def test_another_runs_checkpoint_changes_nothing_in_this_run(
   assert added == {os.path.join("eval", run_dir.OTHER_RESULTS_FILE)}
   assert {k: after[k] for k in before} == before
   with pytest.raises(ValueError, match="not one of the checkpoints"):
-    eval_records.BestCheckpoint(model_dir).offer(
+    records.BestCheckpoint(model_dir).offer(
         dict(result, top_1_accuracy=2.0), None)
 
 
@@ -117,13 +117,11 @@ def test_newest_only_skips_older_checkpoints_and_says_so(
   assert paths[0] in skipped and paths[1] in skipped
 
 
-def test_train_steps_come_from_the_trainers_config(data_dir, tmp_path, caplog):
+def test_train_steps_come_from_the_trainers_run_file(data_dir, tmp_path, caplog):
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(3)
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write("TRAIN_STEPS = 3\n# Parameters for train:\n"
-            "train.train_steps = %TRAIN_STEPS\n")
+  run_dir.write_run_config(model_dir, command="bin/trainer", train_steps=3)
   # Told 100 by its own config, it would wait for a step-100 checkpoint.
   with caplog.at_level(logging.INFO):
     results = evaluate(model_dir, train_steps=100, train_steps_from_run=True)
@@ -139,7 +137,7 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
   evaluate(model_dir, train_steps=1)
-  cache = eval_records.RecordCountCache(model_dir)
+  cache = records.RecordCountCache(model_dir)
   with open(cache.path) as f:
     saved = json.load(f)
   files = sorted(glob.glob(os.path.join(data_dir, "validation-*")))
@@ -164,8 +162,8 @@ def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
-  evaluator_recorder = eval_records.Recorder(model_dir, chief=True)
-  trainer_recorder = eval_records.Recorder(model_dir, chief=True,
+  evaluator_recorder = records.Recorder(model_dir, chief=True)
+  trainer_recorder = records.Recorder(model_dir, chief=True,
                                            in_process=True)
   own = dict(step=1, checkpoint=os.path.join(model_dir, "ckpt-1"),
              top_1_accuracy=0.5, top_5_accuracy=0.5, loss=1.0)
@@ -179,5 +177,5 @@ def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(
   other = dict(own, checkpoint=str(tmp_path / "other" / "ckpt-7"))
   evaluator_recorder(other, None)
   evaluator_recorder.close()
-  others = eval_records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
+  others = records.ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
   assert others.read() == [other]

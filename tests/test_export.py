@@ -1,5 +1,4 @@
 """Tests of the SavedModel export and of classifying image files with it."""
-import importlib
 import json
 import os
 import subprocess
@@ -16,13 +15,14 @@ from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import eval_records
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.evaluation import records
+from effnet_gin.serving import labels
 from effnet_gin.train import optim
 
-# `effnet_gin.train.export` the attribute is the function; this is the module.
-export_lib = importlib.import_module("effnet_gin.train.export")
+from effnet_gin.serving import exporter as export_lib
+from effnet_gin.serving import predict as predict_lib
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -155,7 +155,7 @@ def test_checkpoint_choice_latest_best_and_path(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="bin/evaluator"):
     export_lib.resolve_serving_checkpoint(run, "best")
   # ckpt-1's files are there to copy: no restored checkpoint is needed.
-  eval_records.BestCheckpoint(run).offer(
+  records.BestCheckpoint(run).offer(
       dict(step=1, checkpoint=f"{run}/ckpt-1", top_1_accuracy=0.5), None)
   assert export_lib.resolve_serving_checkpoint(
       run, "best") == f"{run}/best/ckpt-1"
@@ -191,7 +191,7 @@ def test_predict_with_saved_model_or_checkpoint_and_labels(
   names = [f"class {i}" for i in range(NUM_CLASSES)]
   with open(labels_file, "w") as f:
     f.write("\n".join(names) + "\n")
-  results = export_lib.predict(image_files, saved_model_dir=export_dir,
+  results = predict_lib.predict(image_files, saved_model_dir=export_dir,
                                labels_file=labels_file)
   classes, probabilities = classify_in_process(f"{run}/ckpt-2", image_files)
   assert [path for path, _ in results] == image_files
@@ -201,20 +201,20 @@ def test_predict_with_saved_model_or_checkpoint_and_labels(
     assert [p for _, _, p in top] == sorted((p for _, _, p in top),
                                             reverse=True)
     assert top[0][2] == pytest.approx(probs.max(), abs=1e-5)
-  from_checkpoint = export_lib.predict(
+  from_checkpoint = predict_lib.predict(
       image_files, model_dir=run, top_k=1,
       model_builder=configurables.build_model)
   assert [top[0][0] for _, top in from_checkpoint] == classes.tolist()
-  text = export_lib.format_predictions(results)
+  text = predict_lib.format_predictions(results)
   assert f"1. {classes[0]} (class {classes[0]})" in text
 
   with open(labels_file, "w") as f:
     f.write("background\n" + "\n".join(names) + "\n")
   with pytest.raises(ValueError, match="names 11 classes"):
-    export_lib.predict(image_files, saved_model_dir=export_dir,
+    predict_lib.predict(image_files, saved_model_dir=export_dir,
                        labels_file=labels_file)
   with pytest.raises(FileNotFoundError, match="nope.jpg"):
-    export_lib.predict([str(tmp_path / "nope.jpg")],
+    predict_lib.predict([str(tmp_path / "nope.jpg")],
                        saved_model_dir=export_dir)
 
 
@@ -224,6 +224,6 @@ def test_read_labels_formats(tmp_path):
                "tench\ngoldfish\n"):
     with open(path, "w") as f:
       f.write(text)
-    assert export_lib.read_labels(path) == ["tench", "goldfish"]
+    assert labels.read_labels(path) == ["tench", "goldfish"]
   with pytest.raises(FileNotFoundError, match="missing.txt"):
-    export_lib.read_labels(str(tmp_path / "missing.txt"))
+    labels.read_labels(str(tmp_path / "missing.txt"))

@@ -16,10 +16,10 @@ from effnet_gin import cli
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
-from effnet_gin.model import load_pretrained
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import importing
+from effnet_gin.checkpoints import load_pretrained
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.checkpoints import importer
 from test_pretrained import write_reference_copy
 import trainer_helpers
 
@@ -120,7 +120,7 @@ def test_import_errors_write_nothing(tmp_path):
   model_dir = tmp_path / "out"
   with pytest.raises(ValueError, match="holds efficientnet-b0 .*, the model "
                      "is efficientnet-lite0"):
-    importing.import_checkpoint(
+    importer.import_checkpoint(
         source=TINY_B0, model_dir=str(model_dir), variant="efficientnet-lite0",
         width_coefficient=0.1, depth_coefficient=0.5)
   gone = "efficientnet-b0/blocks_4/se/conv2d_1/bias"
@@ -130,9 +130,9 @@ def test_import_errors_write_nothing(tmp_path):
                                            if n.startswith(gone)])
   with pytest.raises(ValueError, match=f"{gone}/ExponentialMovingAverage is "
                      "missing"):
-    importing.import_checkpoint(source=broken, model_dir=str(model_dir))
+    importer.import_checkpoint(source=broken, model_dir=str(model_dir))
   with pytest.raises(FileNotFoundError, match="nope"):
-    importing.import_checkpoint(source=str(tmp_path / "nope"),
+    importer.import_checkpoint(source=str(tmp_path / "nope"),
                                 model_dir=str(model_dir))
   assert os.listdir(tmp_path) == ["src"]  # No model_dir, no scratch copy.
 
@@ -140,7 +140,7 @@ def test_import_errors_write_nothing(tmp_path):
 def test_import_refuses_a_model_dir_with_a_checkpoint(imported):
   before = sorted(os.listdir(imported))
   with pytest.raises(ValueError, match="already holds a checkpoint"):
-    importing.import_checkpoint(source=TINY_B0, model_dir=imported,
+    importer.import_checkpoint(source=TINY_B0, model_dir=imported,
                                 width_coefficient=0.1, depth_coefficient=0.5)
   assert sorted(os.listdir(imported)) == before
 

@@ -25,13 +25,13 @@ from effnet_gin import cli
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
-from effnet_gin.train import lite_export
+from effnet_gin.serving import formats
 import trainer_helpers
 
 NUM_CLASSES = 6
 NUM_EVAL = 200
 IMAGE_SIZE = 32
-FORMATS = lite_export.FORMATS
+FORMATS = formats.FORMATS
 
 
 def run_params(data_dir):
@@ -122,7 +122,7 @@ def test_int8_top1_agrees_with_float(deployed, eval_set):
   int8_top1 = tflite_top1(f"{exports['tflite_int8']}/model.tflite", images)
   assert np.mean(float_top1 == labels) > 0.4  # Trained: chance is 1/6.
   assert np.mean(int8_top1 == float_top1) >= 0.9
-  metadata = lite_export.read_metadata(exports["tflite_int8"])
+  metadata = formats.read_metadata(exports["tflite_int8"])
   comparison = metadata["int8_vs_float"]
   assert comparison["int8"]["num_examples"] == NUM_EVAL
   assert comparison["float"]["num_examples"] == NUM_EVAL
@@ -154,7 +154,7 @@ def run_bin(command):
 def test_evaluator_scores_every_image_once(deployed, eval_set, format_name,
                                            flag):
   export_dir = deployed["exports"][format_name]
-  model = f"{export_dir}/{lite_export.model_file(format_name)}"
+  model = f"{export_dir}/{formats.model_file(format_name)}"
   output = run_bin(bin_command("evaluator", deployed, f"--{flag}={model}"))
   result = json.loads(output.strip().splitlines()[-1])
   assert result["num_examples"] == NUM_EVAL

@@ -5,7 +5,6 @@ and a Lite-style one (ReLU6, no SE), with batch-norm statistics and weights
 moved away from their initial values so that folding them matters.
 """
 import collections
-import importlib
 import json
 import os
 
@@ -20,12 +19,13 @@ from effnet_gin import configurables
 from effnet_gin.model import build_model
 from effnet_gin.model import layers
 from effnet_gin.model.inference import inference_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import lite_export
-from effnet_gin.train import lite_runtime
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.serving import converters
+from effnet_gin.serving import formats
+from effnet_gin.serving import runtimes
 
-export_lib = importlib.import_module("effnet_gin.train.export")
+from effnet_gin.serving import exporter as export_lib
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -86,12 +86,12 @@ def test_float_exports_match_the_keras_logits(variant, format_name, tolerance,
   model = tiny_model(variant)
   plain = inference_model(model)
   if format_name == "onnx":
-    content = lite_export.convert_onnx(plain, batch_size=2)
+    content = converters.convert_onnx(plain, batch_size=2)
   else:
-    content = lite_export.convert_tflite(plain, format_name, batch_size=2)
-  path = tmp_path / lite_export.model_file(format_name)
+    content = converters.convert_tflite(plain, format_name, batch_size=2)
+  path = tmp_path / formats.model_file(format_name)
   path.write_bytes(content)
-  classifier = lite_runtime.load_classifier(str(path), num_threads=2)
+  classifier = runtimes.load_classifier(str(path), num_threads=2)
   assert (classifier.batch_size, classifier.image_size) == (2, IMAGE_SIZE)
   x = images(count=3)  # Not a multiple of the batch: the last one is padded.
   expected = model(x, training=False).numpy()
@@ -110,7 +110,7 @@ def test_converted_graphs_have_batch_norm_folded():
   model = tiny_model("efficientnet-lite0")
   residual_adds = sum(isinstance(layer, keras.layers.Add)
                       for layer in model.layers)
-  ops = tflite_ops(lite_export.convert_tflite(inference_model(model),
+  ops = tflite_ops(converters.convert_tflite(inference_model(model),
                                               "tflite"))
   assert ops["MUL"] == 1 and ops["SUB"] == 1
   assert ops["ADD"] == residual_adds
@@ -118,7 +118,7 @@ def test_converted_graphs_have_batch_norm_folded():
   assert set(ops) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "SUB", "ADD",
                       "MEAN", "FULLY_CONNECTED", "RESHAPE"}
   import onnx  # pylint: disable=g-import-not-at-top
-  graph = onnx.load_from_string(lite_export.convert_onnx(
+  graph = onnx.load_from_string(converters.convert_onnx(
       inference_model(model))).graph
   node_types = collections.Counter(node.op_type for node in graph.node)
   assert "BatchNormalization" not in node_types
@@ -229,7 +229,7 @@ def test_a_model_in_export_dir_is_kept_unless_overwrite(run, tmp_path, first,
                     overwrite=True)
   assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
       "format"] == second
-  assert not os.path.exists(f"{export_dir}/{lite_export.model_file(first)}")
+  assert not os.path.exists(f"{export_dir}/{formats.model_file(first)}")
   assert sorted(os.listdir(tmp_path)) == ["export", "run"]
 
 
@@ -247,10 +247,10 @@ def test_failed_overwrite_leaves_the_previous_export_loadable(
   # The new export has written its model file (or whole SavedModel) into
   # the staging directory when the failure strikes.
   if failing_step == "convert":
-    target, fmt = lite_runtime, "tflite"
+    target, fmt = runtimes, "tflite"
     name = "load_classifier"
   else:
-    target, fmt = lite_export, "saved_model"
+    target, fmt = formats, "saved_model"
     name = "write_metadata"
 
   def fail(*args, **kwargs):
@@ -309,6 +309,6 @@ def test_exporter_command_line(run, tmp_path):
                       "--batch_size=4")
   assert replaced.returncode == 0, replaced.stderr[-3000:]
   assert "tflite_float16 of efficientnet-lite0 at 32x32" in replaced.stdout
-  metadata = lite_export.read_metadata(export_dir)
+  metadata = formats.read_metadata(export_dir)
   assert metadata["format"] == "tflite_float16"
   assert metadata["input"]["shape"][0] == 4

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from effnet_gin.model import build_model
 from effnet_gin.model.layers import BatchNorm
+from effnet_gin.evaluation import metrics
 from effnet_gin.train import losses
 
 
@@ -157,17 +158,17 @@ def test_top_k_correct():
                         [0.3, 0.3, 0.4],   # tie of 0 and 1 below 2
                         [0.9, 0.05, 0.05]])
   labels = tf.constant([1, 0, 2])
-  assert float(losses.top_k_correct(labels, logits, 1)) == 1.0
-  assert float(losses.top_k_correct(labels, logits, 2)) == 3.0  # ties count
-  assert float(losses.top_k_correct(labels, logits, 1,
+  assert float(metrics.top_k_correct(labels, logits, 1)) == 1.0
+  assert float(metrics.top_k_correct(labels, logits, 2)) == 3.0  # ties count
+  assert float(metrics.top_k_correct(labels, logits, 1,
                                     weights=[0.0, 1.0, 1.0])) == 0.0
   soft = tf.one_hot(labels, 3) * 0.8 + 0.1
-  assert float(losses.top_k_correct(soft, logits, 2)) == 3.0
-  compiled = tf.function(lambda y, x: losses.top_k_correct(y, x, 2),
+  assert float(metrics.top_k_correct(soft, logits, 2)) == 3.0
+  compiled = tf.function(lambda y, x: metrics.top_k_correct(y, x, 2),
                          jit_compile=True)
   assert float(compiled(labels, tf.cast(logits, tf.bfloat16))) == 3.0
   in_top_k = tf.math.in_top_k(labels, logits, 1)
-  assert float(losses.top_k_correct(labels, logits, 1)) == float(
+  assert float(metrics.top_k_correct(labels, logits, 1)) == float(
       tf.reduce_sum(tf.cast(in_top_k, tf.float32)))
   with pytest.raises(ValueError, match="0"):
-    losses.top_k_correct(labels, logits, 0)
+    metrics.top_k_correct(labels, logits, 0)

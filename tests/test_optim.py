@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from effnet_gin import configurables
 from effnet_gin.model.layers import BatchNorm
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
 from effnet_gin.train import optim
 from optimizer_helpers import run_keras
 

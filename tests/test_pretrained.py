@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin.model import build_model
-from effnet_gin.model import load_pretrained
-from effnet_gin.model import pretrained
+from effnet_gin.checkpoints import load_pretrained
+from effnet_gin.checkpoints import pretrained
 from effnet_gin.model import specs
-from effnet_gin.model import weight_sources
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
+from effnet_gin.checkpoints import weight_sources
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures",
                         "reference_checkpoints")

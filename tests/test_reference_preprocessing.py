@@ -5,7 +5,6 @@ preprocessing returns for the four JPEGs there (see its README). A published
 checkpoint keeps its accuracy only if it sees those pixels, through the input
 pipeline and through the exported SavedModel alike.
 """
-import importlib
 import os
 
 import gin
@@ -19,11 +18,11 @@ from effnet_gin.data import Preprocessing
 from effnet_gin.data import serialize_imagenet_example
 from effnet_gin.data import TFRecordSource
 from effnet_gin.model import build_model
-from effnet_gin.train import checkpointing
+from effnet_gin.checkpoints import checkpointing
 
 import data_helpers
 
-export_lib = importlib.import_module("effnet_gin.train.export")
+from effnet_gin.serving import exporter as export_lib
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures",
                         "reference_preprocessing")

@@ -1,9 +1,10 @@
-"""The run directory's names and helpers (`effnet_gin.train.run_dir`)."""
+"""The run directory's names and helpers (`effnet_gin.checkpoints.run_dir`)."""
+import json
 import os
 
 import pytest
 
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 
 
 def _layout_names():
@@ -36,18 +37,21 @@ def test_write_text_replaces_the_file_and_leaves_no_temporary(tmp_path):
   assert run_dir.read_text(directory, "absent") is None
 
 
-@pytest.mark.parametrize("config, steps", [
-    ("effnet_gin.train.train.train_steps = 218949\n", 218949),
-    ("TRAIN_STEPS = 7\ntrain.train_steps = %TRAIN_STEPS\n", 7),
-    ("train.train_steps = %UNDEFINED\n", None),
-    ("train.steps_per_eval = 5\n", None),
-])
-def test_config_train_steps_reads_the_binding(tmp_path, config, steps):
+def test_the_run_file_records_train_steps_as_plain_data(tmp_path):
   model_dir = str(tmp_path)
-  run_dir.write_run_config(model_dir, command="bin/trainer", config=config)
-  assert run_dir.config_train_steps(model_dir) == steps
+  run_dir.write_run_config(model_dir, command="bin/trainer",
+                           config="TRAIN_STEPS = 7\n", train_steps=218949)
+  with open(tmp_path / "run.json") as f:
+    assert json.load(f) == {"train_steps": 218949}
+  assert run_dir.run_train_steps(model_dir) == 218949
   assert run_dir.read_text(model_dir, run_dir.COMMAND_FILE) == "bin/trainer"
 
 
-def test_config_train_steps_without_a_config_is_none(tmp_path):
-  assert run_dir.config_train_steps(str(tmp_path)) is None
+def test_run_train_steps_without_a_run_file_is_none(tmp_path):
+  assert run_dir.run_train_steps(str(tmp_path)) is None
+
+
+def test_a_damaged_run_file_is_named(tmp_path):
+  (tmp_path / "run.json").write_text("{\"steps\": 3}")
+  with pytest.raises(ValueError, match="run.json"):
+    run_dir.run_train_steps(str(tmp_path))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from effnet_gin import configurables
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin import distribute
 
 
 @pytest.fixture(name="no_tf_config")
@@ -30,10 +30,10 @@ def _cluster(workers, chief=False):
 
 def test_auto_selects_default_strategy_on_cpu(no_tf_config):
   del no_tf_config
-  assert strategy_lib.select_strategy_kind() == "cpu"
-  strategy = strategy_lib.build_strategy()
+  assert distribute.select_strategy_kind() == "cpu"
+  strategy = distribute.build_strategy()
   assert strategy is tf.distribute.get_strategy()
-  assert strategy_lib.is_chief(strategy)
+  assert distribute.is_chief(strategy)
 
 
 @pytest.mark.parametrize("tf_config, expected", [
@@ -46,29 +46,29 @@ def test_auto_selects_default_strategy_on_cpu(no_tf_config):
 ])
 def test_auto_reads_tf_config(monkeypatch, tf_config, expected):
   monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-  assert strategy_lib.select_strategy_kind() == expected
-  assert strategy_lib.select_strategy_kind(tpu="my-tpu") == "tpu"
+  assert distribute.select_strategy_kind() == expected
+  assert distribute.select_strategy_kind(tpu="my-tpu") == "tpu"
 
 
 def test_bad_kind_and_tf_config_raise(monkeypatch):
   with pytest.raises(ValueError, match="'fpga'"):
-    strategy_lib.build_strategy(kind="fpga")
+    distribute.build_strategy(kind="fpga")
   monkeypatch.setenv("TF_CONFIG", "{not json")
   with pytest.raises(ValueError, match="not json"):
-    strategy_lib.select_strategy_kind()
+    distribute.select_strategy_kind()
   with pytest.raises(ValueError, match="no GPU"):
-    strategy_lib.build_strategy(kind="gpu")
+    distribute.build_strategy(kind="gpu")
 
 
 def test_mirrored_cpu_from_gin():
   gin.parse_config("effnet_gin.train.build_strategy.kind = 'mirrored_cpu'")
   strategy = configurables.build_strategy()
   assert isinstance(strategy, tf.distribute.MirroredStrategy)
-  assert strategy.num_replicas_in_sync == 2
-  assert strategy_lib.is_chief(strategy)
+  assert distribute.num_replicas_in_sync == 2
+  assert distribute.is_chief(strategy)
   # conftest already initialised TensorFlow with two logical CPUs.
   with pytest.raises(ValueError, match="num_cpu_replicas=3"):
-    strategy_lib.build_strategy(kind="mirrored_cpu", num_cpu_replicas=3)
+    distribute.build_strategy(kind="mirrored_cpu", num_cpu_replicas=3)
 
 
 def test_unresolvable_tpu_fails_fast_naming_it(monkeypatch):
@@ -77,7 +77,7 @@ def test_unresolvable_tpu_fails_fast_naming_it(monkeypatch):
   monkeypatch.setenv("GCE_METADATA_IP", "metadata.invalid")
   start = time.monotonic()
   with pytest.raises(ValueError, match="'nonexistent-tpu-name'"):
-    strategy_lib.build_strategy(tpu="nonexistent-tpu-name",
+    distribute.build_strategy(tpu="nonexistent-tpu-name",
                                 tpu_resolve_timeout_secs=30)
   assert time.monotonic() - start < 20
 
@@ -92,16 +92,16 @@ def test_silent_metadata_server_times_out(monkeypatch):
                        f"127.0.0.1:{silent.getsockname()[1]}")
     start = time.monotonic()
     with pytest.raises(ValueError, match="'my-tpu'.*within 1 s"):
-      strategy_lib.build_strategy(tpu="my-tpu", tpu_resolve_timeout_secs=1)
+      distribute.build_strategy(tpu="my-tpu", tpu_resolve_timeout_secs=1)
     assert time.monotonic() - start < 10
 
 
 def test_a_tpu_config_without_a_tpu_says_so_and_points_elsewhere(
     monkeypatch):
   monkeypatch.delenv("TPU_NAME", raising=False)
-  with pytest.raises(strategy_lib.NoTPUError,
+  with pytest.raises(distribute.NoTPUError,
                      match=r"--tpu=local.*--tpu=NAME.*b0_gpu\.gin / b0_cpu"):
-    strategy_lib.build_strategy(kind="tpu")
+    distribute.build_strategy(kind="tpu")
 
 
 def test_trainer_on_a_tpu_config_without_a_tpu_says_so_in_one_line(
@@ -126,10 +126,10 @@ def test_missing_api_client_names_the_extra_to_install():
   # The exact error TensorFlow's TPU client raises without the client.
   err = RuntimeError("Missing runtime dependency on the Google API client. "
                      "Run `pip install cloud-tpu-client` to fix.")
-  message = strategy_lib.explain_resolve_error("TPU 'my-tpu'", err)
+  message = distribute.explain_resolve_error("TPU 'my-tpu'", err)
   assert "pip install 'effnet_gin[tpu]'" in message
   assert "'my-tpu'" in message
-  other = strategy_lib.explain_resolve_error("TPU 'x'", RuntimeError("boom"))
+  other = distribute.explain_resolve_error("TPU 'x'", RuntimeError("boom"))
   assert "effnet_gin[tpu]" not in other
 
 
@@ -141,7 +141,7 @@ def test_with_the_tpu_extra_a_named_tpu_gets_past_the_dependency(monkeypatch):
   pytest.importorskip("oauth2client")
   monkeypatch.setenv("GCE_METADATA_IP", "metadata.invalid")
   with pytest.raises(ValueError, match="'my-tpu'") as raised:
-    strategy_lib.build_strategy(tpu="my-tpu", zone="us-central1-b",
+    distribute.build_strategy(tpu="my-tpu", zone="us-central1-b",
                                 project="my-project",
                                 tpu_resolve_timeout_secs=20)
   assert "Missing runtime dependency" not in str(raised.value)
@@ -156,7 +156,7 @@ def test_with_the_tpu_extra_a_named_tpu_gets_past_the_dependency(monkeypatch):
     ({}, None, None, True),
 ])
 def test_is_chief_task(cluster, task_type, task_id, expected):
-  assert strategy_lib.is_chief_task(cluster, task_type, task_id) is expected
+  assert distribute.is_chief_task(cluster, task_type, task_id) is expected
 
 
 def test_is_chief_task_from_tf_config_resolver(monkeypatch):
@@ -164,14 +164,14 @@ def test_is_chief_task_from_tf_config_resolver(monkeypatch):
       {"cluster": _cluster(2, chief=True),
        "task": {"type": "worker", "index": 0}}))
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-  assert not strategy_lib.is_chief_task(resolver.cluster_spec().as_dict(),
+  assert not distribute.is_chief_task(resolver.cluster_spec().as_dict(),
                                         resolver.task_type, resolver.task_id)
 
 
 _WORKER = textwrap.dedent("""
-    from effnet_gin.train import strategy
-    built = strategy.build_strategy()
-    print(type(built).__name__, strategy.is_chief(built))
+    from effnet_gin import distribute
+    built = distribute.build_strategy()
+    print(type(built).__name__, distribute.is_chief(built))
 """)
 
 
@@ -211,13 +211,13 @@ def test_multi_worker_strategy_elects_worker_zero(tmp_path):
 
 def test_set_precision_policy():
   try:
-    assert strategy_lib.set_precision_policy("mixed_bfloat16") == (
+    assert distribute.set_precision_policy("mixed_bfloat16") == (
         "mixed_bfloat16")
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     with pytest.raises(ValueError, match="'bfloat16'"):
-      strategy_lib.set_precision_policy("bfloat16")
+      distribute.set_precision_policy("bfloat16")
   finally:
-    strategy_lib.set_precision_policy("float32")
+    distribute.set_precision_policy("float32")
   assert keras.mixed_precision.global_policy().name == "float32"
 
 
@@ -225,15 +225,15 @@ def test_python_input_on_a_tpu_node_fails_at_start_saying_what_works():
   # A real resolver of a TPU Node address (no network needed for grpc://).
   node = tf.distribute.cluster_resolver.TPUClusterResolver(
       tpu="grpc://10.240.1.2:8470")
-  assert strategy_lib.is_remote_master(node.master())
-  assert not strategy_lib.is_remote_master(
+  assert distribute.is_remote_master(node.master())
+  assert not distribute.is_remote_master(
       tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local").master())
-  assert strategy_lib.tpu_node_master(tf.distribute.get_strategy()) is None
+  assert distribute.tpu_node_master(tf.distribute.get_strategy()) is None
   rows = tf.data.Dataset.from_generator(
       lambda: iter([b"row"]), output_signature=tf.TensorSpec([], tf.string))
   files = tf.data.TFRecordDataset(["validation-00000-of-00001"])
   for dataset in (rows.map(tf.strings.length), files.map(tf.strings.length)):
-    strategy_lib.check_input_runs_on(None, dataset)  # Not a TPU Node.
-  strategy_lib.check_input_runs_on(node.master(), files)
+    distribute.check_input_runs_on(None, dataset)  # Not a TPU Node.
+  distribute.check_input_runs_on(node.master(), files)
   with pytest.raises(ValueError, match=r"grpc://10\.240\.1\.2:8470.*TPU VM"):
-    strategy_lib.check_input_runs_on(node.master(), rows)
+    distribute.check_input_runs_on(node.master(), rows)

@@ -12,11 +12,12 @@ import tensorflow as tf
 from effnet_gin import configurables
 from effnet_gin import cli
 from effnet_gin.model import build_model
-from effnet_gin.train import checkpointing
-from effnet_gin.train import host_loop as host_loop_lib
-from effnet_gin.train import eval_records
-from effnet_gin.train import loop
-from effnet_gin.train import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.checkpoints import pretrained
+from effnet_gin.train import train_step
+from effnet_gin.evaluation import records
+from effnet_gin.train import trainer
+from effnet_gin.checkpoints import averaging
 from effnet_gin.train import optim
 from effnet_gin.train import progress as progress_lib
 import trainer_helpers
@@ -157,7 +158,7 @@ def test_writes_command_configs_and_summaries(tmp_path, caplog):
 
 def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
   _train(tmp_path, "TRAIN_STEPS = 2")
-  with pytest.raises(loop.NonFiniteLossError, match=r"at step \d+"):
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step \d+"):
     _train(tmp_path, "TRAIN_STEPS = 6",
            "effnet_gin.train.build_schedule.base_learning_rate = 1e30",
            "effnet_gin.train.build_schedule.warmup_epochs = 0")
@@ -178,10 +179,10 @@ def test_invalid_settings_name_the_value(tmp_path):
 
 def test_schedule_is_a_deprecated_alias_of_mode(caplog):
   with caplog.at_level(logging.WARNING):
-    assert loop._resolve_mode("train", "train_and_eval") == "train_and_eval"  # pylint: disable=protected-access
+    assert trainer._resolve_mode("train", "train_and_eval") == "train_and_eval"  # pylint: disable=protected-access
   assert any("deprecated" in r.getMessage() for r in caplog.records)
   # An old override of a config that now sets mode still means what it did.
-  assert loop._resolve_mode("train_and_eval", "train") == "train"  # pylint: disable=protected-access
+  assert trainer._resolve_mode("train_and_eval", "train") == "train"  # pylint: disable=protected-access
 
 
 def test_learns_the_generated_task(tmp_path):
@@ -226,7 +227,7 @@ def test_fine_tuning_skips_a_classifier_of_another_size(tmp_path):
   gin.clear_config()
   cli.configure(["demo.gin", "smoke.gin"])
   model = configurables.build_model(num_classes=5)
-  skipped = checkpointing.initialize_from(
+  skipped = pretrained.initialize_from(
       model, str(source_dir), use_ema=True,
       model_builder=lambda n: configurables.build_model(num_classes=n),
       ema_factory=averaging.ExponentialMovingAverage)
@@ -267,7 +268,7 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(
             (per_replica_images, per_replica_labels)).repeat())
-    host_loop = host_loop_lib.build_host_loop(
+    host_loop = train_step.build_host_loop(
         strategy=strategy, model=model, optimizer=optimizer, ema=ema,
         global_batch_size=16, label_smoothing=0.1,
         weight_decay=1e-5, jit_compile=False)
@@ -304,7 +305,7 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
   # step, naming its checkpoint, which was saved for it (demo.gin saves
   # only every 400 steps and at the end).
   model_dir = str(tmp_path)
-  results = eval_records.ResultsLog(model_dir).read()
+  results = records.ResultsLog(model_dir).read()
   assert [r["step"] for r in results] == [2, 4, 5]
   assert results[-1]["top_1_accuracy"] == result["eval"]["top_1_accuracy"]
   for record in results:
@@ -315,7 +316,7 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
 
   # best/ holds the step of the best top-1 (the first of equals), restorable.
   best = max(results, key=lambda r: r["top_1_accuracy"])
-  best_record = eval_records.BestCheckpoint(model_dir).read()
+  best_record = records.BestCheckpoint(model_dir).read()
   assert best_record["step"] == best["step"]
   archived = tf.train.latest_checkpoint(str(tmp_path / "best"))
   assert archived == best_record["checkpoint"]
@@ -331,7 +332,7 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
   [again] = configurables.evaluate(model_dir=model_dir,
                                    checkpoint=best_record["checkpoint"])
   assert again["top_1_accuracy"] == best_record["top_1_accuracy"]
-  assert eval_records.ResultsLog(model_dir).read() == results
+  assert records.ResultsLog(model_dir).read() == results
 
 class _RecordingSGD(keras.optimizers.SGD):
   """Plain SGD that also keeps the learning rate of its last update."""
@@ -373,7 +374,7 @@ def _logged_learning_rates(log_dir):
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
 def test_one_step_counter_drives_schedule_ema_and_log(precision, tmp_path):
-  """The step, EMA num_updates, applied and logged rates agree every loop.
+  """The step, EMA num_updates, applied and logged rates agree every trainer.
 
   Under mixed_float16 the first step is forced to overflow (a loss scale of
   2**60 makes the float16 gradients infinite): the LossScaleOptimizer skips
@@ -399,7 +400,7 @@ def test_one_step_counter_drives_schedule_ema_and_log(precision, tmp_path):
            rng.integers(0, 10, 4).astype(np.int32))
   iterator = iter(strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors(batch).repeat()))
-  host_loop = host_loop_lib.build_host_loop(
+  host_loop = train_step.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=4, label_smoothing=0.1, weight_decay=1e-5,
       jit_compile=False)

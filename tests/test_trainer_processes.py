@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 import trainer_helpers
 
 

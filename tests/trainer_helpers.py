@@ -5,7 +5,7 @@ import sys
 
 import tensorflow as tf
 
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "bin")

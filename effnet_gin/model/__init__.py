@@ -1,9 +1,8 @@
 """EfficientNet model: architecture specs, layers, the builder and FLOPs.
 
 `build_model` is the gin-configurable entry point (bound as `build_model` or
-`effnet_gin.model.build_model`); everything else is plain Python.
-`load_pretrained` starts a built model from reference TF1, keras.applications
-or effnet_gin weights.
+`effnet_gin.model.build_model`); everything else is plain Python. Loading
+weights into a built model is checkpoints/' job (`load_pretrained`).
 """
 from effnet_gin.model.efficientnet import build_model
 from effnet_gin.model.efficientnet import resolve_spec
@@ -21,6 +20,4 @@ from effnet_gin.model.specs import ModelSpec
 from effnet_gin.model.specs import round_filters
 from effnet_gin.model.specs import round_repeats
 from effnet_gin.model.specs import VARIANTS
-from effnet_gin.model.pretrained import checkpoint_format
-from effnet_gin.model.pretrained import load_pretrained
-from effnet_gin.model.pretrained import LoadResult
+

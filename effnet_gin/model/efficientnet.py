@@ -86,8 +86,9 @@ def _image_size_of(image_size, resolution):
                      "image_size")
   if "resolution" not in _REPORTED_ALIASES:
     _REPORTED_ALIASES.add("resolution")
-    logging.warning("build_model.resolution is deprecated: it is called "
-                    "image_size now, as in the data pipeline and IMAGE_SIZE")
+    logging.warning("build_model.resolution is deprecated and goes in "
+                    "effnet_gin 0.3.0: it is called image_size now, as in "
+                    "the data pipeline and IMAGE_SIZE")
   return resolution
 
 
@@ -152,7 +153,7 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
       sees only its weights, and the frozen batch norms normalise with their
       moving statistics in training too, leaving them unchanged.
     name: model name; defaults to the variant name.
-    resolution: deprecated name of `image_size` (kept for one release).
+    resolution: deprecated name of `image_size` (removed in effnet_gin 0.3.0).
 
   Returns:
     A `keras.Model` with its weights created.

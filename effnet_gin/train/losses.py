@@ -1,4 +1,4 @@
-"""Training loss, weight decay and accuracy counts (gin-free tensor functions).
+"""Training loss and weight decay (gin-free tensor functions).
 
 The loss functions return one *replica's share* of the global quantity: the
 training loop sums the per-replica values -- Keras's TensorFlow optimizer
@@ -157,39 +157,3 @@ def weight_decay_loss(model, weight_decay=1e-5):
   num_replicas = (replica_context.num_replicas_in_sync if replica_context
                   else 1)
   return weight_decay * total / float(num_replicas)
-
-
-def top_k_correct(labels, logits, k, weights=None):
-  """Counts the examples whose label is among the k highest logits.
-
-  Ties count in the label's favour (as `tf.math.in_top_k`): an example is
-  correct when fewer than k logits are strictly greater than the label's.
-  Computed without top-k or sorting so it compiles under XLA.
-
-  Args:
-    labels: int [batch] class ids, or float [batch, classes] soft labels (their
-      argmax is used).
-    logits: [batch, classes] scores.
-    k: Positive integer.
-    weights: Optional [batch] weights (e.g. 0 for padding examples).
-
-  Returns:
-    A float32 scalar: the (weighted) number of correct examples.
-
-  Raises:
-    ValueError: If `k` is not a positive integer.
-  """
-  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-    raise ValueError(f"k must be a positive integer, got {k!r}.")
-  logits = tf.cast(logits, tf.float32)
-  labels = tf.convert_to_tensor(labels)
-  if labels.shape.rank == 2:
-    labels = tf.argmax(labels, axis=-1)
-  labels = tf.cast(labels, tf.int32)
-  label_logits = tf.gather(logits, labels, axis=1, batch_dims=1)
-  num_greater = tf.reduce_sum(
-      tf.cast(logits > label_logits[:, tf.newaxis], tf.int32), axis=-1)
-  correct = tf.cast(num_greater < k, tf.float32)
-  if weights is not None:
-    correct *= tf.cast(weights, tf.float32)
-  return tf.reduce_sum(correct)

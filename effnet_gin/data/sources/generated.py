@@ -212,7 +212,7 @@ class LearnableShapesSource(_GeneratedSource):
                      num_classes=num_classes, image_size=image_size, seed=seed)
 
 
-# Old names kept for one release, so .gin files and --gin_param bindings that
+# Old names kept until effnet_gin 0.3.0, so .gin files and --gin_param bindings that
 # name them still run; each warns once per process when it is built.
 _WARNED_ALIASES = set()
 
@@ -227,8 +227,8 @@ def _deprecated_init(new_class, old_name):
   def __init__(self, **kwargs):
     if old_name not in _WARNED_ALIASES:
       _WARNED_ALIASES.add(old_name)
-      logging.warning('%s is deprecated and will be removed in the next '
-                      'release; use %s (gin: effnet_gin.data.%s) instead.',
+      logging.warning('%s is deprecated and goes in effnet_gin 0.3.0; use '
+                      '%s (gin: effnet_gin.data.%s) instead.',
                       old_name, new_class.__name__, new_class.__name__)
     new_class.__init__(self, **kwargs)
   return __init__

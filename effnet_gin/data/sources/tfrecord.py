@@ -17,13 +17,6 @@ import tensorflow as tf
 from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.sources import protocol
 
-# Per-file record counts, keyed by (path, size in bytes). Counting reads whole
-# files, so it is done once per process (the eval pipeline needs the counts to
-# give every input pipeline the same number of batches).
-_RECORD_COUNTS = {}
-_RECORD_COUNTS_LOCK = threading.Lock()
-
-
 @contextlib.contextmanager
 def naming_corrupt_file(path):
   """Re-raises a DataLossError of reading `path` with `path` in its message."""
@@ -35,8 +28,17 @@ def naming_corrupt_file(path):
         f'corrupt or truncated TFRecord file {path}: {e.message}') from e
 
 
+def _file_size(path):
+  try:
+    # One stat, no separate exists(): each is a round trip on `gs://`, and
+    # this runs for every eval file whenever the eval split is counted.
+    return tf.io.gfile.stat(path).length
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(f'TFRecord file not found: {path}') from e
+
+
 def count_records(path):
-  """Number of records in one TFRecord file, cached per process.
+  """Number of records in one TFRecord file, read whole (no cache).
 
   Args:
     path: a TFRecord file path (local or `gs://`).
@@ -48,42 +50,66 @@ def count_records(path):
     FileNotFoundError: `path` does not exist.
     tf.errors.DataLossError: the file is truncated or corrupt (names `path`).
   """
-  try:
-    # One stat, no separate exists(): each is a round trip on `gs://`, and
-    # this runs for every eval file whenever the eval split is counted.
-    key = (path, tf.io.gfile.stat(path).length)
-  except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'TFRecord file not found: {path}') from e
-  with _RECORD_COUNTS_LOCK:
-    if key in _RECORD_COUNTS:
-      return _RECORD_COUNTS[key]
+  _file_size(path)
   with naming_corrupt_file(path):
-    count = int(tf.data.TFRecordDataset(path).reduce(
+    return int(tf.data.TFRecordDataset(path).reduce(
         tf.constant(0, tf.int64), lambda n, _: n + 1))
-  with _RECORD_COUNTS_LOCK:
-    _RECORD_COUNTS[key] = count
-  return count
 
 
-def known_record_counts():
-  """The counts counted (or remembered) so far: [(path, size, count), ...]."""
-  with _RECORD_COUNTS_LOCK:
-    return sorted((path, size, count)
-                  for (path, size), count in _RECORD_COUNTS.items())
+class RecordCounts:
+  """Per-file record counts, keyed by (path, size in bytes); thread-safe.
+
+  Counting reads whole files, so a count is kept for as long as the file
+  keeps its name and size. The eval pipeline needs the counts to give every
+  input pipeline the same number of batches; the evaluator persists them in
+  its model_dir (`evaluation.records.RecordCountCache`), so a restarted
+  evaluator does not read the validation files again.
+  """
+
+  def __init__(self):
+    self._counts = {}
+    self._lock = threading.Lock()
+
+  def count(self, path):
+    """`count_records(path)`, from the kept counts when known."""
+    key = (path, _file_size(path))
+    with self._lock:
+      if key in self._counts:
+        return self._counts[key]
+    count = count_records(path)
+    with self._lock:
+      self._counts[key] = count
+    return count
+
+  def count_files(self, paths, max_workers=8):
+    """`count` of many files, counted in parallel; returns a list."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+      return list(pool.map(self.count, paths))
+
+  def entries(self):
+    """The counts kept so far: sorted [(path, size, count), ...]."""
+    with self._lock:
+      return sorted((path, size, count)
+                    for (path, size), count in self._counts.items())
+
+  def remember(self, entries):
+    """Takes (path, size, count) entries counted earlier (e.g. by another
+    run of the evaluator); a file whose size changed since is counted
+    afresh."""
+    with self._lock:
+      for path, size, count in entries:
+        self._counts[(path, int(size))] = int(count)
+
+  def clear(self):
+    """Forgets every count."""
+    with self._lock:
+      self._counts.clear()
 
 
-def remember_record_counts(entries):
-  """Takes (path, size, count) entries counted earlier (e.g. by another run
-  of the evaluator); a file whose size changed since is counted afresh."""
-  with _RECORD_COUNTS_LOCK:
-    for path, size, count in entries:
-      _RECORD_COUNTS[(path, int(size))] = int(count)
-
-
-def count_records_in_files(paths, max_workers=8):
-  """`count_records` of many files, counted in parallel; returns a list."""
-  with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-    return list(pool.map(count_records, paths))
+# The counts every TFRecordSource of this process shares unless it is given
+# its own: gin builds a new source for each pipeline it builds, and the
+# evaluator builds one per checkpoint.
+PROCESS_RECORD_COUNTS = RecordCounts()
 
 
 class TFRecordSource(protocol.Source):
@@ -92,7 +118,7 @@ class TFRecordSource(protocol.Source):
   def __init__(self, data_dir, *, train_pattern='train-*',
                eval_pattern='validation-*', label_offset=1,
                holdout_train_shards=0, cycle_length=16,
-               read_buffer_bytes=8 * 1024 * 1024):
+               read_buffer_bytes=8 * 1024 * 1024, record_counts=None):
     """Checks `data_dir`; files are listed when a split is first read.
 
     Args:
@@ -106,6 +132,8 @@ class TFRecordSource(protocol.Source):
         recommends 20) and are removed from the training split.
       cycle_length: files read concurrently per pipeline when training.
       read_buffer_bytes: read buffer per open file.
+      record_counts: the `RecordCounts` eval files are counted with; None
+        takes the process's `PROCESS_RECORD_COUNTS`.
 
     Raises:
       FileNotFoundError: `data_dir` does not exist.
@@ -117,6 +145,8 @@ class TFRecordSource(protocol.Source):
       raise ValueError('holdout_train_shards must be >= 0, got '
                        f'{holdout_train_shards}')
     self.data_dir = data_dir
+    self.record_counts = (PROCESS_RECORD_COUNTS if record_counts is None
+                          else record_counts)
     self.train_pattern = train_pattern
     self.eval_pattern = eval_pattern
     self.label_offset = label_offset
@@ -204,12 +234,12 @@ class TFRecordSource(protocol.Source):
     protocol.check_split(split)
     if split == 'train':
       return None
-    return sum(count_records_in_files(self.files(split)))
+    return sum(self.record_counts.count_files(self.files(split)))
 
   def examples_per_pipeline(self, split, num_input_pipelines):
     """Sums per-file record counts (cached) over each pipeline's files."""
     counts = dict(zip(self.files(split),
-                      count_records_in_files(self.files(split))))
+                      self.record_counts.count_files(self.files(split))))
     return [
         sum(counts[path] for path in self.pipeline_files(
             split, protocol.pipeline_context(num_input_pipelines, i)))

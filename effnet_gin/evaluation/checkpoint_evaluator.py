@@ -1,8 +1,7 @@
-"""Restoring a checkpoint and scoring it: `CheckpointEvaluator`.
+"""Restoring a checkpoint, scoring it and recording it: `CheckpointEvaluator`.
 
-Both ways of running the evaluator use it: eval-only of one checkpoint
-(`eval_once`) and continuous evaluation (`continuous_eval`); what a result
-records is `eval_records`.
+Both ways of running the evaluator use it (`evaluator`: one checkpoint, or
+following a run); what a result records is `records`.
 """
 import time
 
@@ -11,9 +10,9 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train.eval_runner import EvalRunner
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.evaluation.eval_pass import EvalRunner
 
 
 class UnrestorableCheckpointError(ValueError):
@@ -33,11 +32,16 @@ class CheckpointEvaluator:
     eval_batch_size: global eval batch size.
     image_size: eval resolution in pixels.
     jit_compile: compile the eval step with XLA.
+    recorder: a `records.Recorder` each result is handed to, with the
+      checkpoint object it was restored into; None records nothing.
+    model_builder: builds the model, `model_builder()`.
+    dataset_builder: gives the eval split (see `EvalRunner`).
   """
 
   def __init__(self, *, strategy, use_ema, eval_batch_size, image_size,
-               jit_compile, model_builder=build_model,
+               jit_compile, recorder=None, model_builder=build_model,
                dataset_builder=build_dataset):
+    self._recorder = recorder
     with strategy.scope():
       self._model = model_builder()
       self._ema = (averaging.ExponentialMovingAverage(self._model) if use_ema
@@ -84,7 +88,7 @@ class CheckpointEvaluator:
     return True
 
   def __call__(self, path):
-    """Evaluates checkpoint `path`.
+    """Evaluates checkpoint `path` and hands the result to the recorder.
 
     Returns:
       The result dict (`step`, `checkpoint` and the metrics), or None when
@@ -109,19 +113,8 @@ class CheckpointEvaluator:
     logging.info("Evaluated %s (step %d%s) in %.1fs: %s", path,
                  result["step"], ", EMA weights" if self._ema else "",
                  time.time() - start, metrics)
+    if self._recorder is not None:
+      self._recorder(result, self.checkpoint)
     return result
 
 
-def evaluate_and_record(evaluator, recorder, path):
-  """Evaluates checkpoint `path` with `evaluator` and hands it to `recorder`.
-
-  Returns:
-    The result, or None when the checkpoint vanished before it was read.
-
-  Raises:
-    UnrestorableCheckpointError: when its files do not restore.
-  """
-  result = evaluator(path)
-  if result is not None:
-    recorder(result, evaluator.checkpoint)
-  return result

@@ -7,6 +7,8 @@ write in a model_dir is named here, once:
     command                   the trainer's command line (chief, at start).
     config.gin                the gin config the trainer was given.
     operative_config.gin      the bindings it used (after its first loop).
+    run.json                  the run's facts as plain data: its train_steps,
+                              where the evaluator stops.
     model.gin                 bin/import_checkpoint's: builds ckpt-0's model.
     checkpoint                the state file listing the checkpoints.
     ckpt-<STEP>.index         a checkpoint (`tf.train.Checkpoint(step, model,
@@ -33,12 +35,12 @@ write in a model_dir is named here, once:
       best_result.json        its result, and the checkpoint it came from.
 
 All but .worker_scratch_* is written by the chief only. results.jsonl and
-best/ are written by `eval_records.Recorder`, which also states their
+best/ are written by `evaluation.records.Recorder`, which also states their
 one-writer rule: bin/evaluator's, or a train_and_eval trainer's. All I/O goes
 through `tf.io.gfile`, so model_dir may be a gs:// path.
 """
+import json
 import os
-import re
 
 import tensorflow as tf
 
@@ -53,6 +55,7 @@ COMMAND_FILE = "command"
 CONFIG_FILE = "config.gin"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 MODEL_GIN_FILE = "model.gin"
+RUN_FILE = "run.json"
 
 # TensorBoard.
 TRAIN_SUMMARIES_DIR = "train"
@@ -142,26 +145,31 @@ def listed_checkpoints(directory):
   return [p for s, p in sorted(numbered) if s is not None]
 
 
-def write_run_config(model_dir, *, command, config=None):
-  """Records the trainer's command line and (when given) its config."""
+def write_run_config(model_dir, *, command, config=None, train_steps=None):
+  """Records the trainer's command line, its config and the run's facts.
+
+  Args:
+    model_dir: the run directory.
+    command: the command line.
+    config: the config text for config.gin, or None.
+    train_steps: the run's train steps, written to run.json as plain data
+      (the evaluator stops after that step's checkpoint), or None.
+  """
   write_text(model_dir, COMMAND_FILE, command or "")
   if config is not None:
     write_text(model_dir, CONFIG_FILE, config)
+  if train_steps is not None:
+    write_text(model_dir, RUN_FILE,
+               json.dumps({"train_steps": int(train_steps)}) + "\n")
 
 
-def config_train_steps(model_dir):
-  """The train_steps the trainer's model_dir/config.gin ran with, or None.
-
-  Reads the `train.train_steps` binding, following one macro
-  (`train.train_steps = %TRAIN_STEPS`); None when the file, the binding or
-  a literal number is missing.
-  """
-  text = read_text(model_dir, CONFIG_FILE)
+def run_train_steps(model_dir):
+  """The train_steps the trainer recorded in model_dir/run.json, or None."""
+  text = read_text(model_dir, RUN_FILE)
   if text is None:
     return None
-  match = re.search(r"^(?:[\w.]+\.)?train\.train_steps = (\S+)$", text,
-                    re.MULTILINE)
-  if match and match[1].startswith("%"):
-    match = re.search(rf"^{re.escape(match[1][1:])} = (\S+)$", text,
-                      re.MULTILINE)
-  return int(match[1]) if match and match[1].isdigit() else None
+  try:
+    return int(json.loads(text)["train_steps"])
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"{path(model_dir, RUN_FILE)} is not a run file the "
+                     f"trainer wrote ({error!r}): {text[:200]!r}") from None

@@ -1,16 +1,13 @@
 """One pass over the validation set: `EvalRunner` and `run_evaluation`.
 
 The trainer's train_and_eval mode keeps one runner; the evaluator
-(`effnet_gin.train.evaluate`) keeps one across checkpoints.
+(`effnet_gin.evaluation.evaluator`) keeps one across checkpoints.
 """
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
-from effnet_gin.train import losses
-from effnet_gin.train import strategy as strategy_lib
-
-METRICS = ("top_1_accuracy", "top_5_accuracy", "loss")
-
+from effnet_gin.evaluation import metrics
+from effnet_gin import distribute
 
 class EvalRunner:
   """Scores a model on the eval split; reusable across checkpoints.
@@ -56,8 +53,8 @@ class EvalRunner:
           labels=labels, logits=logits)
       return tf.stack([
           tf.reduce_sum(weights),
-          losses.top_k_correct(labels, logits, 1, weights),
-          losses.top_k_correct(labels, logits, 5, weights),
+          metrics.top_k_correct(labels, logits, 1, weights),
+          metrics.top_k_correct(labels, logits, 5, weights),
           tf.reduce_sum(cross_entropy * weights),
       ])
 
@@ -88,7 +85,7 @@ class EvalRunner:
       ValueError: when the eval split yielded no examples.
     """
     count, top_1, top_5, loss_sum = (
-        float(v) for v in self._eval_pass(strategy_lib.distributed_dataset(
+        float(v) for v in self._eval_pass(distribute.distributed_dataset(
             self._strategy, self._dataset_builder, split="eval",
             global_batch_size=self._eval_batch_size,
             image_size=self._image_size)).numpy())

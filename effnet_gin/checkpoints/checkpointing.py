@@ -20,8 +20,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
-from effnet_gin.model import pretrained
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 
 # What reading a truncated, corrupt or half-deleted checkpoint raises; the
 # checkpoint reader turns OUT_OF_RANGE ("Read less bytes than requested")
@@ -224,56 +223,3 @@ def restore_source(path, *, model_builder, use_ema=True, ema_factory=None):
   if ema is not None:
     ema.copy_to_model()
   return source, ema is not None
-
-
-def initialize_from(model, path, *, model_builder, use_ema=True,
-                    ema_factory=None):
-  """Initialises `model` from another run's checkpoint (fine-tuning).
-
-  An effnet_gin checkpoint's source model is rebuilt with the checkpoint's
-  own class count, restored (with its EMA weights when asked and present),
-  and copied into `model` layer by layer by name; a layer whose weights
-  differ in shape — the classifier, when the class count changed — keeps its
-  fresh initialisation. Any other format `pretrained.load_pretrained` reads
-  (a reference TF1 checkpoint, Keras weights) is loaded by it, strictly but
-  for the classifier.
-
-  Args:
-    model: the freshly built model to initialise.
-    path: a checkpoint prefix or a directory holding checkpoints, or a Keras
-      weights file.
-    model_builder: callable(num_classes) building the source architecture.
-    use_ema: take the EMA weights when the checkpoint has them.
-    ema_factory: callable(model) building an EMA for the source model.
-
-  Returns:
-    The names of the layers left at their initialisation.
-
-  Raises:
-    FileNotFoundError: when `path` holds no checkpoint.
-    ValueError: when a foreign checkpoint does not fit the model.
-  """
-  if pretrained.checkpoint_format(path) != "effnet_gin":
-    result = pretrained.load_pretrained(model, path, use_ema=use_ema,
-                                        skip_mismatched_classifier=True)
-    return sorted({key.split("/")[0] for key in result.skipped})
-  path = resolve_checkpoint(path)
-  source, used_ema = restore_source(path, model_builder=model_builder,
-                                    use_ema=use_ema, ema_factory=ema_factory)
-  skipped = []
-  for layer in model.layers:
-    try:
-      source_layer = source.get_layer(layer.name)
-    except ValueError:
-      skipped.append(layer.name)
-      continue
-    pairs = list(zip(layer.weights, source_layer.weights))
-    if (len(layer.weights) != len(source_layer.weights) or
-        any(t.shape != s.shape for t, s in pairs)):
-      skipped.append(layer.name)
-      continue
-    for target, value in pairs:
-      target.assign(value)
-  logging.info("Initialised from %s%s; left at initialisation: %s", path,
-               " (EMA weights)" if used_ema else "", skipped)
-  return skipped

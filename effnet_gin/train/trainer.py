@@ -2,7 +2,7 @@
 
 One canonical path, top to bottom: strategy and precision · model, optimizer
 and EMA · checkpoint (resume or fine-tune) · input pipeline · the compiled host
-loop (host_loop.py) · the outer Python loop (outer_loop.py) that logs,
+loop (train_step.py) · the Python controller (controller.py) that logs,
 summarises, evaluates, checkpoints and handles preemption. Each step is a
 function of its inputs; `train` reads as its section comments say.
 
@@ -14,8 +14,6 @@ preempted trainer checkpoints the step it reached within the grace period.
 
 What the trainer writes into model_dir, and under which names: `run_dir`.
 """
-import contextlib
-import json
 
 from absl import logging
 import keras
@@ -23,19 +21,19 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import eval_records
-from effnet_gin.train.eval_runner import EvalRunner
-from effnet_gin.train import host_loop as host_loop_lib
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.checkpoints import pretrained
+from effnet_gin.evaluation.in_process import InProcessEvaluator
+from effnet_gin.train import train_step
 from effnet_gin.train import optim
-from effnet_gin.train import outer_loop
-from effnet_gin.train.outer_loop import NonFiniteLossError  # noqa: F401
-from effnet_gin.train import recipe
+from effnet_gin.train import controller
+from effnet_gin.train.controller import NonFiniteLossError  # noqa: F401
+from effnet_gin.train import durations
 from effnet_gin.train import preemption
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 from effnet_gin.train import progress as progress_lib
-from effnet_gin.train import strategy as strategy_lib
+from effnet_gin import distribute
 
 # Exit status of a trainer that saved a checkpoint on SIGTERM and stopped
 # early: EX_TEMPFAIL, "try again" — rerunning with the same model_dir resumes.
@@ -119,7 +117,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     ema_builder: `ema_builder(model)` gives the weight average (use_ema).
     strategy: the `tf.distribute.Strategy` to train under; None builds the
       default one (`strategy.build_strategy()`).
-    schedule: deprecated name of `mode` (kept for one release).
+    schedule: deprecated name of `mode` (removed in effnet_gin 0.3.0).
 
   Returns:
     A dict with the `start_step` it resumed from, the final `step`, the last
@@ -140,7 +138,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
   # --- Strategy and precision -------------------------------------------
   strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
                               train_batch_size=train_batch_size)
-  chief = _write_run_files(model_dir, strategy, command, config_text)
+  chief = _record_run(model_dir, strategy, command, config_text, train_steps)
 
   # --- Model, optimizer and EMA ------------------------------------------
   model, learning_rate, optimizer, step = _build_model_and_optimizer(
@@ -161,28 +159,28 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     return _nothing_to_do(model_dir, start_step, train_steps)
 
   # --- Input pipeline -----------------------------------------------------
-  iterator = iter(strategy_lib.distributed_dataset(
+  iterator = iter(distribute.distributed_dataset(
       strategy, dataset_builder, split="train",
       global_batch_size=train_batch_size, image_size=image_size,
       **({} if seed is None else {"seed": seed})))
 
   # --- The compiled step and host loop ------------------------------------
   stop_request = preemption.StopRequest()
-  host_loop = host_loop_lib.build_host_loop(
+  host_loop = train_step.build_host_loop(
       strategy=strategy, model=model, optimizer=optimizer, ema=ema,
       global_batch_size=train_batch_size, label_smoothing=label_smoothing,
       weight_decay=weight_decay, jit_compile=jit_compile,
       stop_request=stop_request, log_every_steps=log_every_steps)
 
   # --- The outer loop: log, summarise, evaluate, checkpoint --------------
-  evaluate_at = None if mode == "train" else _in_process_evaluation(
+  evaluate_at = None if mode == "train" else InProcessEvaluator(
       strategy=strategy, model=model, ema=ema, model_dir=model_dir,
       chief=chief, eval_batch_size=eval_batch_size, image_size=image_size,
       jit_compile=jit_compile, dataset_builder=dataset_builder)
   progress = progress_lib.LoopProgress(start_step, train_steps,
                                       train_batch_size, num_train_images /
                                       train_batch_size, learning_rate)
-  return outer_loop.OuterLoop(
+  return controller.Controller(
       host_loop=host_loop, iterator=iterator, step=step, manager=manager,
       progress=progress, model_dir=model_dir, chief=chief,
       operative_config_text=operative_config_text).run(
@@ -197,8 +195,8 @@ def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
   """Seeds, sets the precision policy; returns the strategy (built if None)."""
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  strategy_lib.set_precision_policy(precision)
-  strategy = strategy or strategy_lib.build_strategy()
+  distribute.set_precision_policy(precision)
+  strategy = strategy or distribute.build_strategy()
   num_replicas = strategy.num_replicas_in_sync
   if train_batch_size % num_replicas:
     raise ValueError(f"train.train_batch_size={train_batch_size} is not "
@@ -231,30 +229,13 @@ def _build_model_and_optimizer(strategy, *, model_builder, schedule_builder,
 def _log_durations(schedule, mode, train_steps, num_train_images,
                    global_batch_size, steps_per_loop, steps_per_eval,
                    checkpoint_every_steps):
-  """Logs the run's length in steps and epochs (see `recipe.durations_of`)."""
-  logging.info("Durations: %s", recipe.durations_of(
+  """Logs the run's length in steps and epochs (see `durations.durations_of`)."""
+  logging.info("Durations: %s", durations.durations_of(
       train_steps=train_steps, num_train_images=num_train_images,
       global_batch_size=global_batch_size, schedule=schedule,
       steps_per_eval=steps_per_eval if mode == "train_and_eval" else None,
       checkpoint_every_steps=checkpoint_every_steps,
       steps_per_loop=steps_per_loop).describe())
-
-
-def _in_process_evaluation(*, strategy, model, ema, model_dir, chief,
-                           eval_batch_size, image_size, jit_compile,
-                           dataset_builder):
-  """`evaluate_at(step, checkpoint)` for train_and_eval (see OuterLoop.run)."""
-  # One runner for all in-process evaluations: traced (and, with XLA,
-  # compiled) once.
-  runner = EvalRunner(strategy=strategy, model=model,
-                      eval_batch_size=eval_batch_size, image_size=image_size,
-                      jit_compile=jit_compile, dataset_builder=dataset_builder)
-
-  def evaluate_at(step, checkpoint):
-    return _evaluate_in_process(runner, ema, checkpoint, step, model_dir,
-                                chief)
-
-  return evaluate_at
 
 
 def _checked_mode(mode, schedule, *, eval_batch_size, steps_per_eval,
@@ -282,7 +263,7 @@ def _resolve_mode(mode, schedule):
     # config (which now sets mode) means.
     logging.warning("train.schedule is deprecated: it is called train.mode "
                     "now (as the reference's --mode); the old name goes in "
-                    "the next release")
+                    "effnet_gin 0.3.0")
     mode = schedule
   if mode not in MODES:
     raise ValueError(f"train.mode must be one of {MODES}, got {mode!r}")
@@ -295,16 +276,17 @@ def _check_positive(**values):
       raise ValueError(f"train.{name} must be a positive number, got {value!r}")
 
 
-def _write_run_files(model_dir, strategy, command, config_text):
-  """Creates model_dir; the chief records the command and the config.
+def _record_run(model_dir, strategy, command, config_text, train_steps):
+  """Creates model_dir; the chief records the command, config and steps.
 
   Returns:
     Whether this process is the chief.
   """
   tf.io.gfile.makedirs(model_dir)
-  chief = strategy_lib.is_chief(strategy)
+  chief = distribute.is_chief(strategy)
   if chief:
-    run_dir.write_run_config(model_dir, command=command, config=config_text)
+    run_dir.write_run_config(model_dir, command=command, config=config_text,
+                             train_steps=train_steps)
   return chief
 
 
@@ -318,7 +300,7 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
     it was restored from model_dir).
   """
   if init_checkpoint and tf.train.latest_checkpoint(model_dir) is None:
-    checkpointing.initialize_from(
+    pretrained.initialize_from(
         model, init_checkpoint, use_ema=init_from_ema,
         model_builder=lambda num_classes: model_builder(num_classes=num_classes),
         ema_factory=ema_builder or averaging.ExponentialMovingAverage)
@@ -329,35 +311,12 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
       checkpointing.build_checkpoint(step=step, model=model,
                                      optimizer=optimizer, ema=ema),
       model_dir, max_to_keep=keep_checkpoints,
-      chief=strategy_lib.is_chief(strategy), worker_id=_worker_id(strategy))
+      chief=distribute.is_chief(strategy), worker_id=_worker_id(strategy))
   resumed_from = manager.restore_latest()
   if resumed_from:
     logging.info("Resumed from %s at step %d", resumed_from,
                  int(step.numpy()))
   return ema, manager, int(step.numpy()), bool(resumed_from)
-
-
-def _evaluate_in_process(runner, ema, checkpoint, current, model_dir, chief):
-  """Evaluates the (EMA) weights of step `current`; returns the metrics.
-
-  The result is recorded as bin/evaluator's are (`eval_records.Recorder`:
-  eval/results.jsonl and best/, which the trainer then owns; scalars under
-  train_eval/). It names model_dir/ckpt-<current>, which must be saved.
-  """
-  swap = ema.averaged_weights() if ema is not None else contextlib.nullcontext()
-  with swap:
-    metrics = runner.run()
-  logging.info("eval at step %d: %s", current, json.dumps(metrics))
-  recorder = eval_records.Recorder(
-      model_dir, chief, in_process=True,
-      summary_dir=run_dir.path(model_dir, run_dir.TRAIN_EVAL_SUMMARIES_DIR))
-  try:
-    recorder(dict(step=current,
-                  checkpoint=run_dir.checkpoint_path(model_dir, current),
-                  **metrics), checkpoint)
-  finally:
-    recorder.close()
-  return metrics
 
 
 def _worker_id(strategy):

@@ -9,8 +9,8 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_gin.data.sources import tfrecord
-from effnet_gin.train import run_dir
-from effnet_gin.train.eval_runner import METRICS
+from effnet_gin.checkpoints import run_dir
+from effnet_gin.evaluation.metrics import METRICS
 
 
 class ResultsLog:
@@ -144,24 +144,31 @@ class RecordCountCache:
   reads the files whole (6.4 GB from gs:// for ImageNet). The counts are
   kept as [path, size in bytes, count] entries, so a restarted evaluator
   reuses them, and a file whose name or size changed is counted afresh.
+
+  Args:
+    model_dir: the run whose eval/record_counts.json this is.
+    counts: the `tfrecord.RecordCounts` the eval pipeline's TFRecordSource
+      counts with (unless configured otherwise, every source shares the
+      process's `PROCESS_RECORD_COUNTS`).
   """
 
-  def __init__(self, model_dir):
+  def __init__(self, model_dir, counts):
     self.path = run_dir.path(model_dir, run_dir.EVAL_DIR,
                              run_dir.RECORD_COUNTS_FILE)
+    self._counts = counts
     self._saved = []
 
   def load(self):
-    """Makes the saved counts known to the TFRecord source."""
+    """Adds the saved counts to `counts`."""
     if tf.io.gfile.exists(self.path):
       with tf.io.gfile.GFile(self.path) as f:
-        tfrecord.remember_record_counts(json.loads(f.read()))
-      self._saved = tfrecord.known_record_counts()
+        self._counts.remember(json.loads(f.read()))
+      self._saved = self._counts.entries()
       logging.info("Reusing the record counts of %d eval files from %s",
                    len(self._saved), self.path)
 
   def save_if_changed(self):
-    counts = tfrecord.known_record_counts()
+    counts = self._counts.entries()
     if counts != self._saved:
       directory, filename = self.path.rsplit("/", 1)
       run_dir.write_text(directory, filename, json.dumps(counts))
@@ -193,9 +200,12 @@ class Recorder:
     summary_dir: where the TensorBoard scalars go; model_dir/eval/ if None.
     in_process: this is the trainer's recorder of its in-process
       evaluations, which owns results.jsonl and best/.
+    record_counts: the `tfrecord.RecordCounts` whose counts it persists in
+      eval/record_counts.json: the ones the eval pipeline counts with.
   """
 
-  def __init__(self, model_dir, chief, *, summary_dir=None, in_process=False):
+  def __init__(self, model_dir, chief, *, summary_dir=None, in_process=False,
+               record_counts=tfrecord.PROCESS_RECORD_COUNTS):
     self._model_dir = model_dir
     self._chief = chief
     self._in_process = in_process
@@ -207,7 +217,7 @@ class Recorder:
     self._other_log = ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
     self._best = BestCheckpoint(model_dir)
     self._writer = None  # Created with the first scalars it writes.
-    self._counts = RecordCountCache(model_dir)
+    self._counts = RecordCountCache(model_dir, record_counts)
     self._counts.load()
 
   def __call__(self, result, checkpoint):

@@ -16,11 +16,10 @@ saves a `tf.Module` with two signatures:
 Both return `classes` (int64 [N], the top-1 class) and `probabilities`
 (float32 [N, num_classes], softmax of the logits). The module's
 `preprocess_image_bytes` function (image_bytes -> float32 [N, S, S, 3]) is
-saved with it, the pixels serving_default classifies. `predict` classifies image
-files with such a SavedModel, or straight from a checkpoint through the same
-module (`bin/predict`).
+saved with it, the pixels serving_default classifies. `predict.predict`
+classifies image files with such a SavedModel, or straight from a checkpoint
+through the same module (`bin/predict`).
 """
-import json
 
 from absl import logging
 import tensorflow as tf
@@ -28,12 +27,14 @@ import tensorflow as tf
 from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.model import build_model
 from effnet_gin.model.inference import inference_model
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import export_dirs
-from effnet_gin.train import lite_export
-from effnet_gin.train import run_dir
-from effnet_gin.train.checkpointing import checkpoint_num_classes
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.serving import export_dirs
+from effnet_gin.serving import converters
+from effnet_gin.serving import formats
+from effnet_gin.serving import labels
+from effnet_gin.checkpoints import run_dir
+from effnet_gin.checkpoints.checkpointing import checkpoint_num_classes
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
@@ -187,12 +188,12 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
            use_ema=True, num_classes=None, overwrite=False,
            format="saved_model", batch_size=1, labels_file=None,  # pylint: disable=redefined-builtin
            model_builder=build_model, preprocessing=None,
-           lite_exporter=lite_export.export_lite):
+           lite_exporter=converters.export_lite):
   """Exports a checkpoint of a run for serving or for a device.
 
   Every format exports the inference graph (`inference_model`: batch norm
   folded, plain swish, no dropout) and writes export_dir/metadata.json
-  (`lite_export.build_metadata`). The export is written beside export_dir
+  (`formats.build_metadata`). The export is written beside export_dir
   and moved into place only when complete (`export_dirs.staged_export`).
 
   Args:
@@ -205,7 +206,7 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
     num_classes: the classifier width; None reads it from the checkpoint.
     overwrite: replace a model export_dir already holds, once the new one
       is complete.
-    format: one of `lite_export.FORMATS`: 'saved_model' (default), 'tflite',
+    format: one of `formats.FORMATS`: 'saved_model' (default), 'tflite',
       'tflite_float16', 'tflite_int8' or 'onnx' (see `lite_export`).
     batch_size: the fixed batch size of a TFLite or ONNX model.
     labels_file: optional class names recorded in metadata.json (see
@@ -215,7 +216,7 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
       `Preprocessing` (give the eval pipeline's); None takes the reference's.
     lite_exporter: `lite_exporter(model, format_name=, output_dir=,
       image_size=, batch_size=)` writes the TFLite and ONNX formats
-      (`lite_export.export_lite`; int8 needs its `dataset_builder`).
+      (`converters.export_lite`; int8 needs its `dataset_builder`).
 
   Returns:
     export_dir.
@@ -227,146 +228,31 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
     ValueError: for an unknown format, int8 without calibration data, or
       labels that do not match the class count.
   """
-  lite_export.check_format(format)
+  formats.check_format(format)
   export_dirs.check_destination(export_dir, overwrite)
   module, path = load_serving_module(
       model_dir=model_dir, checkpoint=checkpoint, image_size=image_size,
       use_ema=use_ema, num_classes=num_classes, model_builder=model_builder,
       preprocessing=preprocessing)
   model = inference_model(module.model)
-  labels = _checked_labels(labels_file, model.output_shape[-1])
+  names = labels.checked_labels(labels_file, model.output_shape[-1])
   with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
     extra = {}
-    if format == lite_export.SAVED_MODEL:
+    if format == formats.SAVED_MODEL:
       module = ServingModule(model, module.image_size, module.preprocessing)
       tf.saved_model.save(module, staging, signatures=module.signatures())
     else:
       extra = lite_exporter(
           model, format_name=format, output_dir=staging,
           image_size=module.image_size, batch_size=batch_size)
-    lite_export.write_metadata(staging, lite_export.build_metadata(
+    formats.write_metadata(staging, formats.build_metadata(
         model, format_name=format, image_size=module.image_size,
-        checkpoint=path, labels=labels,
+        checkpoint=path, labels=names,
         ema=use_ema and checkpointing.has_ema(path), extra=extra))
   logging.info("Exported %s as %s (%dx%d) in %s", path, format,
                module.image_size, module.image_size, export_dir)
   return export_dir
 
 
-def _checked_labels(labels_file, num_classes):
-  names = read_labels(labels_file) if labels_file else None
-  if names is not None and len(names) != num_classes:
-    raise ValueError(
-        f"labels file {labels_file!r} names {len(names)} classes but the "
-        f"model has {num_classes} (one name per class, class 0 first, no "
-        "background class)")
-  return names
 
 
-# ---------------------------------------------------------------------------
-# Classifying image files (bin/predict).
-# ---------------------------------------------------------------------------
-
-
-def read_labels(labels_file):
-  """Reads class names: one per line, or a JSON list or {"0": name} map.
-
-  Line i (0-based) names class i, the model's label (ImageNet's on-disk
-  labels 1..1000 minus the offset 1; no background class).
-
-  Raises:
-    FileNotFoundError: when the file does not exist.
-    ValueError: when a JSON map has a non-integer key.
-  """
-  if not tf.io.gfile.exists(labels_file):
-    raise FileNotFoundError(f"labels file {labels_file!r} does not exist")
-  with tf.io.gfile.GFile(labels_file) as f:
-    text = f.read()
-  try:
-    parsed = json.loads(text)
-  except json.JSONDecodeError:
-    return [line.strip() for line in text.splitlines() if line.strip()]
-  if isinstance(parsed, list):
-    return [str(name) for name in parsed]
-  if isinstance(parsed, dict):
-    try:
-      names = {int(key): str(name) for key, name in parsed.items()}
-    except ValueError as e:
-      raise ValueError(f"labels file {labels_file!r}: JSON keys must be "
-                       f"class numbers ({e})") from e
-    return [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
-  raise ValueError(f"labels file {labels_file!r}: expected lines, a JSON "
-                   f"list or a JSON object, got {type(parsed).__name__}")
-
-
-def predict(image_files, *, saved_model_dir=None, model_dir=None,
-            checkpoint="latest", labels_file=None, top_k=5, use_ema=True,
-            batch_size=32, model_builder=build_model, preprocessing=None):
-  """Classifies image files with a SavedModel or a checkpoint.
-
-  Args:
-    image_files: paths (local or gs://) of JPEG or PNG files.
-    saved_model_dir: an exported SavedModel; its `serving_default` is used.
-    model_dir: without `saved_model_dir`, the run to restore `checkpoint`
-      from (the model is built by `model_builder`).
-    checkpoint: 'latest', 'best', or a checkpoint prefix or directory.
-    labels_file: optional class names (see `read_labels`).
-    top_k: how many classes to report per image.
-    use_ema: with a checkpoint, use its EMA weights when present.
-    batch_size: images per call of the signature.
-    model_builder: with a checkpoint, builds the run's model.
-    preprocessing: with a checkpoint, the crop and resize (a SavedModel
-      carries its own).
-
-  Returns:
-    One `(image_file, [(class_id, class_name_or_None, probability), ...])`
-    per image, the classes by decreasing probability.
-
-  Raises:
-    FileNotFoundError: for a missing image, labels file or model.
-    ValueError: when neither a SavedModel nor a model_dir is given, or the
-      labels do not match the class count.
-  """
-  if not image_files:
-    raise ValueError("give at least one image file to classify")
-  if saved_model_dir:
-    if not tf.io.gfile.exists(f"{saved_model_dir}/saved_model.pb"):
-      raise FileNotFoundError(f"no SavedModel in {saved_model_dir!r}")
-    serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_DEFAULT]
-  elif model_dir or checkpoint not in (None, "latest", "best"):
-    module, _ = load_serving_module(
-        model_dir=model_dir, checkpoint=checkpoint, use_ema=use_ema,
-        model_builder=model_builder, preprocessing=preprocessing)
-    serve = module.serve_image_bytes
-  else:
-    raise ValueError("give a SavedModel directory or a model_dir to restore "
-                     "a checkpoint from")
-  encoded = []
-  for path in image_files:
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f"image file {path!r} does not exist")
-    with tf.io.gfile.GFile(path, "rb") as f:
-      encoded.append(f.read())
-  probabilities = []
-  for start in range(0, len(encoded), batch_size):
-    outputs = serve(image_bytes=tf.constant(encoded[start:start + batch_size]))
-    probabilities.extend(outputs["probabilities"].numpy())
-  num_classes = len(probabilities[0])
-  names = _checked_labels(labels_file, num_classes)
-  results = []
-  for path, probs in zip(image_files, probabilities):
-    top = probs.argsort()[::-1][:top_k]
-    results.append((path, [(int(c), names[c] if names else None,
-                            float(probs[c])) for c in top]))
-  return results
-
-
-def format_predictions(results):
-  """Renders `predict`'s results as text, one block per image."""
-  lines = []
-  for path, classes in results:
-    lines.append(path)
-    for rank, (class_id, name, probability) in enumerate(classes, start=1):
-      label = f"{class_id} ({name})" if name else f"{class_id}"
-      lines.append(f"  {rank}. {label}: {probability:.4f}")
-  return "\n".join(lines)

@@ -9,20 +9,15 @@ zero point (scale 1 and zero point 0 for effnet_gin's exports: rounded,
 clipped pixels) and its output dequantized.
 
 `evaluate_classifier` scores one on the eval split of the configured input
-pipeline (`build_dataset`, every image exactly once), and `classify_files`
-gives the top-k of image files, as `bin/predict` prints them.
+pipeline (`build_dataset`, every image exactly once); `predict` classifies
+image files with one.
 """
-import json
 
 import numpy as np
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
-from effnet_gin.data import preprocessing as preprocessing_lib
-
-TFLITE_FILE = "model.tflite"
-ONNX_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
+from effnet_gin.serving import formats
 
 
 def _read_bytes(path):
@@ -140,13 +135,13 @@ def load_classifier(path, *, num_threads=None):
     ValueError: for a file that is neither .tflite nor .onnx.
   """
   if tf.io.gfile.isdir(path):
-    for name in (TFLITE_FILE, ONNX_FILE):
+    for name in (formats.TFLITE_FILE, formats.ONNX_FILE):
       if tf.io.gfile.exists(f"{path}/{name}"):
         path = f"{path}/{name}"
         break
     else:
-      raise FileNotFoundError(f"{path!r} holds no {TFLITE_FILE} or "
-                              f"{ONNX_FILE}")
+      raise FileNotFoundError(f"{path!r} holds no {formats.TFLITE_FILE} or "
+                              f"{formats.ONNX_FILE}")
   if path.endswith(".tflite"):
     return TFLiteClassifier(path, num_threads=num_threads)
   if path.endswith(".onnx"):
@@ -196,69 +191,3 @@ def evaluate_classifier(classifier, *, num_examples=None,
               num_examples=count)
 
 
-def classify_files(classifier, image_files, *, names=None, top_k=5,
-                   preprocessing=None):
-  """The top-k classes of image files, as `export.predict` returns them.
-
-  Each file is decoded and preprocessed as the eval split (center crop,
-  bicubic resize to the model's resolution) with `preprocessing` (a
-  `Preprocessing`; None takes the reference's).
-
-  Returns:
-    One `(image_file, [(class_id, name_or_None, probability), ...])` per
-    image, by decreasing probability.
-
-  Raises:
-    FileNotFoundError: for a missing image.
-  """
-  results = []
-  for path in image_files:
-    image = preprocessing_lib.preprocess_for_eval(
-        _read_image(path), classifier.image_size,
-        preprocessing or preprocessing_lib.REFERENCE)
-    logits = classifier.logits(image.numpy()[None])[0]
-    probabilities = tf.nn.softmax(logits).numpy()
-    top = np.argsort(-probabilities, kind="stable")[:top_k]
-    results.append((path, [(int(c), names[c] if names else None,
-                            float(probabilities[c])) for c in top]))
-  return results
-
-
-def _read_image(path):
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"image file {path!r} does not exist")
-  return tf.io.read_file(path)
-
-
-def predict_exported(model_path, image_files, *, labels_file=None, top_k=5,
-                     num_threads=None, preprocessing=None):
-  """`bin/predict --tflite/--onnx`: the top-k of image files.
-
-  Class names come from `labels_file`, else from the labels recorded in the
-  metadata.json beside the model (when the export was given labels).
-
-  Raises:
-    FileNotFoundError: for a missing model, image or labels file.
-    ValueError: when the labels do not match the class count.
-  """
-  # export imports this module (through lite_export); read_labels is shared.
-  from effnet_gin.train import export  # pylint: disable=g-import-not-at-top
-  if not image_files:
-    raise ValueError("give at least one image file to classify")
-  classifier = load_classifier(model_path, num_threads=num_threads)
-  names = export.read_labels(labels_file) if labels_file else None
-  metadata_path = f"{_model_dir(model_path)}/{METADATA_FILE}"
-  if names is None and tf.io.gfile.exists(metadata_path):
-    with tf.io.gfile.GFile(metadata_path) as f:
-      names = json.load(f).get("labels")
-  if names is not None and len(names) != classifier.num_classes:
-    raise ValueError(f"{len(names)} class names for a model of "
-                     f"{classifier.num_classes} classes")
-  return classify_files(classifier, image_files, names=names, top_k=top_k,
-                        preprocessing=preprocessing)
-
-
-def _model_dir(model_path):
-  if tf.io.gfile.isdir(model_path):
-    return model_path
-  return model_path.rsplit("/", 1)[0] if "/" in model_path else "."

@@ -24,13 +24,14 @@ import uuid
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.serving import formats
+
 # What marks a directory as holding an exported model.
-MODEL_FILES = ("saved_model.pb", "model.tflite", "model.onnx")
 
 
 def existing_model(export_dir):
   """The model file `export_dir` already holds, or None."""
-  for name in MODEL_FILES:
+  for name in sorted(set(formats.MODEL_FILES.values())):
     if tf.io.gfile.exists(f"{export_dir}/{name}"):
       return name
   return None

@@ -24,38 +24,19 @@ the float network on the eval split, with a warning when it loses more than
 `max_int8_drop` points of top-1 (swish and squeeze-excite B-models quantize
 badly; the Lite variants were designed for int8).
 """
-import json
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from effnet_gin.data import build_dataset
-from effnet_gin.train import lite_runtime
+from effnet_gin.serving import formats
+from effnet_gin.serving import runtimes
 
-SAVED_MODEL = "saved_model"
-FORMATS = (SAVED_MODEL, "tflite", "tflite_float16", "tflite_int8", "onnx")
-METADATA_FILE = lite_runtime.METADATA_FILE
 # Largest |runtime - Keras| / max |Keras logit| a float export may show
 # before it is refused: a guard against broken conversions, ten times what
 # float32 exports show (about 1e-6 for B0; float16 3e-4).
 _TOLERANCE = {"tflite": 1e-3, "onnx": 1e-3, "tflite_float16": 2e-2}
-
-
-def check_format(format_name):
-  """Raises ValueError unless `format_name` is one of `FORMATS`."""
-  if format_name not in FORMATS:
-    raise ValueError(f"unknown export format {format_name!r}; choose one of "
-                     f"{', '.join(FORMATS)}")
-
-
-def model_file(format_name):
-  """The file a format's export is recognised by."""
-  check_format(format_name)
-  if format_name == SAVED_MODEL:
-    return "saved_model.pb"
-  return (lite_runtime.ONNX_FILE if format_name == "onnx"
-          else lite_runtime.TFLITE_FILE)
 
 
 def logits_function(model, batch_size, image_size=None):
@@ -209,17 +190,17 @@ def compare_int8(model, classifier, *, max_drop,
     {"float": metrics, "int8": metrics, "top_1_drop_points": float}; logs a
     warning when the drop exceeds `max_drop` points.
   """
-  float_metrics = lite_runtime.evaluate_classifier(
-      lite_runtime.KerasClassifier(model, image_size=classifier.image_size),
+  float_metrics = runtimes.evaluate_classifier(
+      runtimes.KerasClassifier(model, image_size=classifier.image_size),
       dataset_builder=dataset_builder)
-  int8_metrics = lite_runtime.evaluate_classifier(
+  int8_metrics = runtimes.evaluate_classifier(
       classifier, dataset_builder=dataset_builder)
   drop = 100.0 * (float_metrics["top_1_accuracy"] -
                   int8_metrics["top_1_accuracy"])
   comparison = {"float": float_metrics, "int8": int8_metrics,
                 "top_1_drop_points": drop}
   logging.info("int8 vs float on %d eval images: %s",
-               int8_metrics["num_examples"], format_comparison(comparison))
+               int8_metrics["num_examples"], formats.format_comparison(comparison))
   if drop > max_drop:
     logging.warning("int8 loses %.2f points of top-1 (more than "
                     "max_int8_drop=%.2f). %s", drop, max_drop,
@@ -236,17 +217,6 @@ def _int8_advice(model):
           "for int8), or ship the float16 model.")
 
 
-def format_comparison(comparison):
-  """One line: float and int8 top-1/top-5 and the top-1 drop."""
-  f, q = comparison["float"], comparison["int8"]
-  return (f"float top-1 {100 * f['top_1_accuracy']:.2f}% top-5 "
-          f"{100 * f['top_5_accuracy']:.2f}% | int8 top-1 "
-          f"{100 * q['top_1_accuracy']:.2f}% top-5 "
-          f"{100 * q['top_5_accuracy']:.2f}% | drop "
-          f"{comparison['top_1_drop_points']:.2f} points "
-          f"({q['num_examples']} images)")
-
-
 # ---------------------------------------------------------------------------
 # The export.
 # ---------------------------------------------------------------------------
@@ -260,7 +230,7 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
 
   Args:
     model: the inference model (see `inference_model`).
-    format_name: one of FORMATS other than 'saved_model'.
+    format_name: one of formats.FORMATS other than 'saved_model'.
     output_dir: an existing directory to write the model file into.
     image_size: the input resolution; None takes the model's.
     batch_size: the exported model's fixed batch size.
@@ -282,8 +252,8 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
     ValueError: for a bad format, or int8 without calibration data.
     RuntimeError: when a float export does not reproduce the Keras logits.
   """
-  check_format(format_name)
-  if format_name == SAVED_MODEL:
+  formats.check_format(format_name)
+  if format_name == formats.SAVED_MODEL:
     raise ValueError("export_lite writes TFLite and ONNX; a SavedModel is "
                      "written by export")
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
@@ -302,11 +272,11 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
                                         dataset_builder=dataset_builder)
     content = convert_tflite(model, format_name, batch_size=batch_size,
                              image_size=size, calibration=calibration)
-  path = f"{output_dir}/{model_file(format_name)}"
+  path = f"{output_dir}/{formats.model_file(format_name)}"
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(content)
-  classifier = lite_runtime.load_classifier(path, num_threads=num_threads)
-  extra = {"model_file": model_file(format_name), "size_bytes": len(content),
+  classifier = runtimes.load_classifier(path, num_threads=num_threads)
+  extra = {"model_file": formats.model_file(format_name), "size_bytes": len(content),
            **tensor_metadata(classifier, format_name)}
   if format_name in _TOLERANCE:
     check_against_keras(classifier, model, format_name)
@@ -338,61 +308,3 @@ def tensor_metadata(classifier, format_name):
   return entry
 
 
-def build_metadata(model, *, format_name, image_size, checkpoint, ema,
-                   labels=None, extra=None):
-  """What metadata.json records about an export.
-
-  Keys: format, variant, image_size, num_classes, labels (or null),
-  normalization (mean and stddev on the 0-255 scale, applied inside the
-  model), preprocessing, checkpoint, ema (whether its EMA weights were
-  exported), and the format's extra keys
-  (input/output tensors, size, the int8 comparison).
-  """
-  normalization = model.get_layer("normalization")
-  return {
-      "format": format_name,
-      "variant": model.name,
-      "image_size": int(image_size),
-      "num_classes": int(model.output_shape[-1]),
-      "labels": labels,
-      "normalization": {"mean": list(normalization.mean),
-                        "stddev": list(normalization.stddev),
-                        "inside_model": True},
-      "preprocessing": ("decode, center crop of S / (S + 32) of the shorter "
-                        "side, bicubic resize to S x S; RGB 0-255"),
-      "checkpoint": checkpoint,
-      "ema": bool(ema),
-      **(extra or {}),
-  }
-
-
-def write_metadata(output_dir, metadata):
-  """Writes `metadata` as output_dir/metadata.json."""
-  with tf.io.gfile.GFile(f"{output_dir}/{METADATA_FILE}", "w") as f:
-    json.dump(metadata, f, indent=2)
-    f.write("\n")
-
-
-def read_metadata(export_dir):
-  """The metadata.json of an export directory, or None when absent."""
-  path = f"{export_dir}/{METADATA_FILE}"
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
-def describe_export(export_dir):
-  """A few lines on an export: format, model file and size, int8 vs float."""
-  metadata = read_metadata(export_dir)
-  if metadata is None:
-    return f"{export_dir}: no {METADATA_FILE}"
-  lines = [f"{export_dir}: {metadata['format']} of {metadata['variant']} "
-           f"at {metadata['image_size']}x{metadata['image_size']}, "
-           f"{metadata['num_classes']} classes"]
-  if "size_bytes" in metadata:
-    lines.append(f"  {metadata['model_file']}: "
-                 f"{metadata['size_bytes'] / 2**20:.2f} MiB")
-  if "int8_vs_float" in metadata:
-    lines.append("  " + format_comparison(metadata["int8_vs_float"]))
-  return "\n".join(lines)

@@ -17,12 +17,12 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_gin.model import build_model
-from effnet_gin.model import pretrained
+from effnet_gin.checkpoints import pretrained
 from effnet_gin.model import specs
-from effnet_gin.model.weight_sources import spec_signature
-from effnet_gin.train import averaging
-from effnet_gin.train import checkpointing
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints.weight_sources import spec_signature
+from effnet_gin.checkpoints import averaging
+from effnet_gin.checkpoints import checkpointing
+from effnet_gin.checkpoints import run_dir
 
 
 def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
@@ -32,7 +32,7 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
 
   Args:
     source: a reference checkpoint (directory or prefix) or a Keras weights
-      file (see `effnet_gin.model.load_pretrained`).
+      file (see `effnet_gin.checkpoints.load_pretrained`).
     model_dir: the directory to write; must hold no checkpoint yet.
     variant: overrides the detected variant name.
     num_classes: the model's class count; by default the source's. Another

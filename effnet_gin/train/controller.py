@@ -1,4 +1,4 @@
-"""The Python loop around the compiled host loop (see `loop.train`).
+"""The Python loop around the compiled host loop (see `trainer.train`).
 
 After each host loop: the console line and TensorBoard scalars, the NaN
 check, the operative config (after the first), checkpoints, in-process
@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from absl import logging
 import tensorflow as tf
 
-from effnet_gin.train import run_dir
+from effnet_gin.checkpoints import run_dir
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -20,7 +20,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclasses.dataclass(frozen=True)
-class OuterLoop:
+class Controller:
   """The Python loop around the host loop: log, checkpoint, evaluate, stop.
 
   Attributes:

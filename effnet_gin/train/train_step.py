@@ -1,4 +1,4 @@
-"""The compiled training step and the host loop that runs it (`loop.train`).
+"""The compiled training step and the host loop that runs it (`trainer.train`).
 
 `build_host_loop` returns one `tf.function` that runs up to `num_steps`
 distributed steps per call — the reference's iterations_per_loop — checking
@@ -8,6 +8,7 @@ import sys
 
 import tensorflow as tf
 
+from effnet_gin.evaluation import metrics
 from effnet_gin.train import losses
 
 
@@ -70,7 +71,7 @@ def build_host_loop(*, strategy, model, optimizer, ema,
     if ema is not None:
       ema.update(step)
     # Mixup's soft targets are scored by their argmax inside top_k_correct.
-    correct = losses.top_k_correct(labels, logits, 1)
+    correct = metrics.top_k_correct(labels, logits, 1)
     return loss, correct
 
   per_replica_step = tf.function(replica_step, jit_compile=jit_compile)
