@@ -132,12 +132,12 @@ def test_train_steps_come_from_the_trainers_run_file(data_dir, tmp_path, caplog)
 def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
   # The counts are cached per process; earlier tests counted other data sets,
   # which this run's file must not list. A fresh evaluator starts empty.
-  tfrecord._RECORD_COUNTS.clear()  # pylint: disable=protected-access
+  tfrecord.PROCESS_RECORD_COUNTS.clear()
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
   evaluate(model_dir, train_steps=1)
-  cache = records.RecordCountCache(model_dir)
+  cache = records.RecordCountCache(model_dir, tfrecord.PROCESS_RECORD_COUNTS)
   with open(cache.path) as f:
     saved = json.load(f)
   files = sorted(glob.glob(os.path.join(data_dir, "validation-*")))
@@ -146,15 +146,15 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
                    for path in files]
 
   # A restart (a fresh process has no counts) takes them from the file.
-  tfrecord._RECORD_COUNTS.clear()  # pylint: disable=protected-access
+  tfrecord.PROCESS_RECORD_COUNTS.clear()
   cache.load()
-  assert [list(e) for e in tfrecord.known_record_counts()] == saved
+  assert [list(e) for e in tfrecord.PROCESS_RECORD_COUNTS.entries()] == saved
   # A file that changed size is counted afresh, not taken from the cache.
   copy = str(tmp_path / "validation-copy")
   with open(copy, "wb") as f:
     f.write(open(files[0], "rb").read() * 2)
-  tfrecord.remember_record_counts([(copy, saved[0][1], saved[0][2])])
-  assert tfrecord.count_records(copy) == 2 * saved[0][2]
+  tfrecord.PROCESS_RECORD_COUNTS.remember([(copy, saved[0][1], saved[0][2])])
+  assert tfrecord.PROCESS_RECORD_COUNTS.count(copy) == 2 * saved[0][2]
 
 
 def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(

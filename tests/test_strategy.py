@@ -64,7 +64,7 @@ def test_mirrored_cpu_from_gin():
   gin.parse_config("effnet_gin.train.build_strategy.kind = 'mirrored_cpu'")
   strategy = configurables.build_strategy()
   assert isinstance(strategy, tf.distribute.MirroredStrategy)
-  assert distribute.num_replicas_in_sync == 2
+  assert strategy.num_replicas_in_sync == 2
   assert distribute.is_chief(strategy)
   # conftest already initialised TensorFlow with two logical CPUs.
   with pytest.raises(ValueError, match="num_cpu_replicas=3"):

@@ -14,4 +14,3 @@ Data flows from checkpoints/ (restored weights) through model/'s inference
 graph into files; it imports nothing of train/.
 """
 from effnet_gin.serving.exporter import export
-from effnet_gin.serving.predict import predict
