@@ -242,24 +242,38 @@ def test_killed_conversion_resumes_to_the_same_files(raw, converted,
           for other in others} == finished
 
 
-@pytest.mark.parametrize('break_layout, named', [
-    (lambda root: shutil.rmtree(root / 'train'), 'train/ folder'),
-    (lambda root: (root / 'synset_labels.txt').write_text(
-        'n01440764\n' * 8), '8 synsets'),
-], ids=['no_train_folder', 'too_few_labels'])
-def test_bad_input_stops_with_one_line_naming_it(raw, tmp_path, break_layout,
-                                                 named):
+def test_a_missing_train_folder_stops_the_script_with_one_line(raw,
+                                                                tmp_path):
   root = tmp_path / 'raw'
   shutil.copytree(raw[0], root)
-  break_layout(root)
+  shutil.rmtree(root / 'train')
   process = _run(f'--raw_data_dir={root}',
                  f'--output_dir={tmp_path / "records"}',
                  stderr=subprocess.PIPE)
-  assert process.wait(timeout=120) == 1
-  lines = process.stderr.read().strip().splitlines()
-  assert 'Traceback' not in '\n'.join(lines)
-  assert lines[-1].startswith('bin/imagenet_to_tfrecords: ')
-  assert named in lines[-1] and str(root) in lines[-1], lines[-1]
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 1
+  assert 'Traceback' not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+      f"bin/imagenet_to_tfrecords: train/ folder '{root}/train' is missing: "
+      'raw_data_dir must hold train/<synset>/*.JPEG, validation/*.JPEG and '
+      'synset_labels.txt')
+  assert not (tmp_path / 'records').exists()
+
+
+@pytest.mark.parametrize('labels, message', [
+    ('n01440764\n' * 8, r"synset_labels.txt' has 8 synsets, but .*"
+     r"validation' has 9 \*.JPEG files"),
+    ('n01440764\n' * 10, 'has 10 synsets, but'),
+    ('n01440764\n\n' * 4 + 'n01440764\n', 'line 2 is empty'),
+], ids=['too_few', 'too_many', 'empty_line'])
+def test_a_bad_label_file_is_named(raw, tmp_path, labels, message):
+  root = tmp_path / 'raw'
+  shutil.copytree(raw[0], root)
+  (root / 'synset_labels.txt').write_text(labels)
+  with pytest.raises(ilsvrc.RawDataError, match=message):
+    ilsvrc.convert_raw_imagenet(str(root), str(tmp_path / 'records'),
+                                train_shards=TRAIN_SHARDS,
+                                validation_shards=VALIDATION_SHARDS)
   assert not (tmp_path / 'records').exists()
 
 
