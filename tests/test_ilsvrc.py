@@ -20,6 +20,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.sources import tfrecord
 from effnet_gin.data.writers import ilsvrc
 
@@ -298,3 +299,27 @@ def test_a_rerun_with_other_settings_stops_before_writing(raw, converted):
                                 validation_shards=VALIDATION_SHARDS, seed=1,
                                 progress=False)
   assert sorted(os.listdir(output_dir)) == before
+
+
+def _pil_file(mode, fmt, **options):
+  out = io.BytesIO()
+  Image.new(mode, (WIDTH, HEIGHT), 90 if mode == 'L' else (90,) * len(mode)
+            ).save(out, fmt, **options)
+  return out.getvalue()
+
+
+@pytest.mark.parametrize('data, components', [
+    (_pil_file('RGB', 'JPEG'), 3),
+    (_pil_file('RGB', 'JPEG', progressive=True), 3),
+    (_pil_file('L', 'JPEG'), 1),
+    (_pil_file('CMYK', 'JPEG'), 4),
+    (_pil_file('RGB', 'PNG'), None),
+    (_pil_file('RGB', 'JPEG')[:20], None),
+], ids=['baseline', 'progressive', 'grayscale', 'cmyk', 'png', 'truncated'])
+def test_jpeg_components_reads_the_frame_header(data, components):
+  assert ilsvrc.jpeg_components(data) == components
+
+
+def test_descriptive_features_come_all_or_none():
+  with pytest.raises(ValueError, match='all of synset, filename'):
+    imagenet_example.serialize_imagenet_example(b'x', 1, synset='n01440764')
