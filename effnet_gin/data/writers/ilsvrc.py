@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import threading
 
 from absl import logging
@@ -233,8 +234,11 @@ def convert_raw_imagenet(raw_data_dir, output_dir, *,
   Raises:
     RawDataError: see `find_raw_imagenet`; or fewer images than shards, or
       an image that does not decode (the shards written so far stay).
-    ConversionError: `output_dir` holds shards of another conversion.
+    ConversionError: `output_dir` holds shards of another conversion, or
+      `num_workers` < 1.
   """
+  if num_workers is not None and num_workers < 1:
+    raise ConversionError(f'num_workers must be >= 1, got {num_workers}')
   raw = find_raw_imagenet(raw_data_dir, seed=seed)
   counts = {TRAIN_DIR: train_shards, VALIDATION_DIR: validation_shards}
   plan = {prefix: _plan_shards(output_dir, prefix, images, counts[prefix])
@@ -320,8 +324,10 @@ def _write_shards(shards, label_of, num_workers, progress):
   """
   reencoded = []
   lock = threading.Lock()
+  # Redrawn often on a terminal, seldom into a log file.
   with tqdm.tqdm(total=sum(len(images) for _, images in shards), unit='img',
-                 disable=not progress, desc='ILSVRC to TFRecords') as bar:
+                 disable=not progress, desc='ILSVRC to TFRecords',
+                 mininterval=0.5 if sys.stderr.isatty() else 60) as bar:
 
     def advance():
       with lock:
