@@ -232,9 +232,11 @@ def test_killed_conversion_resumes_to_the_same_files(raw, converted,
 
   os.remove(blocking)
   shutil.copy(raw[0] / 'train' / synset / name, blocking)
-  process = _run(f'--raw_data_dir={root}', f'--output_dir={output_dir}',
+  # The rerun names the output as the reference script does.
+  process = _run(f'--raw_data_dir={root}', f'--gcs_output_path={output_dir}',
                  stderr=subprocess.PIPE)
-  assert process.wait(timeout=120) == 0, process.stderr.read()
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr
   assert sorted(os.listdir(output_dir)) == sorted(os.listdir(reference_dir))
   for other in os.listdir(reference_dir):
     assert (output_dir / other).read_bytes() == \
