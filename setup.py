@@ -45,6 +45,9 @@ setuptools.setup(
         # Keras weights files are read by layer name (model/weight_sources.py).
         "h5py>=3,<4",
         "google-cloud-bigtable>=2.20,<3",
+        # bin/imagenet_to_tfrecords' progress bar (tensorflow-datasets
+        # installs it too).
+        "tqdm>=4,<5",
     ],
     extras_require={
         # Exported models' runtimes and converters (bin/exporter --format,
