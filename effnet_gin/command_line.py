@@ -28,42 +28,47 @@ _DEFINE = {"integer": flags.DEFINE_integer, "float": flags.DEFINE_float,
            "string": flags.DEFINE_string, "bool": flags.DEFINE_bool}
 
 
-def define_common_flags():
+def define_common_flags(flag_values=flags.FLAGS):
   """Flags every gin-configured bin/ script accepts.
 
   The config (`--gin_file`, `--gin_param`, `--model_dir`), the input-source
   flags, and the reference's flags of `reference_flags`: its aliases of gin
   bindings, its synonyms and the flags accepted and ignored. None of them
   has a default: a flag not given leaves the config's value.
+
+  Args:
+    flag_values: the `absl.flags.FlagValues` to define them in.
   """
+  def define(kind, name, helptext, default=None):
+    _DEFINE[kind](name, default, helptext, flag_values=flag_values)
+
   flags.DEFINE_multi_string(
       "gin_file", [], "Gin file, a path or a shipped name such as b0_tpu.gin. "
       "Repeatable; later files override earlier ones. Default (trainer, "
       "evaluator): the reference recipe for this machine, b0_tpu.gin with "
-      "--tpu, else b0_gpu.gin with a GPU, else b0_cpu.gin.")
+      "--tpu, else b0_gpu.gin with a GPU, else b0_cpu.gin.",
+      flag_values=flag_values)
   flags.DEFINE_multi_string(
       "gin_param", [], "Gin binding, e.g. \"TRAIN_STEPS = 1000\". Repeatable; "
       "applied after the files; of a flag and a --gin_param setting the same "
-      "binding, the later on the command line wins.")
-  flags.DEFINE_string("model_dir", None, "Directory (local or gs://) holding "
-                      "checkpoints, summaries and the written configs.")
-  flags.DEFINE_string("data_dir", None, "Directory (local or gs://) of "
-                      "ImageNet-format TFRecords train-*/validation-*; selects "
-                      "the TFRecord source.")
-  flags.DEFINE_string("bigtable_project", None, "GCP project of the Cloud "
-                      "Bigtable instance (defaults to --project).")
-  flags.DEFINE_string("bigtable_instance", None, "Cloud Bigtable instance "
-                      "holding the data; selects the Bigtable source.")
-  flags.DEFINE_string("bigtable_table", None, "Cloud Bigtable table "
-                      "(default of the source: imagenet).")
+      "binding, the later on the command line wins.", flag_values=flag_values)
+  define("string", "model_dir", "Directory (local or gs://) holding "
+         "checkpoints, summaries and the written configs.")
+  define("string", "data_dir", "Directory (local or gs://) of ImageNet-format "
+         "TFRecords train-*/validation-*; selects the TFRecord source.")
+  define("string", "bigtable_project", "GCP project of the Cloud Bigtable "
+         "instance (defaults to --project).")
+  define("string", "bigtable_instance", "Cloud Bigtable instance holding the "
+         "data; selects the Bigtable source.")
+  define("string", "bigtable_table", "Cloud Bigtable table (default of the "
+         "source: imagenet).")
   for alias in reference_flags.ALIASES:
-    _DEFINE[alias.type](alias.flag, None,
-                        f"{alias.help} Sets {' and '.join(alias.keys)}.")
+    define(alias.type, alias.flag,
+           f"{alias.help} Sets {' and '.join(alias.keys)}.")
   for name, ours in reference_flags.SYNONYMS.items():
-    flags.DEFINE_string(name, None, f"The reference's name of --{ours}.")
+    define("string", name, f"The reference's name of --{ours}.")
   for name, (kind, why) in reference_flags.IGNORED.items():
-    _DEFINE[kind](name, None, "The reference's; accepted and ignored: "
-                  f"{why}.")
+    define(kind, name, f"The reference's; accepted and ignored: {why}.")
 
 
 def _translated_flags():
