@@ -319,7 +319,8 @@ def _asks_for_tpu(flag_values):
   return bool(flag_values.tpu) or None
 
 
-_CONFIG_ERRORS = (ValueError, TypeError, OSError, SyntaxError,
+# What configuring raises for a mistake in the flags or the files.
+CONFIG_ERRORS = (ValueError, TypeError, OSError, SyntaxError,
                   tokenize.TokenError)
 
 
@@ -339,8 +340,13 @@ def configure_or_exit(flag_values, **kwargs):
   """
   try:
     return configure_from_flags(flag_values, **kwargs)
-  except _CONFIG_ERRORS as error:
-    known = {selector: list(_parameters(configurable)) for selector,
-             configurable in _registered().items()}
+  except CONFIG_ERRORS as error:
     program = os.path.basename(sys.argv[0]) or "effnet_gin"
-    sys.exit(f"{program}: " + config_errors.one_line(error, known=known))
+    sys.exit(f"{program}: {explain(error)}")
+
+
+def explain(error):
+  """One line for an error of `configure`, with the closest known name."""
+  known = {selector: list(_parameters(configurable))
+           for selector, configurable in _registered().items()}
+  return config_errors.one_line(error, known=known)
