@@ -218,12 +218,14 @@ def test_a_reference_command_line_trains_and_its_run_evaluates_with_readme_s_fin
       [sys.executable, os.path.join(BIN, "trainer"), "--use_tpu=False",
        f"--data_dir={data_dir}", f"--model_dir={model_dir}",
        "--mode=train", "--train_batch_size=8", "--train_steps=2",
-       "--iterations_per_loop=1", "--transpose_input=False", *_TINY_FLAGS],
+       "--iterations_per_loop=1", "--transpose_input=False",
+       f"--export_dir={tmp_path}/export", *_TINY_FLAGS],
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert train.returncode == 0, train.stderr[-3000:]
   assert "running the reference recipe b0_cpu.gin" in train.stderr
   assert "--transpose_input is the reference's and ignored" in train.stderr
   assert (model_dir / "ckpt-2.index").exists()
+  assert (tmp_path / "export" / "saved_model.pb").exists()  # --export_dir
 
   # README's fine-tuning files, no INIT_CHECKPOINT: the evaluator needs none.
   model_gin = tmp_path / "model.gin"
