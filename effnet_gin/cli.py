@@ -201,11 +201,12 @@ def _preflight(role, paths):
   bindings = _config_bindings()
   defined = {scope for scope, selector, _, _ in bindings
              if selector == "gin.macro"}
-  users = {}
+  users = {}  # Macro used but not set: {name: selectors of its users}.
   for scope, selector, param, references in bindings:
     for reference in references:
-      if reference.endswith(_MACRO) and reference[:-len(_MACRO)] not in defined:
-        users.setdefault(reference[:-len(_MACRO)], set()).add(selector)
+      name = reference[:-len(_MACRO)] if reference.endswith(_MACRO) else None
+      if name is not None and name not in defined:
+        users.setdefault(name, set()).add(selector)
       if (selector in never_called
           and reference == "gin.REQUIRED/gin.constant"):
         gin.bind_parameter(f"{scope}{'/' if scope else ''}{selector}.{param}",
@@ -223,18 +224,30 @@ def _preflight(role, paths):
         preferred=gin_paths.recipe_for_this_machine()[0]))
   if users:
     raise config_errors.ConfigError(config_errors.missing_macro(
-        sorted(users)[0], given=paths, files=files))
+        sorted(users)[0], given=paths, files=files, known=defined))
+  _warn_unused_macros(bindings, defined)
+
+
+def _warn_unused_macros(bindings, defined):
+  """Logs each macro set that no binding uses, with the closest used one."""
+  used = {reference[:-len(_MACRO)] for _, _, _, references in bindings
+          for reference in references if reference.endswith(_MACRO)}
+  for name in sorted(defined - used):
+    guess = config_errors.suggest(name, used)
+    logging.warning("%s is set but no binding uses it%s", name,
+                    f"; did you mean {guess}?" if guess else "")
 
 
 def _config_bindings():
   """(scope, selector, parameter, [referenced selectors]) of every binding.
 
   gin has no public listing of its parsed bindings (finalize hooks get
-  them, after gin's own hooks have raised); this reads its registry
-  read-only, here only.
+  them, but only after gin's own hooks have raised); this reads its
+  config read-only, here only.
   """
   result = []
-  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  for (scope, selector), params in config.items():
     for param, value in params.items():
       references = [reference.scoped_selector for reference in
                     gin.config.iterate_references({param: value})]

@@ -167,7 +167,8 @@ def ordered_bindings(order, values, params):
     if kind == "flag":
       pending.append(item)
       continue
-    bindings += reference_flags.flag_bindings(values, emit=pending) + [params[item]]
+    bindings += reference_flags.flag_bindings(values, emit=pending)
+    bindings.append(params[item])
     pending = []
   return bindings + reference_flags.flag_bindings(values, emit=pending)
 

@@ -74,12 +74,12 @@ class ConfigFiles:
                for match in map(_BINDING_RE.match, self.text(part).splitlines())
                if match)
 
-  def find(self, paths, needle):
-    """The first (path, line number, line) holding `needle`, or None."""
+  def find(self, paths, pattern):
+    """The first (path, line number, line) matching regex `pattern`, or None."""
     for path in paths:
       for part in self.closure(path):
         for number, line in enumerate(self.text(part).splitlines(), 1):
-          if needle in line and not line.lstrip().startswith("#"):
+          if re.search(pattern, line) and not line.lstrip().startswith("#"):
             return part, number, line.strip()
     return None
 
@@ -154,22 +154,25 @@ def missing_arguments(selector, names, *, given, files, shipped,
           f"{what} such as {example} (base configs: {shown})")
 
 
-def missing_macro(name, *, given, files):
+def missing_macro(name, *, given, files, known=()):
   """Says that a macro is used but never set, and where it is used.
 
   Args:
     name: the macro, e.g. INIT_CHECKPOINT.
     given: the `--gin_file` paths given.
     files: a `ConfigFiles`.
+    known: the macros that are set, for a misspelt name.
 
   Returns:
     The message, one line.
   """
-  where = files.find(given, f"%{name}")
+  where = files.find(given, rf"%{re.escape(name)}\b")
   used = (f" ({os.path.basename(where[0])}:{where[1]}: {where[2]})"
           if where else "")
+  guess = suggest(name, known)
   return (f"{files.described(given, name)} is used{used} but never set: "
-          f"add --gin_param=\"{name} = ...\"")
+          f"add --gin_param=\"{name} = ...\""
+          f"{f' (or did you mean {guess}?)' if guess else ''}")
 
 
 def suggest(word, candidates):

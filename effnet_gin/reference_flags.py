@@ -266,8 +266,9 @@ def source_bindings(*, data_dir=None, bigtable_project=None,
   """
   if data_dir and bigtable_instance:
     raise ValueError(
-        f"--data_dir={data_dir!r} and --bigtable_instance={bigtable_instance!r} "
-        "both name an input source; give one of them")
+        f"--data_dir={data_dir!r} and "
+        f"--bigtable_instance={bigtable_instance!r} both name an input "
+        "source; give one of them")
   if data_dir:
     return ["effnet_gin.data.build_dataset.source = @TFRecordSource()",
             f"TFRecordSource.data_dir = {data_dir!r}"]

@@ -130,7 +130,8 @@ def test_suggest_picks_the_closest_name(word, candidates, expected):
 # The bin/ scripts, as a user runs them.
 # ---------------------------------------------------------------------------
 
-_TYPO_GIN = "include 'demo.gin'\n\neffnet_gin.model.build_model.widht_coefficient = 0.5\n"
+_TYPO_GIN = ("include 'demo.gin'\n\n"
+             "effnet_gin.model.build_model.widht_coefficient = 0.5\n")
 
 # name: (tool, arguments after the tool, what the line must say).
 _CASES = {
@@ -205,7 +206,7 @@ _TINY_FLAGS = ["--width_coefficient=0.1", "--depth_coefficient=0.1",
                "--eval_batch_size=8"]
 
 
-def test_a_reference_command_line_trains_and_its_run_evaluates_with_readme_s_finetune_files(  # pylint: disable=line-too-long
+def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
     tmp_path):
   data_dir, model_dir = tmp_path / "data", tmp_path / "model"
   fake_imagenet.write_fake_imagenet(
@@ -244,3 +245,17 @@ def test_a_reference_command_line_trains_and_its_run_evaluates_with_readme_s_fin
   with open(model_dir / "eval" / "results.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
   assert 2 in steps
+
+
+def test_a_misspelt_macro_is_named_with_the_closest_set_one(caplog):
+  cli.configure(["b0_cpu.gin"], ["TRAIN_STEP = 100"], data_dir="/d",
+                role="train")
+  assert "TRAIN_STEP is set but no binding uses it; did you mean " \
+         "TRAIN_STEPS?" in caplog.text
+  gin.clear_config()
+  with pytest.raises(config_errors.ConfigError, match=(
+      r"^TRAIN_STEP is used but never set: .*\(or did you mean "
+      r"TRAIN_STEPS\?\)$")):
+    cli.configure(["b0_cpu.gin"], ["TRAIN_STEPS = 100",
+                                   "effnet_gin.train.train.train_steps = "
+                                   "%TRAIN_STEP"], data_dir="/d", role="train")
