@@ -228,6 +228,15 @@ def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
   assert (model_dir / "ckpt-2.index").exists()
   assert (tmp_path / "export" / "saved_model.pb").exists()  # --export_dir
 
+  # main.py --mode=eval: continuous evaluation, to the run's final step.
+  evaluate = subprocess.run(
+      [sys.executable, os.path.join(BIN, "trainer"), "--use_tpu=False",
+       f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--mode=eval",
+       *_TINY_FLAGS],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert "Evaluated the final checkpoint (step >= 2); done" in evaluate.stderr
+
   # README's fine-tuning files, no INIT_CHECKPOINT: the evaluator needs none.
   model_gin = tmp_path / "model.gin"
   model_gin.write_text(
@@ -242,9 +251,10 @@ def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
        "--num_eval_images=16", "--eval_batch_size=8"],
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+  assert f"Evaluated {model_dir}/ckpt-2 (step 2" in evaluate.stderr
   with open(model_dir / "eval" / "results.jsonl") as f:
     steps = [json.loads(line)["step"] for line in f]
-  assert 2 in steps
+  assert steps == [2]
 
 
 def test_a_misspelt_macro_is_named_with_the_closest_set_one(caplog):
