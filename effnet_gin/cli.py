@@ -1,169 +1,91 @@
-"""Command-line glue: absl flags → gin files and bindings.
+"""Command-line glue: the bin/ scripts' flags → gin files and bindings.
 
-This is the only library module that knows about absl flags. The `bin/`
-scripts call `define_flags()` at import time, then hand the parsed flag values
-to `configure()`, which resolves `--gin_file` names, turns the reference
-README's shortcut flags (`--tpu`, `--data_dir`, `--train_batch_size`,
-`--bigtable_instance`, …) into gin bindings, parses everything with unknown
-names rejected, and finalizes the config.
+The `bin/` scripts call `define_common_flags()` at import time, then
+`configure_or_exit()` with the parsed flags: it resolves the `--gin_file`
+names (none given: the trainer and evaluator run the reference recipe for
+this machine, `b0_tpu.gin` with `--tpu`, else `b0_gpu.gin` with a GPU, else
+`b0_cpu.gin`), turns the reference's flags (`--tpu`, `--data_dir`,
+`--train_batch_size`, `--model_name`, … : the table of `reference_flags`)
+into gin bindings, parses everything with unknown names rejected, checks
+that the tool's entry point gets what it needs, and finalizes the config.
+A configuration mistake ends the program with one line (`config_errors`).
 
 Precedence, lowest to highest: the `.gin` files in the order given, then the
-shortcut flags, then `--gin_param` bindings in the order given.
+flags and `--gin_param` bindings in the order they stand on the command line:
+of a flag and a `--gin_param` setting the same binding, the later wins (as
+between two `--gin_param`s). `configure()`, for Python callers, applies the
+flags before its `gin_params`.
 """
-import contextlib
-import importlib.resources
 import inspect
-import logging as py_logging
 import os
-import shlex
 import sys
+import tokenize
 
-from absl import flags
 from absl import logging
 import gin
-import tensorflow as tf
 
+from effnet_gin import command_line as command_line_lib
+from effnet_gin import config_errors
 from effnet_gin import data
+from effnet_gin import gin_paths
+from effnet_gin import reference_flags
 # Importing the configurables registers every gin-bound builder.
 from effnet_gin import configurables  # noqa: F401  pylint: disable=unused-import
 
-_CHECKOUT_GIN_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+# The bin/ scripts' names for what now lives in these modules.
+shipped_gin_dir = gin_paths.shipped_gin_dir
+resolve_gin_file = gin_paths.resolve_gin_file
+define_common_flags = command_line_lib.define_common_flags
+command_line = command_line_lib.command_line
+sets_train_steps = command_line_lib.sets_train_steps
 
 
-def shipped_gin_dir():
-  """Returns the directory holding the shipped `.gin` files.
-
-  After `pip install .` they live inside the package as
-  `effnet_gin.gin_configs`; in a checkout (or an editable install) they are
-  the top-level `gin_configs/` directory.
-  """
-  try:
-    installed = importlib.resources.files("effnet_gin.gin_configs")
-    if installed.joinpath("b0_tpu.gin").is_file():
-      return str(installed)
-  except ModuleNotFoundError:
-    pass
-  return _CHECKOUT_GIN_DIR
-
-
-def resolve_gin_file(name):
-  """Finds a gin file given as a path or as a bare shipped name.
-
-  Args:
-    name: a path (local or any `tf.io.gfile` URL), or the name of a shipped
-      config such as `b0_tpu.gin` (the `.gin` suffix may be omitted).
-
-  Returns:
-    The path to parse.
-
-  Raises:
-    FileNotFoundError: when neither the path nor a shipped config exists; the
-      message lists the shipped configs.
-  """
-  if tf.io.gfile.exists(name):
-    return name
-  shipped = shipped_gin_dir()
-  base = name if name.endswith(".gin") else name + ".gin"
-  candidate = os.path.join(shipped, base)
-  if os.path.sep not in name and os.path.isfile(candidate):
-    return candidate
-  available = sorted(f for f in os.listdir(shipped) if f.endswith(".gin"))
-  raise FileNotFoundError(
-      f"gin file {name!r} is neither an existing path nor a shipped config in "
-      f"{shipped}; shipped configs: {', '.join(available)}")
-
-
-def _quote(value):
-  """Formats a Python value as a gin literal."""
-  return repr(value)
-
-
-def shortcut_bindings(*, tpu=None, zone=None, project=None, data_dir=None,
-                      train_batch_size=None, train_steps=None,
-                      bigtable_project=None, bigtable_instance=None,
-                      bigtable_table=None):
-  """Turns the reference README's flags into gin bindings.
-
-  As in the reference, `data_dir` selects the ImageNet-format TFRecord source
-  in that directory and `bigtable_instance` selects Cloud Bigtable, whatever
-  source the `.gin` files named. Giving both is ambiguous and rejected.
-
-  Returns:
-    A list of gin binding strings.
-
-  Raises:
-    ValueError: for contradictory or out-of-range flag values.
-  """
-  bindings = []
-  if tpu:
-    bindings.append(f"build_strategy.tpu = {_quote(tpu)}")
-  if zone:
-    bindings.append(f"build_strategy.zone = {_quote(zone)}")
-  if project:
-    bindings.append(f"build_strategy.project = {_quote(project)}")
-  if data_dir and bigtable_instance:
-    raise ValueError(
-        f"--data_dir={data_dir!r} and --bigtable_instance={bigtable_instance!r} "
-        "both name an input source; give one of them")
-  if data_dir:
-    bindings += ["build_dataset.source = @TFRecordSource()",
-                 f"TFRecordSource.data_dir = {_quote(data_dir)}"]
-  if bigtable_instance:
-    bt_project = bigtable_project or project
-    if not bt_project:
-      raise ValueError(
-          f"--bigtable_instance={bigtable_instance!r} needs --bigtable_project "
-          "or --project")
-    bindings += ["build_dataset.source = @BigtableSource()",
-                 f"BigtableSource.project = {_quote(bt_project)}",
-                 f"BigtableSource.instance = {_quote(bigtable_instance)}"]
-    if bigtable_table:
-      bindings.append(f"BigtableSource.table = {_quote(bigtable_table)}")
-  elif bigtable_project or bigtable_table:
-    raise ValueError("--bigtable_project and --bigtable_table need "
-                     "--bigtable_instance")
-  for flag_name, value in (("train_batch_size", train_batch_size),
-                           ("train_steps", train_steps)):
-    if value is None:
-      continue
-    if value <= 0:
-      raise ValueError(f"--{flag_name} must be positive, got {value}")
-    bindings.append(f"{flag_name.upper()} = {int(value)}")
-  return bindings
-
-
-def configure(gin_files, gin_params=(), *, needs_input=False, **shortcuts):
-  """Parses gin files, shortcut flags and `--gin_param` bindings; finalizes.
+def configure(gin_files, gin_params=(), *, needs_input=False, role=None,
+              **flag_values):
+  """Parses gin files, the reference's flags and `--gin_param`s; finalizes.
 
   Args:
     gin_files: gin file paths or shipped names (see `resolve_gin_file`).
-    gin_params: extra bindings, applied last.
-    needs_input: also check that the selected input source has every value
-      the files mark `%gin.REQUIRED` (trainer and evaluator read data; the
-      exporter does not).
-    **shortcuts: keyword arguments of `shortcut_bindings`.
+    gin_params: extra bindings, applied after the flags.
+    needs_input: also check that an input source is selected and has every
+      value the files mark `%gin.REQUIRED` (trainer and evaluator read data;
+      the exporter does not).
+    role: 'train', 'evaluate', 'export' or 'predict': check that this entry
+      point gets every argument it needs and waive what only the others use
+      (see `_preflight`); None checks neither.
+    **flag_values: values of the flags of `reference_flags` (None: not
+      given), applied in this order.
 
   Returns:
     The list of bindings applied after the files (for logging).
 
   Raises:
     FileNotFoundError: for a gin file that cannot be found.
-    ValueError: for unknown configurables or parameters, bad flags, or (with
-      `needs_input`) a required input-source value left unset.
+    ValueError: for unknown configurables or parameters, bad flags, or a
+      required value left unset (a `config_errors.ConfigError`).
   """
   if not gin_files:
     raise ValueError("give at least one --gin_file (e.g. --gin_file=demo.gin)")
+  bindings = reference_flags.flag_bindings(flag_values) + list(gin_params)
+  _parse_and_finalize(gin_files, bindings, needs_input=needs_input, role=role)
+  return bindings
+
+
+def shortcut_bindings(**flag_values):
+  """The bindings of the reference's flags (see `reference_flags`)."""
+  return reference_flags.flag_bindings(flag_values)
+
+
+def _parse_and_finalize(gin_files, bindings, *, needs_input, role):
   paths = [resolve_gin_file(name) for name in gin_files]
   # `include 'train_reference.gin'` in any config finds the shipped files.
   gin.add_config_file_search_path(shipped_gin_dir())
-  bindings = shortcut_bindings(**shortcuts) + list(gin_params)
-  with _quiet_include_lookups():
+  with gin_paths.quiet_include_lookups():
     gin.parse_config_files_and_bindings(
         paths, bindings, finalize_config=False, skip_unknown=False)
+  _preflight(role, paths)
   _settle_required_input(needs_input)
   gin.finalize()
-  return bindings
 
 
 _SOURCE_FLAGS = {"TFRecordSource.data_dir": "--data_dir=DIR",
@@ -185,7 +107,12 @@ def _settle_required_input(needs_input):
       that sets it.
   """
   selected = _selected_source()
-  for source in _source_classes():
+  if needs_input and not _bound("effnet_gin.data.build_dataset.source"):
+    raise config_errors.ConfigError(
+        "no input source is selected: pass --data_dir=DIR (ImageNet-format "
+        "TFRecords) or --bigtable_instance=NAME, or bind "
+        "effnet_gin.data.build_dataset.source")
+  for source in data.SOURCE_CLASSES:
     selector = f"effnet_gin.data.{source.__name__}"
     for name in inspect.signature(source).parameters:
       key = f"{selector}.{name}"
@@ -216,95 +143,217 @@ def _selected_source():
   return None
 
 
-def _source_classes():
-  return (data.TFRecordSource, data.RandomNoiseSource,
-          data.LearnableShapesSource, data.TFDSSource, data.ImageFolderSource,
-          data.BigtableSource)
-
-
 def _is_required(value):
   return (isinstance(value, gin.config.ConfigurableReference)
           and value.scoped_selector == "gin.REQUIRED/gin.constant")
 
 
-class _DropIncludeMisses(py_logging.Filter):
-  """Drops gin's "Path not found" errors for includes it then finds."""
-
-  def filter(self, record):
-    return not (record.module == "resource_reader" and
-                record.getMessage().startswith("Path not found"))
-
-
-@contextlib.contextmanager
-def _quiet_include_lookups():
-  # gin tries each include relative to the working directory before its
-  # search paths and logs an ERROR for that first miss; a path missing
-  # everywhere still raises, so the message carries no information.
-  # On the root logger, not its handlers: gin's module-level logging.error
-  # installs a handler (basicConfig) when there is none yet.
-  log_filter = _DropIncludeMisses()
-  root = py_logging.getLogger()
-  root.addFilter(log_filter)
+def _bound(key):
   try:
-    yield
-  finally:
-    root.removeFilter(log_filter)
-
-
-def command_line():
-  """The exact command line of this process, shell-quoted."""
-  return " ".join(shlex.quote(arg) for arg in [sys.executable] + sys.argv)
+    gin.query_parameter(key)
+  except ValueError:
+    return False
+  return True
 
 
 # ---------------------------------------------------------------------------
-# Flag definitions shared by the bin/ scripts.
+# Checks before finalizing: what each tool needs, and what it may lack.
 # ---------------------------------------------------------------------------
 
-
-def define_common_flags():
-  """Flags every bin/ script accepts: config, hardware and input sources."""
-  flags.DEFINE_multi_string(
-      "gin_file", [], "Gin file, a path or a shipped name such as b0_tpu.gin. "
-      "Repeatable; later files override earlier ones.")
-  flags.DEFINE_multi_string(
-      "gin_param", [], "Gin binding, e.g. \"TRAIN_STEPS = 1000\". Repeatable; "
-      "applied after the files and the shortcut flags.")
-  flags.DEFINE_string("model_dir", None, "Directory (local or gs://) holding "
-                      "checkpoints, summaries and the written configs.")
-  flags.DEFINE_string("tpu", None, "Cloud TPU name or grpc:// address.")
-  flags.DEFINE_string("zone", None, "GCE zone of the Cloud TPU.")
-  flags.DEFINE_string("project", None, "GCP project of the Cloud TPU; the "
-                      "default for --bigtable_project.")
-  flags.DEFINE_string("data_dir", None, "Directory (local or gs://) of "
-                      "ImageNet-format TFRecords train-*/validation-*; selects "
-                      "the TFRecord source.")
-  flags.DEFINE_string("bigtable_project", None, "GCP project of the Cloud "
-                      "Bigtable instance (defaults to --project).")
-  flags.DEFINE_string("bigtable_instance", None, "Cloud Bigtable instance "
-                      "holding the data; selects the Bigtable source.")
-  flags.DEFINE_string("bigtable_table", None, "Cloud Bigtable table "
-                      "(default of the source: imagenet).")
+_TRAIN_ONLY = ("effnet_gin.train.train", "effnet_gin.train.build_schedule",
+               "effnet_gin.train.build_optimizer",
+               "effnet_gin.train.ExponentialMovingAverage")
+# role: (the entry point it calls, the configurables it never calls).
+_ROLES = {
+    "train": ("effnet_gin.train.train", ()),
+    "evaluate": ("effnet_gin.train.evaluate", _TRAIN_ONLY),
+    "export": ("effnet_gin.train.export",
+               _TRAIN_ONLY + ("effnet_gin.train.evaluate",)),
+    "predict": (None, _TRAIN_ONLY + (
+        "effnet_gin.train.evaluate", "effnet_gin.train.export",
+        "effnet_gin.train.export_lite")),
+}
+_MACRO = "/gin.macro"
 
 
-def shortcut_values(flag_values):
-  """Collects the shortcut flags present on `flag_values` for `configure`."""
-  names = ("tpu", "zone", "project", "data_dir", "train_batch_size",
-           "train_steps", "bigtable_project", "bigtable_instance",
-           "bigtable_table")
-  return {name: flag_values[name].value for name in names
-          if name in flag_values}
+def _preflight(role, paths):
+  """Checks the parsed config for `role` before gin finalizes it.
+
+  A macro that is used but never set, or a `%gin.REQUIRED` value, only in
+  bindings of configurables this role never calls (INIT_CHECKPOINT of
+  finetune.gin, for the evaluator) is waived: bound to None. Then the
+  entry point's required arguments must all be bound, and every other macro
+  used must be set; otherwise the error says what to give.
+
+  Raises:
+    config_errors.ConfigError: naming what is missing and where it usually
+      comes from.
+  """
+  if role is None:
+    return
+  entry, never_called = _ROLES[role]
+  bindings = _config_bindings()
+  defined = {scope for scope, selector, _, _ in bindings
+             if selector == "gin.macro"}
+  users = {}  # Macro used but not set: {name: selectors of its users}.
+  for scope, selector, param, references in bindings:
+    for reference in references:
+      name = reference[:-len(_MACRO)] if reference.endswith(_MACRO) else None
+      if name is not None and name not in defined:
+        users.setdefault(name, set()).add(selector)
+      if (selector in never_called
+          and reference == "gin.REQUIRED/gin.constant"):
+        gin.bind_parameter(f"{scope}{'/' if scope else ''}{selector}.{param}",
+                           None)
+  for name in [name for name in users if users[name] <= set(never_called)]:
+    gin.bind_parameter(f"{name}{_MACRO}.value", None)
+    del users[name]
+  files = config_errors.ConfigFiles(gin_paths.read_text,
+                                    gin_paths.resolve_include)
+  unbound = _unbound_arguments(entry) if entry else []
+  if unbound:
+    raise config_errors.ConfigError(config_errors.missing_arguments(
+        entry, unbound, given=paths, files=files,
+        shipped=gin_paths.shipped_paths(),
+        preferred=gin_paths.recipe_for_this_machine()[0]))
+  if users:
+    raise config_errors.ConfigError(config_errors.missing_macro(
+        sorted(users)[0], given=paths, files=files, known=defined))
+  _warn_unused_macros(bindings, defined)
 
 
-def configure_from_flags(flag_values, *, needs_input=False):
-  """Runs `configure` with the values of the flags defined above."""
-  bindings = configure(flag_values.gin_file, flag_values.gin_param,
-                       needs_input=needs_input, **shortcut_values(flag_values))
-  logging.info("gin files: %s; bindings: %s", flag_values.gin_file, bindings)
+def _warn_unused_macros(bindings, defined):
+  """Logs each macro set that no binding uses, with the closest used one."""
+  used = {reference[:-len(_MACRO)] for _, _, _, references in bindings
+          for reference in references if reference.endswith(_MACRO)}
+  for name in sorted(defined - used):
+    guess = config_errors.suggest(name, used)
+    logging.warning("%s is set but no binding uses it%s", name,
+                    f"; did you mean {guess}?" if guess else "")
+
+
+def _config_bindings():
+  """(scope, selector, parameter, [referenced selectors]) of every binding.
+
+  gin has no public listing of its parsed bindings (finalize hooks get
+  them, but only after gin's own hooks have raised); this reads its
+  config read-only, here only.
+  """
+  result = []
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  for (scope, selector), params in config.items():
+    for param, value in params.items():
+      references = [reference.scoped_selector for reference in
+                    gin.config.iterate_references({param: value})]
+      result.append((scope, selector, param, references))
+  return result
+
+
+def _registered():
+  """{selector: Configurable} of every registered configurable (read-only)."""
+  return dict(gin.config._REGISTRY.items())  # pylint: disable=protected-access
+
+
+def _parameters(configurable):
+  try:
+    parameters = inspect.signature(configurable.wrapped).parameters
+  except (TypeError, ValueError):
+    return {}
+  return {name: parameter for name, parameter in parameters.items()
+          if name not in (configurable.denylist or ())
+          and name not in ("self", "args", "kwargs")}
+
+
+def _unbound_arguments(selector):
+  """The required parameters of `selector` that no binding sets."""
+  configurable = _registered()[selector]
+  return [name for name, parameter in _parameters(configurable).items()
+          if parameter.default is parameter.empty
+          and parameter.kind in (parameter.KEYWORD_ONLY,
+                                 parameter.POSITIONAL_OR_KEYWORD)
+          and not _bound(f"{selector}.{name}")]
+
+
+def configure_from_flags(flag_values, *, role, needs_input=False,
+                         extra_bindings=(), argv=None):
+  """`configure` from parsed flags: the gin files or the default recipe.
+
+  Without `--gin_file` the trainer and evaluator run the reference recipe
+  for this machine (`gin_paths.recipe_for_this_machine`); the trainer then
+  also takes main.py's default mode, train_and_eval. Logs the reference
+  flags that are ignored.
+
+  Args:
+    flag_values: parsed `absl.flags.FlagValues` with `define_common_flags`.
+    role: see `configure`.
+    needs_input: see `configure`.
+    extra_bindings: bindings applied after the command line's.
+    argv: the command line that was parsed (default `sys.argv`).
+
+  Returns:
+    The bindings applied after the files.
+
+  Raises:
+    The errors of `configure`.
+  """
+  files = list(flag_values.gin_file or [])
+  bindings = (command_line_lib.command_line_bindings(flag_values, argv) +
+              list(extra_bindings))
+  if not files and role in ("train", "evaluate"):
+    name, why = gin_paths.recipe_for_this_machine(_asks_for_tpu(flag_values))
+    logging.info("No --gin_file: running the reference recipe %s (%s)", name,
+                 why)
+    files = [name]
+    if role == "train":
+      bindings.insert(0, "effnet_gin.train.train.mode = 'train_and_eval'")
+  elif not files:
+    raise config_errors.ConfigError(
+        "give --gin_file: the files the run was trained with (e.g. "
+        "--gin_file=b0_cpu.gin), or its MODEL_DIR/config.gin")
+  for name, (_, why) in reference_flags.IGNORED.items():
+    if name in flag_values and flag_values[name].present:
+      logging.warning("--%s is the reference's and ignored here: %s", name,
+                      why)
+  _parse_and_finalize(files, bindings, needs_input=needs_input, role=role)
+  logging.info("gin files: %s; bindings: %s", files, bindings)
   return bindings
 
 
-def sets_train_steps(flag_values):
-  """Whether the command line sets the train steps (flag or gin binding)."""
-  if "train_steps" in flag_values and flag_values.train_steps is not None:
-    return True
-  return any("train_steps" in param.lower() for param in flag_values.gin_param)
+def _asks_for_tpu(flag_values):
+  """--use_tpu if given, else whether --tpu names one; None: neither given."""
+  if flag_values["use_tpu"].present:
+    return bool(flag_values.use_tpu)
+  return bool(flag_values.tpu) or None
+
+
+# What configuring raises for a mistake in the flags or the files.
+CONFIG_ERRORS = (ValueError, TypeError, OSError, SyntaxError,
+                  tokenize.TokenError)
+
+
+def configure_or_exit(flag_values, **kwargs):
+  """`configure_from_flags`, exiting with one line on a configuration error.
+
+  The line names the program, what is wrong, the file and line where gin
+  knows them, and the closest known name for a misspelt one; the exit
+  status is 1. Never the whole config, never a traceback.
+
+  Args:
+    flag_values: parsed `absl.flags.FlagValues`.
+    **kwargs: keyword arguments of `configure_from_flags`.
+
+  Returns:
+    The bindings applied after the files.
+  """
+  try:
+    return configure_from_flags(flag_values, **kwargs)
+  except CONFIG_ERRORS as error:
+    program = os.path.basename(sys.argv[0]) or "effnet_gin"
+    sys.exit(f"{program}: {explain(error)}")
+
+
+def explain(error):
+  """One line for an error of `configure`, with the closest known name."""
+  known = {selector: list(_parameters(configurable))
+           for selector, configurable in _registered().items()}
+  return config_errors.one_line(error, known=known)

@@ -49,6 +49,7 @@ from effnet_gin.data.sources import parse_imagenet_example
 from effnet_gin.data.sources import RandomNoiseSource
 from effnet_gin.data.sources import serialize_imagenet_example
 from effnet_gin.data.sources import Source
+from effnet_gin.data.sources import SOURCE_CLASSES
 from effnet_gin.data.sources import SyntheticSource
 from effnet_gin.data.sources import TFDSSource
 from effnet_gin.data.sources import TFRecordSource

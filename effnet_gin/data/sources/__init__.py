@@ -34,3 +34,8 @@ from effnet_gin.data.sources.protocol import Source
 from effnet_gin.data.sources.protocol import SPLITS
 from effnet_gin.data.sources.tfds import TFDSSource
 from effnet_gin.data.sources.tfrecord import TFRecordSource
+
+# Every source a pipeline can read from (the deprecated aliases aside): the
+# one list the command line checks a config's source against.
+SOURCE_CLASSES = (TFRecordSource, RandomNoiseSource, LearnableShapesSource,
+                  TFDSSource, ImageFolderSource, BigtableSource)
