@@ -17,7 +17,8 @@ Registered names (each also reachable with its module prefix, e.g.
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
           LearnableShapesSource, TFDSSource, ImageFolderSource, BigtableSource
-          (FakeSource and SyntheticSource: their deprecated old names)
+          (FakeSource and SyntheticSource: their deprecated old names),
+          images_after_holdout (image counts with held-out shards)
   train:  build_strategy, build_schedule, build_optimizer,
           ExponentialMovingAverage, steps_for_epochs, train, evaluate, export,
           export_lite
@@ -84,6 +85,8 @@ SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
 TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")
 ImageFolderSource = _data(data_lib.ImageFolderSource, "ImageFolderSource")
 BigtableSource = _data(data_lib.BigtableSource, "BigtableSource")
+images_after_holdout = _data(data_lib.images_after_holdout,
+                             "images_after_holdout")
 
 # --- train -----------------------------------------------------------------
 build_strategy = _train(distribute.build_strategy, "build_strategy")
