@@ -5,7 +5,7 @@
         [--steps=12] [--rounds=2]
 
 Both train EfficientNet-B0 in float32 on the same in-memory random batch:
-ours is `effnet_gin.train.host_loop.build_host_loop` (the trainer's compiled
+ours is `effnet_gin.train.train_step.build_host_loop` (the trainer's compiled
 loop: forward, label-smoothed loss with weight decay, TF1 RMSProp, EMA
 update) over `build_model`; the baseline is `keras.applications.EfficientNetB0`
 compiled with RMSprop and trained with `model.fit`. The input is a cached

@@ -12,12 +12,13 @@ bin/ scripts call those; a Python user without gin calls the library.
 
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
-  model:  build_model, variant_resolution
+  model:  build_model, variant_resolution, distributed_batch_norm
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
           LearnableShapesSource, TFDSSource, ImageFolderSource, BigtableSource
-          (FakeSource and SyntheticSource: their deprecated old names)
+          (FakeSource and SyntheticSource: their deprecated old names),
+          images_after_holdout (image counts with held-out shards)
   train:  build_strategy, build_schedule, build_optimizer,
           ExponentialMovingAverage, steps_for_epochs, train, evaluate, export,
           export_lite
@@ -32,6 +33,7 @@ import gin
 
 from effnet_gin import data as data_lib
 from effnet_gin import model as model_lib
+from effnet_gin.model import cross_replica
 from effnet_gin.checkpoints import averaging
 from effnet_gin.serving import converters
 from effnet_gin.train import trainer
@@ -61,6 +63,9 @@ def _train(fn_or_cls, name=None, **kwargs):
 # --- model -----------------------------------------------------------------
 build_model = _model(model_lib.build_model, "build_model")
 variant_resolution = _model(model_lib.variant_resolution, "variant_resolution")
+# The reference's LARS-path batch norm, as a batch_norm_group_size value.
+distributed_batch_norm = _model(cross_replica.distributed,
+                                "distributed_batch_norm")
 
 # --- data ------------------------------------------------------------------
 Preprocessing = _data(data_lib.Preprocessing, "Preprocessing")
@@ -80,6 +85,8 @@ SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
 TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")
 ImageFolderSource = _data(data_lib.ImageFolderSource, "ImageFolderSource")
 BigtableSource = _data(data_lib.BigtableSource, "BigtableSource")
+images_after_holdout = _data(data_lib.images_after_holdout,
+                             "images_after_holdout")
 
 # --- train -----------------------------------------------------------------
 build_strategy = _train(distribute.build_strategy, "build_strategy")

@@ -140,14 +140,18 @@ ALIASES = (
        "Batch-norm moving-average momentum."),
     _a("batch_norm_epsilon", "float", f"{_MODEL}.batch_norm_epsilon",
        "Batch-norm epsilon."),
+    _a("batch_norm_batch_size", "integer",
+       "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size",
+       "Images per batch-norm group of the distributed batch norm "
+       "(b0_tpu_pod.gin's, the reference's with --optimizer=lars)."),
     # Data.
     _a("num_train_images", "integer", "NUM_TRAIN_IMAGES",
        "Size of the training set (an epoch).", positive=True),
     _a("num_eval_images", "integer", "NUM_EVAL_IMAGES",
        "Validation images evaluated.", positive=True),
-    _a("holdout_shards", "integer",
-       "effnet_gin.data.TFRecordSource.holdout_train_shards",
-       "Training shards held out as the validation split."),
+    _a("holdout_shards", "integer", "HOLDOUT_TRAIN_SHARDS",
+       "Training shards held out as the validation split (their images "
+       "move from the train to the eval count)."),
     _a("augment_name", "string", f"{_DATASET}.augment",
        "autoaugment or randaugment (default: none).", _augment),
     _a("randaug_num_layers", "integer", f"{_DATASET}.randaugment_layers",
@@ -232,9 +236,6 @@ IGNORED = {
     "use_async_checkpointing": ("bool", "checkpoints are saved between "
                                 "loops"),
     "num_replicas": ("integer", "the strategy counts the replicas"),
-    "batch_norm_batch_size": ("integer", "batch-norm groups are counted in "
-                              "replicas: bind effnet_gin.model.build_model."
-                              "batch_norm_group_size"),
 }
 
 # Flags that select and configure the input source, translated together.

@@ -13,6 +13,7 @@ import pytest
 from effnet_gin import cli
 from effnet_gin import configurables
 from effnet_gin.model import build_model
+from effnet_gin.model import cross_replica
 from effnet_gin.train import optim
 from effnet_gin.train import durations
 import trainer_helpers
@@ -252,12 +253,16 @@ def test_pod_config_is_the_large_batch_recipe():
   assert resolved("effnet_gin.train.train.steps_per_eval") == 390
   assert resolved("effnet_gin.train.build_optimizer.name") == "lars"
   assert resolved("effnet_gin.train.build_optimizer.lars_weight_decay") == 1e-5
-  assert resolved("effnet_gin.model.build_model.batch_norm_group_size") == (
-      "auto")
+  # The reference's distributed batch norm with --batch_norm_batch_size=128:
+  # groups of 2 cores at 64 images per core on 512 cores.
+  setting = resolved("effnet_gin.model.build_model.batch_norm_group_size")
+  assert setting == "distributed:128"
+  assert cross_replica.distributed_group_size(setting, 512, 64) == 2
   schedule = schedule_of_config()
   assert schedule.kind == "polynomial"
   assert schedule.warmup_steps == 195
   assert schedule.peak_learning_rate == pytest.approx(2.048)
+  assert (schedule.end_learning_rate, schedule.power) == (0.1, 2.0)
   with open(cli.resolve_gin_file("b0_tpu_pod.gin")) as f:
     assert "v3-512 pod slice (512 TPU cores" in f.read()
 

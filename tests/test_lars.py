@@ -2,8 +2,9 @@
 
 The expected updates are written here in plain NumPy from tensorflow/tpu's
 lars_optimizer.py (trust ratio, weight decay inside, ApplyMomentum with
-lr = 1) and resnet/lars_util.py (tf.compat.v1.train.polynomial_decay of
-max(1, step - warmup) over train_steps - warmup + 1, power 2).
+lr = 1) and efficientnet/utils.py build_learning_rate('poly'):
+tf.compat.v1.train.polynomial_decay of max(1, step - warmup) over
+train_steps - warmup + 1, end_learning_rate 0.1, power 2.
 """
 import keras
 import numpy as np
@@ -35,7 +36,7 @@ def _reference_lars(initial, grads, names, learning_rates, *, momentum=0.9,
   return weights
 
 
-def _reference_poly(step, *, peak, warmup_steps, train_steps, end=1e-4):
+def _reference_poly(step, *, peak, warmup_steps, train_steps, end=0.1):
   if step < warmup_steps:
     return peak * step / warmup_steps
   decay_steps = train_steps - warmup_steps + 1
@@ -101,6 +102,44 @@ def test_polynomial_schedule_at_named_steps(step):
   assert float(schedule(step)) == pytest.approx(
       _reference_poly(step, peak=1.0, warmup_steps=100, train_steps=1000),
       rel=1e-5, abs=1e-7)
+
+
+# The pod recipe (b0_tpu_pod.gin): batch 32,768, 1,281,167 images, 350
+# epochs. steps/epoch = 39.0981; train_steps = int(350 × 39.0981) = 13,684;
+# warm-up int(5 × 39.0981) = 195 steps; peak 0.016 × 32768 / 256 = 2.048;
+# horizon H = 13,684 − 195 + 1 = 13,490; after the warm-up
+# lr = (2.048 − 0.1) × (1 − min(max(1, step − 195), H) / H)² + 0.1.
+@pytest.mark.parametrize("step,expected", [
+    (0, 0.0),
+    (100, 1.0502564),     # 2.048 × 100 / 195
+    (194, 2.0374974),     # 2.048 × 194 / 195
+    (195, 2.0477112),     # max(1, 0) = 1: 1.948 × (13489/13490)² + 0.1
+    (196, 2.0477112),     # still decay step 1
+    (6940, 0.587),        # halfway: 1.948 × 0.25 + 0.1
+    (13683, 0.10000004),  # the last step trained: 1.948 × (2/13490)² + 0.1
+    (13684, 0.1),
+    (20000, 0.1),         # clamped at the horizon
+])
+def test_pod_schedule_ends_at_the_reference_end(step, expected):
+  schedule = optim.build_schedule(
+      global_batch_size=32768, num_train_images=1281167,
+      base_learning_rate=0.016, warmup_epochs=5, kind="polynomial",
+      train_steps=13684)
+  assert (schedule.warmup_steps, schedule.end_learning_rate,
+          schedule.power) == (195, 0.1, 2.0)
+  assert float(schedule(step)) == pytest.approx(expected, rel=1e-6,
+                                                abs=1e-7)
+
+
+def test_polynomial_end_and_power_are_settings():
+  schedule = optim.build_schedule(
+      global_batch_size=256, num_train_images=2560, warmup_epochs=0,
+      base_learning_rate=0.016, kind="polynomial", train_steps=9,
+      end_learning_rate=1e-4, power=1.0)
+  # Linear from 0.016 to 1e-4 over a horizon of 10: step 5 is halfway.
+  assert float(schedule(5)) == pytest.approx((0.016 + 1e-4) / 2, rel=1e-6)
+  restored = optim.WarmupDecaySchedule.from_config(schedule.get_config())
+  assert (restored.end_learning_rate, restored.power) == (1e-4, 1.0)
 
 
 def test_polynomial_schedule_needs_train_steps():

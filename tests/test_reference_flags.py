@@ -43,10 +43,11 @@ EXPECTED = {
     "width_coefficient": ("0.1", {f"{_M}.width_coefficient": 0.1}),
     "batch_norm_momentum": ("0.9", {f"{_M}.batch_norm_momentum": 0.9}),
     "batch_norm_epsilon": ("0.01", {f"{_M}.batch_norm_epsilon": 0.01}),
+    "batch_norm_batch_size": ("256", {
+        "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size": 256}),
     "num_train_images": ("64", {"NUM_TRAIN_IMAGES": 64}),
     "num_eval_images": ("16", {"NUM_EVAL_IMAGES": 16}),
-    "holdout_shards": ("20", {
-        "effnet_gin.data.TFRecordSource.holdout_train_shards": 20}),
+    "holdout_shards": ("20", {"HOLDOUT_TRAIN_SHARDS": 20}),
     "augment_name": ("randaugment", {f"{_D}.augment": "randaugment"}),
     "randaug_num_layers": ("3", {f"{_D}.randaugment_layers": 3}),
     "randaug_magnitude": ("17", {f"{_D}.randaugment_magnitude": 17}),

@@ -25,6 +25,9 @@ The flow, and where each piece lives:
              eval:  (images, labels, weights float32 [b]), finite, padded
                     with weight 0.
 
+  holdout.py  the train and eval image counts when training shards are held
+             out as the eval split (`images_after_holdout`).
+
   writers/   make the files and tables the sources read: fake ImageNet
              TFRecords (`write_fake_imagenet`, bin/make_fake_imagenet), an
              image folder as TFRecords (bin/images_to_tfrecords), TFRecords
@@ -36,6 +39,8 @@ from effnet_gin.data.augment import autoaugment
 from effnet_gin.data.augment import mixup
 from effnet_gin.data.augment import randaugment
 from effnet_gin.data.augment import randaugment_magnitude_for
+from effnet_gin.data.holdout import holdout_counts
+from effnet_gin.data.holdout import images_after_holdout
 from effnet_gin.data.pipeline import build_dataset
 from effnet_gin.data.pipeline import num_eval_steps
 from effnet_gin.data.preprocessing import preprocess_for_eval

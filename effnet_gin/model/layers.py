@@ -70,6 +70,9 @@ class BatchNorm(keras.layers.Layer):
   with statistics averaged over groups of replicas (see cross_replica.py,
   the reference's TpuBatchNormalization); the moving statistics then move
   towards the group's statistics, with Bessel's correction over the group.
+  `group_size='distributed:B'` is the reference's DistributedBatchNormalization
+  (its LARS path): groups of B images, and the moving statistics move towards
+  the all-replica mean of the groups' statistics, variance uncorrected.
   """
 
   def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3,
@@ -81,7 +84,8 @@ class BatchNorm(keras.layers.Layer):
       epsilon: added to the variance before the square root; > 0.
       group_size: replicas sharing batch statistics in training: 1 (each
         replica alone), 'auto' (TPU: the reference's grouping, none up to 8
-        cores; other strategies: all replicas), 'all', or an int.
+        cores; other strategies: all replicas), 'all', an int, or
+        'distributed:B[:T]' (see cross_replica.py).
       **kwargs: standard Keras layer arguments (name, dtype, trainable...).
 
     Raises:
@@ -123,7 +127,8 @@ class BatchNorm(keras.layers.Layer):
           x=inputs, scale=self.gamma.value, offset=self.beta.value,
           mean=self.moving_mean.value, variance=self.moving_variance.value,
           epsilon=self.epsilon, is_training=False)[0]
-    group_size = cross_replica.replicas_per_group(self.group_size)
+    group_size = cross_replica.replicas_per_group(self.group_size,
+                                                  inputs.shape[0])
     if group_size is None:
       empty = tf.constant([], dtype=tf.float32)
       outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
@@ -132,7 +137,8 @@ class BatchNorm(keras.layers.Layer):
           is_training=True)[:3]
     else:
       outputs, batch_mean, batch_variance = cross_replica.batch_norm(
-          inputs, self.gamma.value, self.beta.value, self.epsilon, group_size)
+          inputs, self.gamma.value, self.beta.value, self.epsilon, group_size,
+          bessel=not cross_replica.is_distributed(self.group_size))
     for moving, batch in ((self.moving_mean, batch_mean),
                           (self.moving_variance, batch_variance)):
       batch = tf.stop_gradient(batch)

@@ -54,22 +54,22 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
   def __init__(self, *, peak_learning_rate, warmup_steps, kind="exponential",
                decay_steps=None, decay_factor=None, train_steps=None,
-               end_learning_rate=1e-4):
+               end_learning_rate=0.1, power=2.0):
     """Initializes the schedule from step counts (see `build_schedule`).
 
     Args:
       peak_learning_rate: Learning rate at the end of the warm-up, before any
         decay.
       warmup_steps: Integer number of linear warm-up steps; 0 disables it.
-      kind: 'exponential', 'cosine' or 'constant'.
+      kind: 'exponential', 'cosine', 'constant' or 'polynomial'.
       decay_steps: Steps per exponential decay (may be fractional); required
         for 'exponential'.
       decay_factor: Multiplier applied every `decay_steps`; required for
         'exponential'.
       train_steps: Total steps over which the cosine falls to 0 or the
         polynomial to `end_learning_rate`; required for both.
-      end_learning_rate: Where 'polynomial' ends (tf.compat.v1's
-        polynomial_decay default).
+      end_learning_rate: Where 'polynomial' ends (the reference's 0.1).
+      power: The exponent of 'polynomial' (the reference's 2).
 
     Raises:
       ValueError: If `kind` is unknown or a value it needs is missing or out of
@@ -96,6 +96,7 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     self.decay_factor = None if decay_factor is None else float(decay_factor)
     self.train_steps = None if train_steps is None else int(train_steps)
     self.end_learning_rate = float(end_learning_rate)
+    self.power = float(power)
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
@@ -118,18 +119,20 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     return learning_rate
 
   def _polynomial(self, step, peak):
-    # The reference's LARS schedule (tensorflow/tpu resnet lars_util.py):
+    # The reference's LARS schedule (tensorflow/tpu efficientnet utils.py,
+    # build_learning_rate with lr_decay_type='poly'): after the warm-up,
     # polynomial_decay(peak, max(1, step - warmup), train_steps - warmup + 1,
-    # power=2) after the warm-up.
+    # end_learning_rate=0.1, power=2), its step clamped at the horizon.
     # A run shorter than its warm-up (a smoke test) never leaves it.
     horizon = float(max(1, self.train_steps - self.warmup_steps + 1))
     decay_step = tf.minimum(tf.maximum(1.0, step - self.warmup_steps), horizon)
     end = tf.constant(self.end_learning_rate, tf.float32)
-    return (peak - end) * tf.square(1.0 - decay_step / horizon) + end
+    return (peak - end) * tf.pow(1.0 - decay_step / horizon, self.power) + end
 
   def get_config(self):
     return {
         "end_learning_rate": self.end_learning_rate,
+        "power": self.power,
         "peak_learning_rate": self.peak_learning_rate,
         "warmup_steps": self.warmup_steps,
         "kind": self.kind,
@@ -142,7 +145,7 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 def build_schedule(*, global_batch_size, num_train_images,
                    base_learning_rate=0.016, warmup_epochs=5,
                    decay_epochs=2.4, decay_factor=0.97, kind="exponential",
-                   train_steps=None, end_learning_rate=1e-4):
+                   train_steps=None, end_learning_rate=0.1, power=2.0):
   """Builds the reference learning-rate schedule for a global batch size.
 
   peak = base_learning_rate * global_batch_size / 256;
@@ -152,8 +155,9 @@ def build_schedule(*, global_batch_size, num_train_images,
   peak * decay_factor ** floor(step / (decay_epochs * steps_per_epoch)).
   'cosine' replaces the staircase with 0.5 * peak * (1 + cos(pi * step /
   train_steps)); 'constant' with peak; 'polynomial' (the LARS schedule)
-  with (peak - end) * (1 - max(1, step - warmup_steps) / (train_steps -
-  warmup_steps + 1))² + end. The exponential decay counts from step 0.
+  with (peak - end) * (1 - min(max(1, step - warmup_steps), H) / H) ** power
+  + end, H = train_steps - warmup_steps + 1 (the reference: end 0.1, power
+  2, whatever the peak). The exponential decay counts from step 0.
 
   Args:
     global_batch_size: Examples per step summed over all replicas.
@@ -162,10 +166,12 @@ def build_schedule(*, global_batch_size, num_train_images,
     warmup_epochs: Epochs of linear warm-up from 0; 0 disables it.
     decay_epochs: Epochs between exponential decays.
     decay_factor: Multiplier applied every `decay_epochs`.
-    kind: 'exponential', 'cosine' or 'constant'.
+    kind: 'exponential', 'cosine', 'constant' or 'polynomial'.
     train_steps: Total training steps; required for 'cosine' and
       'polynomial'.
-    end_learning_rate: Final learning rate of 'polynomial'.
+    end_learning_rate: Final learning rate of 'polynomial' (the
+      reference's 0.1).
+    power: Exponent of 'polynomial' (the reference's 2).
 
   Returns:
     A serializable `WarmupDecaySchedule`.
@@ -194,7 +200,8 @@ def build_schedule(*, global_batch_size, num_train_images,
       kind=kind,
       decay_steps=decay_epochs * steps_per_epoch,
       decay_factor=decay_factor,
-      train_steps=train_steps, end_learning_rate=end_learning_rate)
+      train_steps=train_steps, end_learning_rate=end_learning_rate,
+      power=power)
 
 
 # ---------------------------------------------------------------------------
