@@ -66,7 +66,7 @@ class BlockSpec:
                        f"{self.space_to_depth!r}.")
     if self.space_to_depth and self.strides != self.space_to_depth:
       raise ValueError(f"a space_to_depth={self.space_to_depth} stage has "
-                       f"stride {3 - self.space_to_depth}, got "
+                       f"stride {self.space_to_depth}, got "
                        f"{self.strides!r}.")
     if self.activation not in (None,) + ACTIVATIONS:
       raise ValueError(f"activation must be None or one of {ACTIVATIONS}, "
