@@ -12,7 +12,7 @@ bin/ scripts call those; a Python user without gin calls the library.
 
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
-  model:  build_model, variant_resolution
+  model:  build_model, variant_resolution, variant_resize_method
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
@@ -63,6 +63,8 @@ def _train(fn_or_cls, name=None, **kwargs):
 # --- model -----------------------------------------------------------------
 build_model = _model(model_lib.build_model, "build_model")
 variant_resolution = _model(model_lib.variant_resolution, "variant_resolution")
+variant_resize_method = _model(model_lib.variant_resize_method,
+                               "variant_resize_method")
 
 # --- data ------------------------------------------------------------------
 Preprocessing = _data(data_lib.Preprocessing, "Preprocessing")

@@ -7,6 +7,7 @@ or effnet_gin weights.
 """
 from effnet_gin.model.efficientnet import build_model
 from effnet_gin.model.efficientnet import resolve_spec
+from effnet_gin.model.efficientnet import variant_resize_method
 from effnet_gin.model.efficientnet import variant_resolution
 from effnet_gin.model.flops import Cost
 from effnet_gin.model.flops import count_flops

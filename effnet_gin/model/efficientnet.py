@@ -63,6 +63,18 @@ def variant_resolution(variant: str) -> int:
   return specs.default_resolution(variant)
 
 
+def variant_resize_method(variant: str) -> str:
+  """The resize the reference trains, evaluates and exports a variant with.
+
+  "tf1_bilinear" for EfficientNet-Lite and -EdgeTPU, else "tf1_bicubic"
+  (the configs bind it as `Preprocessing.resize_method`).
+
+  Raises:
+    ValueError: for an unknown variant.
+  """
+  return specs.default_resize_method(variant)
+
+
 # (variant, resolution) pairs already reported, so each is logged once.
 _REPORTED_RESOLUTIONS = set()
 

@@ -41,9 +41,10 @@ INPUT_NORMALIZATIONS: Mapping[str, Tuple[Tuple[float, ...],
     "advprop": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
 }
 
-# How images are resized in the input pipeline and exports; the reference
-# trains Lite and EdgeTPU with bilinear resize (easier post-quantisation).
-RESIZE_METHODS = ("bicubic", "bilinear")
+# How images are resized in the input pipeline and exports (names of
+# effnet_gin.data's resize methods): TF1 bicubic, or TF1 bilinear, which the
+# reference trains Lite and EdgeTPU with (easier post-quantisation).
+RESIZE_METHODS = ("tf1_bicubic", "tf1_bilinear")
 
 
 # EfficientNet-B0 (paper Table 1), the base every variant scales.
@@ -106,7 +107,7 @@ class ModelSpec:
   condconv_experts: int = 0
   local_pooling: bool = False
   num_classes: int = 1000
-  resize_method: str = "bicubic"
+  resize_method: str = "tf1_bicubic"
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -240,7 +241,7 @@ def _lite(width, depth, resolution, dropout_rate):
   return ModelSpec(width, depth, resolution, dropout_rate,
                    activation="relu6", use_se=False, fix_stem_and_head=True,
                    fix_first_last_repeats=True, input_normalization="lite",
-                   resize_method="bilinear")
+                   resize_method="tf1_bilinear")
 
 
 EDGETPU_BLOCKS = tuple(map(parse_block, (
@@ -281,7 +282,7 @@ def _edgetpu(width, depth, resolution, dropout_rate):
   return ModelSpec(width, depth, resolution, dropout_rate, activation="relu",
                    use_se=False, input_normalization="lite",
                    blocks=EDGETPU_BLOCKS, local_pooling=True,
-                   num_classes=1001, resize_method="bilinear")
+                   num_classes=1001, resize_method="tf1_bilinear")
 
 
 def _condconv(depth, experts):
@@ -389,6 +390,11 @@ def get_variant(name: str) -> ModelSpec:
                          for family, names in FAMILIES.items())
     raise ValueError(f"Unknown EfficientNet variant {name!r}; the known "
                      f"families and their variants are {families}.") from None
+
+
+def default_resize_method(name: str) -> str:
+  """The resize a variant is trained, evaluated and exported with."""
+  return get_variant(name).resize_method
 
 
 def default_resolution(name: str) -> int:
