@@ -180,6 +180,10 @@ def test_condconv_convolves_each_example_with_its_mixed_kernel(
   np.testing.assert_allclose(eager, expected, atol=1e-4)
   compiled = tf.function(lambda a, b: layer([a, b]), jit_compile=True)
   np.testing.assert_allclose(compiled(x, routing), expected, atol=1e-4)
+  # An unknown batch size takes the tap-by-tap path.
+  unknown_batch = tf.function(lambda a, b: layer([a, b]), input_signature=[
+      tf.TensorSpec((None,) + x.shape[1:]), tf.TensorSpec((None, 5))])
+  np.testing.assert_allclose(unknown_batch(x, routing), expected, atol=1e-4)
 
 
 def test_condconv_block_trains_under_xla():
