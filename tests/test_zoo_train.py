@@ -2,7 +2,7 @@
 
 Each family trains through the trainer (`configurables.train`, what
 bin/trainer runs) at smoke size; CondConv also with its step XLA-compiled
-(marked slow).
+(about 15 s, most of it compiling).
 """
 import gin
 import numpy as np
@@ -105,7 +105,6 @@ def test_each_family_trains_two_steps(model_name, tmp_path):
   assert trainer_helpers.latest_step(str(tmp_path)) == 2
 
 
-@pytest.mark.slow  # ~25 s of XLA compilation on one CPU core.
 def test_condconv_trains_with_its_step_compiled_by_xla(tmp_path):
   # As on TPU: static shapes, the whole step one XLA computation.
   result = train_smoke(tmp_path, "efficientnet-condconv-b0-4e",
