@@ -1,4 +1,4 @@
-"""The zoo's families under the shipped configs: recipe, labels, resize, training.
+"""The zoo under the shipped configs: recipe, labels, resize, training.
 
 Each family trains through the trainer (`configurables.train`, what
 bin/trainer runs) at smoke size; CondConv also with its step XLA-compiled

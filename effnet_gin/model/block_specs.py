@@ -6,7 +6,7 @@ A stage is declared as a `BlockSpec`, or as the reference's block string
 variant into the `Block`s the builder and the cost model walk.
 """
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 ACTIVATIONS = ("swish", "relu6", "relu")
 # Block kinds: the inverted bottleneck with a depthwise convolution, the
@@ -157,3 +157,52 @@ class Block:
   space_to_depth: bool
   condconv: bool
   activation: str
+
+
+def sequence(spec) -> Tuple[Block, ...]:
+  """Every block of a variant's network, as the reference builds them.
+
+  A space-to-depth [d1] stage runs at 4x its width with kernels halved
+  (rounded up), its first block starting with the 2x2 stride-2
+  convolution; the stride-2 first block of the [d2] stage after it runs at
+  stride 1. A squeeze-excite bottleneck is
+  int(declared input width x se_ratio x se_coefficient), divided by 4 in
+  the space-to-depth block (it is meant for the width before the 4x).
+  Blocks add their input back only with stride 1, equal real input and
+  output widths and no space-to-depth.
+
+  Args:
+    spec: the variant's `specs.ModelSpec`.
+
+  Returns:
+    The `Block`s in network order.
+  """
+  blocks, channels = [], spec.stem_filters
+  for stage, block in enumerate(spec.scaled_blocks()):
+    factor = 4 if block.space_to_depth == 1 else 1
+    kernel = (block.kernel_size + 1) // 2 if factor == 4 else (
+        block.kernel_size)
+    for index in range(block.repeats):
+      first = index == 0
+      strides = block.strides if first and block.space_to_depth != 2 else 1
+      in_filters = factor * (block.input_filters if first
+                             else block.output_filters)
+      out_filters = factor * block.output_filters
+      s2d = first and factor == 4
+      # Without expansion, the block works on its real input width.
+      expanded = (in_filters * block.expand_ratio
+                  if block.expand_ratio != 1 or block.conv_type == "fused"
+                  else in_filters if s2d else channels)
+      se_filters = 0
+      if block.se_ratio > 0 and block.conv_type != "conv":
+        se_filters = max(1, int(in_filters * block.se_ratio *
+                                spec.se_coefficient) // (4 if s2d else 1))
+      blocks.append(Block(
+          stage, index, kernel, strides, in_filters, block.expand_ratio,
+          expanded, out_filters, se_filters,
+          block.conv_type,
+          block.skip and strides == 1 and not s2d and
+          channels == out_filters, s2d, block.condconv,
+          block.activation or spec.activation))
+      channels = out_filters
+  return tuple(blocks)

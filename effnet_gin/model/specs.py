@@ -18,6 +18,7 @@ import math
 from typing import Mapping, Tuple
 
 # Re-exported: the block vocabulary lives in block_specs.py.
+from effnet_gin.model import block_specs
 # pylint: disable=unused-import
 from effnet_gin.model.block_specs import ACTIVATIONS
 from effnet_gin.model.block_specs import Block
@@ -168,46 +169,8 @@ class ModelSpec:
     return sum(block.repeats for block in self.scaled_blocks())
 
   def block_sequence(self) -> Tuple[Block, ...]:
-    """Every block of the network in order, as the reference builds them.
-
-    A space-to-depth [d1] stage runs at 4x its width with kernels halved
-    (rounded up), its first block starting with the 2x2 stride-2
-    convolution; the stride-2 first block of the [d2] stage after it runs at
-    stride 1. A squeeze-excite bottleneck is
-    int(declared input width x se_ratio x se_coefficient), divided by 4 in
-    the space-to-depth block (it is meant for the width before the 4x).
-    Blocks add their input back only with stride 1, equal real input and
-    output widths and no space-to-depth.
-    """
-    blocks, channels = [], self.stem_filters
-    for stage, block in enumerate(self.scaled_blocks()):
-      factor = 4 if block.space_to_depth == 1 else 1
-      kernel = (block.kernel_size + 1) // 2 if factor == 4 else (
-          block.kernel_size)
-      for index in range(block.repeats):
-        first = index == 0
-        strides = block.strides if first and block.space_to_depth != 2 else 1
-        in_filters = factor * (block.input_filters if first
-                               else block.output_filters)
-        out_filters = factor * block.output_filters
-        s2d = first and factor == 4
-        # Without expansion, the block works on its real input width.
-        expanded = (in_filters * block.expand_ratio
-                    if block.expand_ratio != 1 or block.conv_type == "fused"
-                    else in_filters if s2d else channels)
-        se_filters = 0
-        if block.se_ratio > 0 and block.conv_type != "conv":
-          se_filters = max(1, int(in_filters * block.se_ratio *
-                                  self.se_coefficient) // (4 if s2d else 1))
-        blocks.append(Block(
-            stage, index, kernel, strides, in_filters, block.expand_ratio,
-            expanded, out_filters, se_filters,
-            block.conv_type,
-            block.skip and strides == 1 and not s2d and
-            channels == out_filters, s2d, block.condconv,
-            block.activation or self.activation))
-        channels = out_filters
-    return tuple(blocks)
+    """Every block of the network in order (see `block_specs.sequence`)."""
+    return block_specs.sequence(self)
 
 
 def round_filters(filters: int, width_coefficient: float,
@@ -386,10 +349,15 @@ def get_variant(name: str) -> ModelSpec:
   try:
     return VARIANTS[name]
   except (KeyError, TypeError):
-    families = "; ".join(f"{family}: {', '.join(names)}"
-                         for family, names in FAMILIES.items())
     raise ValueError(f"Unknown EfficientNet variant {name!r}; the known "
-                     f"families and their variants are {families}.") from None
+                     f"families and their variants are "
+                     f"{describe_families()}.") from None
+
+
+def describe_families() -> str:
+  """Every family and its variant names, for messages."""
+  return "; ".join(f"{family}: {', '.join(names)}"
+                   for family, names in FAMILIES.items())
 
 
 def default_resize_method(name: str) -> str:
