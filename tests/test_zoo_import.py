@@ -1,4 +1,4 @@
-"""bin/import_checkpoint and bin/evaluator on a reference EdgeTPU checkpoint.
+"""bin/import_checkpoint, evaluator and exporter on an EdgeTPU checkpoint.
 
 The EdgeTPU family has a background class 0: an imported model evaluated on
 ImageNet-format data (labels 1..N on disk) must be scored against labels
@@ -21,6 +21,7 @@ from effnet_gin.model import build_model
 from effnet_gin.model import load_pretrained
 from effnet_gin.model import specs
 from effnet_gin.train import importing
+from effnet_gin.train import lite_runtime
 import trainer_helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,11 +82,8 @@ def rewrite_labels(data_dir, labels_for):
           example["image"].numpy(), int(label)))
 
 
-def model_logits(data_dir, images_count):
-  """The fixture model's logits on the eval split, preprocessed as eval."""
-  model = build_model(VARIANT, num_classes=10, width_coefficient=0.1,
-                      depth_coefficient=0.5, image_size=64)
-  load_pretrained(model, EDGETPU)
+def float_images(data_dir, images_count):
+  """The eval split as the eval pipeline feeds it, at the variant's resize."""
   preprocessing = data.Preprocessing(
       resize_method=specs.default_resize_method(VARIANT))
   dataset = data.build_dataset(
@@ -93,7 +91,15 @@ def model_logits(data_dir, images_count):
       source=data.TFRecordSource(data_dir), num_classes=10,
       preprocessing=preprocessing)
   (images, _, _), = list(dataset)
-  return model(images, training=False).numpy()
+  return images.numpy()
+
+
+def model_logits(data_dir, images_count):
+  """The fixture model's logits on the eval split."""
+  model = build_model(VARIANT, num_classes=10, width_coefficient=0.1,
+                      depth_coefficient=0.5, image_size=64)
+  load_pretrained(model, EDGETPU)
+  return model(float_images(data_dir, images_count), training=False).numpy()
 
 
 def test_evaluator_scores_an_edgetpu_import_with_its_background_class(
@@ -123,6 +129,34 @@ def test_evaluator_scores_an_edgetpu_import_with_its_background_class(
     result = json.loads(f.readline())
   assert result["num_examples"] == 12
   assert result["top_1_accuracy"] == pytest.approx(with_background)
+
+
+def test_int8_export_of_the_edgetpu_import_agrees_with_float(imported,
+                                                             tmp_path):
+  data_dir = str(tmp_path / "data")
+  write_fake_imagenet(data_dir, num_train=4, num_eval=24,
+                      num_classes=NUM_LABELS, image_size=72, train_shards=1,
+                      eval_shards=1, kind="learnable")
+  export_dir = str(tmp_path / "int8")
+  run(script("exporter") + [
+      "--gin_file=edgetpu_s_tpu.gin", f"--gin_file={imported}/model.gin",
+      f"--model_dir={imported}", f"--data_dir={data_dir}",
+      f"--checkpoint={imported}/ckpt-0", f"--export_dir={export_dir}",
+      "--format=tflite_int8", "--calibration_images=16",
+      "--gin_param=NUM_EVAL_IMAGES = 24", "--gin_param=EVAL_BATCH_SIZE = 8",
+      f"--gin_param=effnet_gin.data.build_dataset.num_labels = {NUM_LABELS}",
+      "--gin_param=effnet_gin.train.build_strategy.kind = 'cpu'"],
+      str(tmp_path / "exporter.log"))
+  with open(os.path.join(export_dir, "metadata.json")) as f:
+    metadata = json.load(f)
+  assert (metadata["variant"], metadata["num_classes"]) == (VARIANT, 10)
+  assert metadata["input"]["dtype"] == "uint8"
+  lite = lite_runtime.load_classifier(os.path.join(export_dir, "model.tflite"))
+  float_logits = model_logits(data_dir, 24)
+  images = float_images(data_dir, 24)
+  int8_answers = np.argmax(lite.logits(images), axis=-1)
+  agreement = np.mean(int8_answers == np.argmax(float_logits, axis=-1))
+  assert agreement >= 0.75
 
 
 def test_an_unknown_variant_lists_the_known_families(tmp_path):
