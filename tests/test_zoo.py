@@ -40,6 +40,17 @@ def test_parameter_counts_equal_the_references(row):
   assert cost.variables == int(row["all_model_variables"])
 
 
+def test_cost_table_lists_every_variant_at_its_own_class_count():
+  # What bin/model_info --variant=all prints.
+  lines = flops.cost_table(list(specs.VARIANTS)).splitlines()[1:]
+  rows = {line.split()[0]: line.split() for line in lines}
+  assert len(rows) == 51
+  for row in reference_rows():
+    printed = rows[row["model_name"]]
+    assert printed[1:4] == [row["image_size"], row["num_classes"],
+                            f"{int(row['trainable_params']):,}"]
+
+
 def count(variables):
   return sum(int(np.prod(v.shape)) for v in variables)
 

@@ -38,7 +38,7 @@ class Cost(NamedTuple):
 
 def count_flops(model_or_variant: Union[keras.Model, str, specs.ModelSpec],
                 *, resolution: Optional[int] = None,
-                num_classes: int = 1000) -> int:
+                num_classes: Optional[int] = None) -> int:
   """Multiply-adds of one image's forward pass.
 
   Args:
@@ -46,8 +46,8 @@ def count_flops(model_or_variant: Union[keras.Model, str, specs.ModelSpec],
       variant name such as "efficientnet-b0", or a `ModelSpec`.
     resolution: input size for a variant or spec; defaults to its own.
       Ignored for a model.
-    num_classes: classifier width for a variant or spec. Ignored for a
-      model.
+    num_classes: classifier width for a variant or spec; defaults to its
+      own. Ignored for a model.
 
   Returns:
     The multiply-add count.
