@@ -12,7 +12,8 @@ bin/ scripts call those; a Python user without gin calls the library.
 
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
-  model:  build_model, variant_resolution, distributed_batch_norm
+  model:  build_model, variant_resolution, variant_resize_method,
+          distributed_batch_norm
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
@@ -66,6 +67,8 @@ variant_resolution = _model(model_lib.variant_resolution, "variant_resolution")
 # The reference's LARS-path batch norm, as a batch_norm_group_size value.
 distributed_batch_norm = _model(cross_replica.distributed,
                                 "distributed_batch_norm")
+variant_resize_method = _model(model_lib.variant_resize_method,
+                               "variant_resize_method")
 
 # --- data ------------------------------------------------------------------
 Preprocessing = _data(data_lib.Preprocessing, "Preprocessing")

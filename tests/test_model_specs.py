@@ -1,5 +1,6 @@
 """Tests for effnet_gin.model.specs: the block table, variants and rounding."""
 import dataclasses
+import os
 
 import pytest
 
@@ -70,10 +71,15 @@ def test_variant_table(name, width, depth, resolution, dropout):
   assert spec.input_normalization == ("lite" if lite else "imagenet")
 
 
-def test_variants_are_exactly_the_design_list():
-  assert list(specs.VARIANTS) == (
-      [f"efficientnet-b{i}" for i in range(9)] + ["efficientnet-l2"] +
-      [f"efficientnet-lite{i}" for i in range(5)])
+def test_variants_are_exactly_the_references_model_names():
+  # The 51 names of the reference's model_builder_factory, as listed by the
+  # reference-written param_counts.tsv fixture.
+  with open(os.path.join(os.path.dirname(__file__), "fixtures",
+                         "reference_checkpoints", "param_counts.tsv")) as f:
+    names = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
+  assert len(names) == 51
+  assert list(specs.VARIANTS) == names
+  assert sorted(sum(specs.FAMILIES.values(), ())) == sorted(names)
 
 
 @pytest.mark.parametrize("name, stem, head, blocks", [

@@ -52,7 +52,9 @@ def write_reference_copy(name, prefix, edit):
   return str(prefix)
 
 
-@pytest.mark.parametrize("name", ["tiny_b0", "tiny_lite0"])
+@pytest.mark.parametrize("name", [
+    "tiny_b0", "tiny_lite0", "tiny_edgetpu_s", "tiny_condconv_b0_4e",
+    "tiny_x_b0", "tiny_h_b5"])
 @pytest.mark.parametrize("use_ema,logits_file", [
     (True, "logits.npy"), (False, "logits_no_ema.npy")])
 def test_reference_checkpoint_reproduces_the_reference_logits(
@@ -141,8 +143,8 @@ def test_published_name_lists_map_onto_full_size_models(variant):
 
 
 @pytest.mark.parametrize("variant", sorted(
-    set(specs.VARIANTS) - {"efficientnet-b0", "efficientnet-b3",
-                           "efficientnet-lite0"}))
+    set(specs.FAMILIES["EfficientNet"] + specs.FAMILIES["EfficientNet-Lite"])
+    - {"efficientnet-b0", "efficientnet-b3", "efficientnet-lite0"}))
 def test_every_variant_maps_its_spec_names_onto_its_model(variant):
   # Each variant's own depth (block count, which blocks expand, SE or not)
   # at a tenth of the width, so that even L2 builds in seconds.
@@ -154,12 +156,39 @@ def test_every_variant_maps_its_spec_names_onto_its_model(variant):
 
 
 def test_every_standard_variant_has_its_own_signature():
-  signatures = {weight_sources.spec_signature(s)
-                for s in specs.VARIANTS.values()}
-  assert len(signatures) == len(specs.VARIANTS)
-  for name, spec in specs.VARIANTS.items():
+  # x-b0, x-tpu-b0 and x-gpu-b0 are one network under three names (so are
+  # x-tpu-b1 and x-gpu-b1): a signature names the first of them.
+  distinct = {spec: name for name, spec in reversed(specs.VARIANTS.items())}
+  assert len(distinct) == len(specs.VARIANTS) - 3
+  signatures = {weight_sources.spec_signature(s) for s in distinct}
+  assert len(signatures) == len(distinct)
+  for spec, name in distinct.items():
     assert weight_sources.variant_named_by(
         weight_sources.spec_signature(spec)) == name
+
+
+@pytest.mark.parametrize("name", ["tiny_edgetpu_s", "tiny_condconv_b0_4e",
+                                  "tiny_x_b0", "tiny_h_b5"])
+def test_zoo_fixture_names_and_shapes_are_the_models(name):
+  # The reference's own variable list (variables.txt) is the oracle.
+  prefix = json.load(open(fixture_path(name, "meta.json")))["model_name"]
+  listed = {}
+  with open(fixture_path(name, "variables.txt")) as f:
+    for line in f:
+      var, shape, _ = line.rstrip("\n").split("\t")
+      if var.startswith(prefix + "/") and not var.endswith(
+          (EMA, "/RMSProp", "/RMSProp_1")):
+        listed[var[len(prefix) + 1:]] = json.loads(shape)
+  assert model_reference_shapes(build_fixture_model(name)) == listed
+
+
+def test_condconv_checkpoint_for_a_b0_model_names_its_variant():
+  model = build_fixture_model("tiny_condconv_b0_4e",
+                              variant="efficientnet-b0")
+  with pytest.raises(ValueError, match=(
+      "holds efficientnet-condconv-b0-4e .*CondConv with 4 experts.*the "
+      "model is efficientnet-b0")):
+    load_pretrained(model, fixture_path("tiny_condconv_b0_4e"))
 
 
 def test_ema_only_checkpoint_loads_with_ema_and_refuses_raw(tmp_path):

@@ -30,7 +30,8 @@ SHIPPED = sorted(os.path.basename(p) for p in glob.glob(
 # the command line (--gin_file=b0_tpu.gin --gin_file=smoke.gin); the others
 # are per-axis parts that experiment files include.
 RUNNABLE = [name for name in SHIPPED
-            if name == "demo.gin" or name.split("_")[0][:1] == "b"]
+            if name == "demo.gin" or name.split("_")[0][:1] == "b"
+            or name.startswith("edgetpu_")]
 # finetune.gin also needs an imported model.gin and INIT_CHECKPOINT:
 # test_import_checkpoint.py parses and trains it that way.
 STANDALONE_OVERLAYS = ["smoke.gin", "autoaugment.gin", "randaugment.gin"]
@@ -79,7 +80,10 @@ def test_every_overlay_parses_after_every_runnable_config(name, overlay):
 # variant's model at its own resolution and dropout.
 TRAINED = [name for name in RUNNABLE
            if not (name.endswith("_tpu.gin") and name[:2] in
-                   {f"b{i}" for i in range(1, 8)})]
+                   {f"b{i}" for i in range(1, 8)})
+           and not name.startswith("edgetpu_")]
+# edgetpu_s_tpu.gin is b0_tpu.gin's recipe with another MODEL_NAME and
+# NUM_CLASSES: test_zoo_train.py checks those and trains the EdgeTPU model.
 
 
 def test_the_variant_configs_differ_from_b0_tpu_only_in_the_model():

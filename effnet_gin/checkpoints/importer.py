@@ -61,8 +61,8 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
   if variant not in specs.VARIANTS:
     found = info.signature.describe() if info.signature else "unknown shapes"
     raise ValueError(f"cannot tell which variant {source!r} is "
-                     f"({variant or found}); pass --variant (one of "
-                     f"{', '.join(specs.VARIANTS)}) "
+                     f"({variant or found}); pass --variant (the known "
+                     f"families: {specs.describe_families()}) "
                      "and, for non-standard shapes, --width_coefficient and "
                      "--depth_coefficient")
   if width_coefficient is None and depth_coefficient is None:

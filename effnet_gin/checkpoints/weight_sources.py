@@ -24,28 +24,13 @@ import numpy as np
 import tensorflow as tf
 
 from effnet_gin.model import specs
+from effnet_gin.model.reference_names import reference_names
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
-_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "bias", "gamma", "beta",
+_WEIGHT_NAMES = ("kernel", "depthwise_kernel", "condconv_kernel",
+                 "depthwise_condconv_kernel", "bias", "gamma", "beta",
                  "moving_mean", "moving_variance")
 _BLOCK_LAYER = re.compile(r"^(block\d+[a-z]+)_(.+)$")
-
-# Parts of a reference block, in its creation order: TF1 numbers the layers
-# of one kind inside a block's scope, so the names depend on whether the
-# block has an expansion convolution.
-_EXPANDED_BLOCK = {
-    "expand_conv": "conv2d", "expand_bn": "{bn}",
-    "dwconv": "depthwise_conv2d", "bn": "{bn}_1",
-    "se_reduce": "se/conv2d", "se_expand": "se/conv2d_1",
-    "project_conv": "conv2d_1", "project_bn": "{bn}_2"}
-_UNEXPANDED_BLOCK = {
-    "dwconv": "depthwise_conv2d", "bn": "{bn}",
-    "se_reduce": "se/conv2d", "se_expand": "se/conv2d_1",
-    "project_conv": "conv2d", "project_bn": "{bn}_1"}
-_STEM_AND_HEAD = {
-    "stem_conv": "stem/conv2d", "stem_bn": "stem/{bn}",
-    "top_conv": "head/conv2d", "top_bn": "head/{bn}",
-    "predictions": "head/dense"}
 
 # keras.applications' published EfficientNet files store the ImageNet
 # *standard deviation* as the Normalization layer's variance, and the model
@@ -87,18 +72,30 @@ class Signature:
   num_blocks: int
   last_block_filters: int
   squeeze_excite: bool
+  experts: int = 0
+  space_to_depth: bool = False
+  fused: bool = False
 
   def describe(self) -> str:
-    se = "" if self.squeeze_excite else ", no squeeze-excite"
+    extras = [] if self.squeeze_excite else ["no squeeze-excite"]
+    extras += [f"CondConv with {self.experts} experts"] if self.experts else []
+    extras += ["space-to-depth"] if self.space_to_depth else []
+    extras += ["k x k expansions (fused blocks)"] if self.fused else []
     return (f"stem {self.stem_filters}, {self.num_blocks} blocks, last block "
-            f"{self.last_block_filters}, head {self.head_filters}{se}")
+            f"{self.last_block_filters}, head {self.head_filters}" +
+            "".join(f", {extra}" for extra in extras))
 
 
 def spec_signature(spec: specs.ModelSpec) -> Signature:
   """The `Signature` of a spec, computed without building it."""
-  return Signature(spec.stem_filters, spec.head_filters, spec.num_blocks,
-                   spec.scaled_blocks()[-1].output_filters,
-                   any(b.se_ratio > 0 for b in spec.scaled_blocks()))
+  sequence = spec.block_sequence()
+  return Signature(
+      spec.stem_filters, spec.head_filters, len(sequence),
+      sequence[-1].output_filters, any(b.se_filters for b in sequence),
+      spec.condconv_experts if any(b.condconv for b in sequence) else 0,
+      any(b.space_to_depth for b in sequence),
+      any(b.conv_type != "depthwise" and
+          (b.expand_ratio != 1 or b.conv_type == "fused") for b in sequence))
 
 
 def signature_of(shapes) -> Optional[Signature]:
@@ -110,8 +107,14 @@ def signature_of(shapes) -> Optional[Signature]:
     return None
   blocks = {m.group(1) for m in map(_BLOCK_LAYER.match,
                                     (k.split("/")[0] for k in shapes)) if m}
-  return Signature(int(stem), int(head[-1]), len(blocks), int(head[-2]),
-                   any("_se_reduce/" in k for k in shapes))
+  experts = {int(s[-1]) for k, s in shapes.items()
+             if k.endswith("_routing/kernel")}
+  return Signature(
+      int(stem), int(head[-1]), len(blocks), int(head[-2]),
+      any("_se_reduce/" in k for k in shapes), max(experts, default=0),
+      any("_space_to_depth_conv/" in k for k in shapes),
+      any(k.endswith("_expand_conv/kernel") and len(s) == 4 and s[0] > 1
+          for k, s in shapes.items()))
 
 
 def variant_named_by(signature: Optional[Signature]) -> Optional[str]:
@@ -125,50 +128,6 @@ def variant_named_by(signature: Optional[Signature]) -> Optional[str]:
 # ---------------------------------------------------------------------------
 # The reference's TF1 checkpoints.
 # ---------------------------------------------------------------------------
-
-
-def reference_names(model, batch_norm="tpu_batch_normalization"):
-  """Maps each variable path of an effnet_gin model to its reference name.
-
-  Args:
-    model: an effnet_gin (or keras.applications) EfficientNet.
-    batch_norm: the reference's batch-norm layer name
-      ("tpu_batch_normalization" on TPU, else "batch_normalization").
-
-  Returns:
-    dict: variable path -> name without the `efficientnet-bN/` prefix, e.g.
-    "block2a_expand_bn/gamma" -> "blocks_1/tpu_batch_normalization/gamma".
-
-  Raises:
-    ValueError: for a layer with weights the reference has no name for.
-  """
-  layer_names = [layer.name for layer in model.layers]
-  blocks = []
-  for name in layer_names:
-    match = _BLOCK_LAYER.match(name)
-    if match and match.group(1) not in blocks:
-      blocks.append(match.group(1))
-  table = dict(_STEM_AND_HEAD)
-  # Blocks are numbered over the whole network, in creation order.
-  for index, block in enumerate(blocks):
-    parts = (_EXPANDED_BLOCK if f"{block}_expand_conv" in layer_names
-             else _UNEXPANDED_BLOCK)
-    table.update({f"{block}_{part}": f"blocks_{index}/{ref}"
-                  for part, ref in parts.items()})
-  names = {}
-  for layer in model.layers:
-    if not layer.weights:
-      continue
-    if layer.name not in table:
-      raise ValueError(f"layer {layer.name!r} has no counterpart in the "
-                       "reference's checkpoints")
-    scope = table[layer.name].format(bn=batch_norm)
-    for variable in layer.weights:
-      weight = variable.path.rsplit("/", 1)[-1]
-      if isinstance(layer, keras.layers.DepthwiseConv2D):
-        weight = "depthwise_kernel"
-      names[variable.path] = f"{scope}/{weight}"
-  return names
 
 
 def reference_prefix(names, path):
@@ -192,8 +151,14 @@ def reference_signature(shapes):
   except KeyError:
     return None
   blocks = {n.split("/")[0] for n in shapes if n.startswith("blocks_")}
-  return Signature(int(stem[-1]), int(head[-1]), len(blocks), int(head[-2]),
-                   any("/se/" in n for n in shapes))
+  experts = {int(s[0]) for n, s in shapes.items()
+             if n.endswith("condconv_kernel")}
+  return Signature(
+      int(stem[-1]), int(head[-1]), len(blocks), int(head[-2]),
+      any("/se/" in n for n in shapes), max(experts, default=0),
+      any("/space2depth/" in n for n in shapes),
+      any(re.match(r"^blocks_\d+/conv2d(_\d+)?/kernel$", n) and s[0] > 1
+          for n, s in shapes.items()))
 
 
 def read_reference(model, path, *, use_ema):

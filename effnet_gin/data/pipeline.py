@@ -167,7 +167,7 @@ def _options(deterministic, private_threadpool_size):
 def _train_dataset(source, input_context, *, batch_size, image_size,
                    num_classes, augment, randaugment_layers,
                    randaugment_magnitude, mixup_alpha, shuffle_buffer, cache,
-                   seed, skip_corrupt, preprocessing):
+                   seed, skip_corrupt, preprocessing, label_shift):
   """The infinite training pipeline; see `build_dataset`."""
   base_seed = _pipeline_seed(seed, input_context)
   examples = source.examples('train', input_context, is_training=True,
@@ -192,7 +192,7 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
           example['image'], image_size, crop_seed, preprocessing)
       image = _augment(image, augment, augment_seed, randaugment_layers,
                        randaugment_magnitude)
-    return image, example['label']
+    return image, example['label'] + label_shift
 
   dataset = examples.enumerate().map(preprocess,
                                      num_parallel_calls=tf.data.AUTOTUNE)
@@ -217,7 +217,7 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
 
 def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
                   image_size, num_classes, cache, num_eval_examples,
-                  skip_corrupt, preprocessing):
+                  skip_corrupt, preprocessing, label_shift):
   """The finite, padded eval pipeline; see `build_dataset`."""
   # The quotas and step count come from one count of the source (on gs://,
   # every count stats each eval file again).
@@ -233,7 +233,8 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
   def preprocess(example):
     image = preprocessing_lib.preprocess_for_eval(example['image'], image_size,
                                                   preprocessing)
-    return image, tf.cast(example['label'], tf.int32), tf.constant(1.0)
+    label = tf.cast(example['label'], tf.int32) + label_shift
+    return image, label, tf.constant(1.0)
 
   dataset = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   if skip_corrupt:
@@ -255,7 +256,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
                   mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
                   num_eval_examples=None, seed=None, skip_corrupt=False,
                   private_threadpool_size=None, preprocessing=None,
-                  cutmix_alpha=0.0, random_erasing_prob=0.0):
+                  cutmix_alpha=0.0, random_erasing_prob=0.0,
+                  num_labels=None):
   """Builds one input pipeline's batches of a split.
 
   Args:
@@ -267,7 +269,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
       `input_context.get_per_replica_batch_size(global_batch_size)`.
     image_size: output resolution S.
     source: a `Source` (TFRecordSource, RandomNoiseSource, TFDSSource, ...).
-    num_classes: labels must be in [0, num_classes).
+    num_classes: the model's class count; labels must be in
+      [0, num_classes).
     augment: None, 'autoaugment' (policy v0) or 'randaugment' (train only).
     randaugment_layers: ops per image for RandAugment.
     randaugment_magnitude: RandAugment magnitude (10; B5 17, B7 28).
@@ -291,6 +294,12 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     cutmix_alpha: if > 0, CutMix with Beta(alpha, alpha) on training batches
       (not together with mixup); labels become soft targets.
     random_erasing_prob: probability of random erasing per training image.
+    num_labels: the dataset's class count (its labels, after the source's
+      label offset, are 0..num_labels - 1), or None for num_classes. A
+      model with exactly one class more keeps class 0 for "background", the
+      reference's 1001-class convention (EfficientNet-EdgeTPU): labels are
+      fed shifted by one, so ImageNet's 1..1000 on disk stay 1..1000.
+      Any other count feeds the labels as they are.
 
   Returns:
     split='train': an infinite dataset of (images float32 [b, S, S, 3] on
@@ -321,6 +330,7 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
   if mixup_alpha > 0 and cutmix_alpha > 0:
     raise ValueError(f'mixup_alpha={mixup_alpha} and cutmix_alpha='
                      f'{cutmix_alpha}: use one of mixup and CutMix')
+  label_shift = int(num_labels is not None and num_classes == num_labels + 1)
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   if preprocessing is None:
     preprocessing = preprocessing_lib.REFERENCE
@@ -331,7 +341,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         randaugment_layers=randaugment_layers,
         randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
-        skip_corrupt=skip_corrupt, preprocessing=preprocessing)
+        skip_corrupt=skip_corrupt, preprocessing=preprocessing,
+        label_shift=label_shift)
     dataset = mixing.batch_augment(
         dataset, num_classes=num_classes, cutmix_alpha=cutmix_alpha,
         random_erasing_prob=random_erasing_prob,
@@ -342,7 +353,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         source, input_context, global_batch_size=global_batch_size,
         batch_size=batch_size, image_size=image_size, num_classes=num_classes,
         cache=cache, num_eval_examples=num_eval_examples,
-        skip_corrupt=skip_corrupt, preprocessing=preprocessing)
+        skip_corrupt=skip_corrupt, preprocessing=preprocessing,
+        label_shift=label_shift)
     deterministic = True
   dataset = dataset.with_options(
       _options(deterministic, private_threadpool_size))

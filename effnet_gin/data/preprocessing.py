@@ -30,8 +30,13 @@ import tensorflow as tf
 # half_pixel_centers=False. TF2's 'bicubic' samples at half-pixel centres
 # with another kernel: 1-5 levels apart on average on photographs.
 TF1_BICUBIC = 'tf1_bicubic'
-RESIZE_METHODS = (TF1_BICUBIC, 'bicubic', 'bilinear', 'area', 'lanczos3',
-                  'lanczos5', 'gaussian', 'mitchellcubic', 'nearest')
+# The reference's resize for EfficientNet-Lite and -EdgeTPU ("for easier
+# post-quantization"): TF1 `resize_bilinear`, likewise without half-pixel
+# centres.
+TF1_BILINEAR = 'tf1_bilinear'
+RESIZE_METHODS = (TF1_BICUBIC, TF1_BILINEAR, 'bicubic', 'bilinear', 'area',
+                  'lanczos3', 'lanczos5', 'gaussian', 'mitchellcubic',
+                  'nearest')
 
 
 def _check_range(name, value, low, high, *, open_low):
@@ -74,8 +79,10 @@ class Preprocessing:
       the reference derives the padding as round(S / 7), equal at 224 px.)
     eval_crop_fraction: if set, the eval crop keeps this fraction of the short
       side instead, in (0, 1], whatever S is.
-    resize_method: 'tf1_bicubic' (the reference's), or a `tf.image.resize`
-      method ('bicubic', 'bilinear', 'area', ...).
+    resize_method: 'tf1_bicubic' (the reference's for most variants),
+      'tf1_bilinear' (the reference's for Lite and EdgeTPU; the configs
+      bind each variant's own, `effnet_gin.model.variant_resize_method`), or
+      a `tf.image.resize` method ('bicubic', 'bilinear', 'area', ...).
 
   Raises:
     ValueError: naming the first attribute out of range.
@@ -222,6 +229,10 @@ def resize(image, image_size, method=TF1_BICUBIC):
     resized = tf.raw_ops.ResizeBicubic(images=image[tf.newaxis], size=size,
                                        align_corners=False,
                                        half_pixel_centers=False)
+  elif method == TF1_BILINEAR:
+    resized = tf.raw_ops.ResizeBilinear(images=image[tf.newaxis], size=size,
+                                        align_corners=False,
+                                        half_pixel_centers=False)
   else:
     resized = tf.image.resize(image[tf.newaxis], size, method=method)
   # 'nearest' keeps the input dtype.

@@ -6,6 +6,7 @@ weights into a built model is checkpoints/' job (`load_pretrained`).
 """
 from effnet_gin.model.efficientnet import build_model
 from effnet_gin.model.efficientnet import resolve_spec
+from effnet_gin.model.efficientnet import variant_resize_method
 from effnet_gin.model.efficientnet import variant_resolution
 from effnet_gin.model.flops import Cost
 from effnet_gin.model.flops import count_flops

@@ -18,6 +18,7 @@ from typing import Optional
 from absl import logging
 import keras
 
+from effnet_gin.model import blocks
 from effnet_gin.model import layers
 from effnet_gin.model import specs
 
@@ -62,6 +63,18 @@ def variant_resolution(variant: str) -> int:
   return specs.default_resolution(variant)
 
 
+def variant_resize_method(variant: str) -> str:
+  """The resize the reference trains, evaluates and exports a variant with.
+
+  "tf1_bilinear" for EfficientNet-Lite and -EdgeTPU, else "tf1_bicubic"
+  (the configs bind it as `Preprocessing.resize_method`).
+
+  Raises:
+    ValueError: for an unknown variant.
+  """
+  return specs.default_resize_method(variant)
+
+
 # (variant, resolution) pairs already reported, so each is logged once.
 _REPORTED_RESOLUTIONS = set()
 
@@ -95,6 +108,16 @@ def _image_size_of(image_size, resolution):
 _REPORTED_ALIASES = set()
 
 
+def _pool(x, local_pooling):
+  """Averages the head over its feature map: [N, s, s, C] -> [N, C]."""
+  if not local_pooling:
+    return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+  # An average pooling as large as the map: what the Edge TPU compiler
+  # maps (the reference's EdgeTPU `local_pooling`).
+  x = keras.layers.AveragePooling2D(tuple(x.shape[1:3]), name="avg_pool")(x)
+  return keras.layers.Flatten(name="avg_pool_flatten")(x)
+
+
 def block_name(stage: int, index_in_stage: int) -> str:
   """Layer-name prefix of a block, e.g. (2, 1) -> "block3b" (0-based args)."""
   letters = string.ascii_lowercase
@@ -102,7 +125,8 @@ def block_name(stage: int, index_in_stage: int) -> str:
   return f"block{stage + 1}{suffix}"
 
 
-def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
+def build_model(variant: str = "efficientnet-b0",
+                num_classes: Optional[int] = None, *,
                 width_coefficient: Optional[float] = None,
                 depth_coefficient: Optional[float] = None,
                 image_size: Optional[int] = None,
@@ -125,7 +149,9 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
   Args:
     variant: name in `VARIANTS`, e.g. "efficientnet-b0" or
       "efficientnet-lite0".
-    num_classes: number of logits (>= 1).
+    num_classes: number of logits (>= 1); defaults to the variant's own
+      (1001 for EdgeTPU, whose class 0 is the background class; else
+      1000).
     width_coefficient: overrides the variant's channel multiplier.
     depth_coefficient: overrides the variant's depth multiplier.
     image_size: input height and width (IMAGE_SIZE in the configs, as
@@ -161,6 +187,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
   Raises:
     ValueError: for an unknown variant or an out-of-range argument.
   """
+  if num_classes is None:
+    num_classes = specs.get_variant(variant).num_classes
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
       num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
@@ -186,14 +214,14 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
                          name="stem_conv", bn_name="stem_bn",
                          act_name="stem_activation", **bn_args)
 
-  x, endpoints = _mbconv_stages(x, spec, bn_args)
+  x, endpoints = _blocks(x, spec, bn_args)
   x = layers.conv_bn_act(x, spec.head_filters, 1, 1, spec.activation,
                          name="top_conv", bn_name="top_bn",
                          act_name="top_activation", **bn_args)
   endpoints["features"] = x
   outputs = x
   if include_top:
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = _pool(x, spec.local_pooling)
     x = layers.Dropout(spec.dropout_rate, name="top_dropout")(x)
     # float32 logits under mixed precision: the loss needs full precision.
     outputs = keras.layers.Dense(
@@ -209,8 +237,8 @@ def build_model(variant: str = "efficientnet-b0", num_classes: int = 1000, *,
   return model
 
 
-def _mbconv_stages(x, spec: specs.ModelSpec, bn_args):
-  """Applies every MBConv block of `spec` to `x`.
+def _blocks(x, spec: specs.ModelSpec, bn_args):
+  """Applies every block of `spec` to `x`.
 
   Args:
     x: the stem output.
@@ -219,26 +247,20 @@ def _mbconv_stages(x, spec: specs.ModelSpec, bn_args):
 
   Returns:
     The last block's output and a dict of "reduction_i" endpoints: the
-    tensor just before each stride-2 block, and the last block's output.
+    tensor just before each block that halves the resolution, and the last
+    block's output.
   """
   endpoints = {}
-  blocks = spec.scaled_blocks()
-  total_blocks = sum(block.repeats for block in blocks)
-  block_index = 0
-  for stage, block in enumerate(blocks):
-    for repeat in range(block.repeats):
-      strides = block.strides if repeat == 0 else 1
-      if strides > 1:
-        endpoints[f"reduction_{len(endpoints) + 1}"] = x
-      # Deeper blocks are dropped more often: linear decay from 1 at the
-      # first block towards survival_prob (Huang et al. 2016).
-      drop_fraction = (1.0 - spec.survival_prob) * block_index / total_blocks
-      x = layers.mbconv_block(
-          x, kernel_size=block.kernel_size, strides=strides,
-          expand_ratio=block.expand_ratio,
-          output_filters=block.output_filters, se_ratio=block.se_ratio,
-          activation=spec.activation, survival_prob=1.0 - drop_fraction,
-          name=block_name(stage, repeat), **bn_args)
-      block_index += 1
+  sequence = spec.block_sequence()
+  for index, block in enumerate(sequence):
+    if block.strides > 1 or block.space_to_depth:
+      endpoints[f"reduction_{len(endpoints) + 1}"] = x
+    # Deeper blocks are dropped more often: linear decay from 1 at the
+    # first block towards survival_prob (Huang et al. 2016).
+    drop_fraction = (1.0 - spec.survival_prob) * index / len(sequence)
+    x = blocks.efficientnet_block(
+        x, block, name=block_name(block.stage, block.index_in_stage),
+        survival_prob=1.0 - drop_fraction,
+        num_experts=spec.condconv_experts, **bn_args)
   endpoints[f"reduction_{len(endpoints) + 1}"] = x
   return x, endpoints

@@ -16,9 +16,9 @@ The swish activation is `activations.fused_swish` (XLA-fused kernels; see
 activations.py). The depthwise convolutions stay outside XLA, which handles
 them badly on CPU; on TPU the whole step is compiled anyway.
 
-`squeeze_excite` and `mbconv_block` apply named Keras layers to a (symbolic)
+`squeeze_excite` and `conv_bn_act` apply named Keras layers to a (symbolic)
 tensor, so the layers appear flat in the functional model with stable names
-such as `block3b_dwconv`.
+such as `block3b_se_reduce`; blocks.py builds whole blocks the same way.
 """
 from typing import Optional, Sequence
 
@@ -338,61 +338,3 @@ def conv_bn_act(inputs, filters: int, kernel_size: int, strides: int,
                                 name=act_name)(x)
   return x
 
-
-def mbconv_block(inputs, *, kernel_size: int, strides: int,
-                 expand_ratio: int, output_filters: int, se_ratio: float,
-                 activation: str, survival_prob: float, name: str,
-                 batch_norm_momentum: float = 0.99,
-                 batch_norm_epsilon: float = 1e-3, batch_norm_group_size=1):
-  """Mobile inverted bottleneck block (MBConv, Sandler et al. 2018) with SE.
-
-  Optional 1x1 expansion (when expand_ratio != 1), depthwise conv, optional
-  squeeze-excite (when se_ratio > 0; reduced to
-  max(1, int(input_filters * se_ratio)) channels), 1x1 linear projection.
-  With stride 1 and equal in/out channels the projection is added to the
-  input after stochastic depth.
-
-  Args:
-    inputs: NHWC tensor with `input_filters` channels.
-    kernel_size: depthwise kernel size.
-    strides: depthwise stride.
-    expand_ratio: expansion of the channels inside the block.
-    output_filters: channels out of the block.
-    se_ratio: squeeze-excite ratio; 0 disables squeeze-excite.
-    activation: Keras activation name ("swish", "relu6").
-    survival_prob: stochastic depth survival probability of the residual
-      branch; 1 disables it.
-    name: prefix of the block's layer names, e.g. "block3b".
-    batch_norm_momentum: BatchNorm momentum.
-    batch_norm_epsilon: BatchNorm epsilon.
-    batch_norm_group_size: BatchNorm group_size.
-
-  Returns:
-    The block's output tensor.
-  """
-  input_filters = inputs.shape[-1]
-  bn_args = dict(batch_norm_momentum=batch_norm_momentum,
-                 batch_norm_epsilon=batch_norm_epsilon,
-                 batch_norm_group_size=batch_norm_group_size)
-  x = inputs
-  if expand_ratio != 1:
-    x = conv_bn_act(x, input_filters * expand_ratio, 1, 1, activation,
-                    name=f"{name}_expand_conv", bn_name=f"{name}_expand_bn",
-                    act_name=f"{name}_expand_activation", **bn_args)
-  x = keras.layers.DepthwiseConv2D(
-      kernel_size, strides=strides, padding="same", use_bias=False,
-      depthwise_initializer=conv_kernel_initializer(),
-      name=f"{name}_dwconv")(x)
-  x = BatchNorm(batch_norm_momentum, batch_norm_epsilon,
-                group_size=batch_norm_group_size, name=f"{name}_bn")(x)
-  x = keras.layers.Activation(activation_function(activation),
-                              name=f"{name}_activation")(x)
-  if se_ratio > 0:
-    x = squeeze_excite(x, max(1, int(input_filters * se_ratio)), activation,
-                       name=name)
-  x = conv_bn_act(x, output_filters, 1, 1, None, name=f"{name}_project_conv",
-                  bn_name=f"{name}_project_bn", **bn_args)
-  if strides == 1 and input_filters == output_filters:
-    x = StochasticDepth(survival_prob, name=f"{name}_drop")(x)
-    x = keras.layers.Add(name=f"{name}_add")([x, inputs])
-  return x
