@@ -174,6 +174,9 @@ def test_tflite_export_writes_model_and_metadata(run, tmp_path):
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
   metadata = json.loads((tmp_path / "lite" / "metadata.json").read_text())
   assert metadata["variant"] == "efficientnet-lite0"
+  # The resize named is the one the run's eval pipeline uses.
+  resize_method = configurables.Preprocessing().resize_method
+  assert f"{resize_method} resize" in metadata["preprocessing"]
   assert metadata["image_size"] == IMAGE_SIZE
   assert metadata["num_classes"] == NUM_CLASSES
   assert metadata["labels"] == [f"class {i}" for i in range(NUM_CLASSES)]

@@ -248,6 +248,7 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
     formats.write_metadata(staging, formats.build_metadata(
         model, format_name=format, image_size=module.image_size,
         checkpoint=path, labels=names,
+        resize_method=module.preprocessing.resize_method,
         ema=use_ema and checkpointing.has_ema(path), extra=extra))
   logging.info("Exported %s as %s (%dx%d) in %s", path, format,
                module.image_size, module.image_size, export_dir)

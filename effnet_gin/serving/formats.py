@@ -43,12 +43,13 @@ def format_comparison(comparison):
 
 
 def build_metadata(model, *, format_name, image_size, checkpoint, ema,
-                   labels=None, extra=None):
+                   resize_method, labels=None, extra=None):
   """What metadata.json records about an export.
 
   Keys: format, variant, image_size, num_classes, labels (or null),
   normalization (mean and stddev on the 0-255 scale, applied inside the
-  model), preprocessing, checkpoint, ema (whether its EMA weights were
+  model), preprocessing (with `resize_method`, the eval pipeline's resize:
+  see `Preprocessing`), checkpoint, ema (whether its EMA weights were
   exported), and the format's extra keys
   (input/output tensors, size, the int8 comparison).
   """
@@ -63,7 +64,7 @@ def build_metadata(model, *, format_name, image_size, checkpoint, ema,
                         "stddev": list(normalization.stddev),
                         "inside_model": True},
       "preprocessing": ("decode, center crop of S / (S + 32) of the shorter "
-                        "side, bicubic resize to S x S; RGB 0-255"),
+                        f"side, {resize_method} resize to S x S; RGB 0-255"),
       "checkpoint": checkpoint,
       "ema": bool(ema),
       **(extra or {}),
