@@ -28,8 +28,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["effnet_gin", "effnet_gin.*"])
-    + ["effnet_gin.gin_configs"],
+    packages=setuptools.find_packages(include=["effnet_gin", "effnet_gin.*"]) +
+    ["effnet_gin.gin_configs"],
     package_dir={"effnet_gin.gin_configs": "gin_configs"},
     package_data={"effnet_gin.gin_configs": ["*.gin"]},
     scripts=sorted(path for path in glob.glob("bin/*")
@@ -52,18 +52,23 @@ setuptools.setup(
     extras_require={
         # Exported models' runtimes and converters (bin/exporter --format,
         # bin/evaluator --tflite/--onnx, bin/predict --tflite/--onnx).
-        "lite": LITE,
-        "onnx": ONNX,
+        "lite":
+            LITE,
+        "onnx":
+            ONNX,
         # What TensorFlow's TPUClusterResolver needs to find a TPU Node by
         # name (--tpu=NAME) through the Cloud TPU API. The cloud-tpu-client
         # package its error message names pins google-api-python-client
         # 1.8, which would downgrade protobuf below TensorFlow's; TensorFlow
         # falls back to its own client, which needs only these two.
-        "tpu": TPU_REQUIREMENTS,
+        "tpu":
+            TPU_REQUIREMENTS,
         # The TPU requirements too, so the resolver's path is tested;
         # pytest-xdist runs the suite on both cores (README's command).
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"] + LITE + ONNX +
-                TPU_REQUIREMENTS,
+        # yapf is pinned: tests/test_format.py checks the tree against its
+        # output, which changes between releases.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "yapf==0.43.0"] +
+                LITE + ONNX + TPU_REQUIREMENTS,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -52,8 +52,10 @@ def main(argv):
     write_fake_imagenet(data_dir, num_train=16, num_eval=_NUM_EVAL.value,
                         num_classes=10, image_size=_IMAGE_SIZE.value,
                         train_shards=1, eval_shards=16)
-    size = sum(os.path.getsize(os.path.join(data_dir, f))
-               for f in os.listdir(data_dir) if f.startswith("validation"))
+    size = sum(
+        os.path.getsize(os.path.join(data_dir, f))
+        for f in os.listdir(data_dir)
+        if f.startswith("validation"))
     print(f"{_NUM_EVAL.value} validation records, {size / 1e6:.1f} MB, "
           "16 files")
     for label in ("first start (counts every file)",

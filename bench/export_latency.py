@@ -25,8 +25,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-_VARIANTS = flags.DEFINE_list("variants", ["efficientnet-lite0",
-                                           "efficientnet-b0"], "Variants.")
+_VARIANTS = flags.DEFINE_list("variants",
+                              ["efficientnet-lite0", "efficientnet-b0"],
+                              "Variants.")
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
 _RUNS = flags.DEFINE_integer("runs", 30, "Timed runs (after 5 warm-up).")
 _SAVED_MODEL_WORKER = flags.DEFINE_string(
@@ -47,11 +48,11 @@ def percentiles(run, runs):
 
 def time_saved_model(path, threads, runs):
   """Times the SavedModel in a fresh process with `threads` TF threads."""
-  completed = subprocess.run(
-      [sys.executable, __file__, f"--saved_model_worker={path}",
-       f"--threads={threads}", f"--runs={runs}"],
-      capture_output=True, text=True, check=True,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  completed = subprocess.run([
+      sys.executable, __file__, f"--saved_model_worker={path}",
+      f"--threads={threads}", f"--runs={runs}"
+  ], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -62,8 +63,9 @@ def saved_model_worker(path, threads, runs):
   serve = tf.saved_model.load(path).signatures["serving_images"]
   size = serve.structured_input_signature[1]["images"].shape[1]
   images = tf.random.uniform([1, size, size, 3], 0, 255)
-  print(json.dumps(percentiles(lambda: serve(images=images)["classes"]
-                               .numpy(), runs)))
+  print(
+      json.dumps(
+          percentiles(lambda: serve(images=images)["classes"].numpy(), runs)))
 
 
 def time_tflite(path, threads, runs):
@@ -71,8 +73,8 @@ def time_tflite(path, threads, runs):
   interpreter = litert.Interpreter(model_path=path, num_threads=threads)
   interpreter.allocate_tensors()
   given = interpreter.get_input_details()[0]
-  batch = np.random.default_rng(0).integers(
-      0, 256, given["shape"]).astype(given["dtype"])
+  batch = np.random.default_rng(0).integers(0, 256, given["shape"]).astype(
+      given["dtype"])
 
   def run():
     interpreter.set_tensor(given["index"], batch)
@@ -94,21 +96,27 @@ def export_variant(variant, directory):
   module = ServingModule(model, size)
   tf.saved_model.save(module, paths["saved_model"],
                       signatures=module.signatures())
-  calibration = [np.random.default_rng(i).uniform(
-      0, 255, [1, size, size, 3]).astype(np.float32) for i in range(8)]
+  calibration = [
+      np.random.default_rng(i).uniform(0, 255,
+                                       [1, size, size, 3]).astype(np.float32)
+      for i in range(8)
+  ]
   for format_name in ("tflite", "tflite_int8"):
     paths[format_name] = f"{directory}/{variant}_{format_name}.tflite"
     with open(paths[format_name], "wb") as f:
-      f.write(converters.convert_tflite(model, format_name,
-                                         calibration=calibration))
+      f.write(
+          converters.convert_tflite(model, format_name,
+                                    calibration=calibration))
   return paths, size
 
 
 def directory_size(path):
   if os.path.isfile(path):
     return os.path.getsize(path)
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(path) for name in names)
+  return sum(
+      os.path.getsize(os.path.join(root, name))
+      for root, _, names in os.walk(path)
+      for name in names)
 
 
 def main(argv):
@@ -126,8 +134,8 @@ def main(argv):
         for format_name, path in paths.items():
           timed = base if format_name == "saved_model" else time_tflite(
               path, count, _RUNS.value)
-          rows.append((variant, size, format_name, directory_size(path),
-                       count, timed, timed[0] / base[0]))
+          rows.append((variant, size, format_name, directory_size(path), count,
+                       timed, timed[0] / base[0]))
   print(f"{'variant':20} {'px':>4} {'format':12} {'MB':>6} {'thr':>3} "
         f"{'median ms':>10} {'p90 ms':>8} {'vs SavedModel':>13}")
   for variant, size, fmt, nbytes, count, (median, p90), ratio in rows:

@@ -22,24 +22,25 @@ from effnet_gin.data import sources
 from effnet_gin.data.sources import tfrecord
 from effnet_gin.data.writers import fake_imagenet
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFRecord directory.',
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFRecord directory.",
                                 required=True)
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Output resolution.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Batch size.')
-_SECONDS = flags.DEFINE_float('seconds', 10.0, 'Measured seconds per round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds per pipeline.')
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Output resolution.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size.")
+_SECONDS = flags.DEFINE_float("seconds", 10.0, "Measured seconds per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per pipeline.")
 _AUGMENT = flags.DEFINE_enum(
-    'augment', None, ['autoaugment', 'randaugment'],
-    'Augmentation in our pipeline (the minimal one never augments).')
+    "augment", None, ["autoaugment", "randaugment"],
+    "Augmentation in our pipeline (the minimal one never augments).")
 _NUM_IMAGES = flags.DEFINE_integer(
-    'num_images', 1024, 'Images to generate when --data_dir has none.')
+    "num_images", 1024, "Images to generate when --data_dir has none.")
 
 
 def minimal_pipeline(files, image_size, batch_size):
   """The shortest reasonable tf.data pipeline doing the same work."""
+
   def decode(serialized):
     example = sources.parse_imagenet_example(serialized)
-    image = example['image']
+    image = example["image"]
     shape = tf.image.extract_jpeg_shape(image)
     begin, size, _ = tf.image.sample_distorted_bounding_box(
         shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), min_object_covered=0.1,
@@ -48,18 +49,19 @@ def minimal_pipeline(files, image_size, batch_size):
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     image = tf.image.decode_and_crop_jpeg(image, window, channels=3)
     image = tf.image.resize(image[tf.newaxis], [image_size, image_size],
-                            method='bicubic')[0]
-    return tf.image.random_flip_left_right(image), example['label']
+                            method="bicubic")[0]
+    return tf.image.random_flip_left_right(image), example["label"]
 
   dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files))
   dataset = dataset.repeat().interleave(
-      functools.partial(tf.data.TFRecordDataset, buffer_size=8 << 20),
-      cycle_length=min(16, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=False)
-  dataset = dataset.shuffle(1024).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  return dataset.batch(batch_size, drop_remainder=True).prefetch(
-      tf.data.AUTOTUNE)
+      functools.partial(tf.data.TFRecordDataset,
+                        buffer_size=8 << 20), cycle_length=min(16, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = dataset.shuffle(1024).map(decode,
+                                      num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=False)
+  return dataset.batch(batch_size,
+                       drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def measure(dataset, batch_size, seconds):
@@ -85,20 +87,22 @@ def measure(dataset, batch_size, seconds):
 def main(argv):
   del argv
   data_dir = _DATA_DIR.value
-  if not tf.io.gfile.glob(os.path.join(data_dir, 'train-*')):
-    print(f'writing {_NUM_IMAGES.value} 500x375 JPEGs to {data_dir} ...')
-    fake_imagenet.write_fake_imagenet(
-        data_dir, num_train=_NUM_IMAGES.value, num_eval=16, num_classes=64,
-        image_size=375, image_width=500, train_shards=16, eval_shards=1,
-        kind='learnable')
+  if not tf.io.gfile.glob(os.path.join(data_dir, "train-*")):
+    print(f"writing {_NUM_IMAGES.value} 500x375 JPEGs to {data_dir} ...")
+    fake_imagenet.write_fake_imagenet(data_dir, num_train=_NUM_IMAGES.value,
+                                      num_eval=16, num_classes=64,
+                                      image_size=375, image_width=500,
+                                      train_shards=16, eval_shards=1,
+                                      kind="learnable")
   source = tfrecord.TFRecordSource(data_dir)
   size, batch = _IMAGE_SIZE.value, _BATCH_SIZE.value
   candidates = {
-      'effnet_gin build_dataset': lambda: pipeline.build_dataset(
-          split='train', global_batch_size=batch, image_size=size,
-          source=source, num_classes=1000, augment=_AUGMENT.value),
-      'minimal tf.data': lambda: minimal_pipeline(
-          list(source.files('train')), size, batch),
+      "effnet_gin build_dataset":
+          lambda: pipeline.build_dataset(
+              split="train", global_batch_size=batch, image_size=size, source=
+              source, num_classes=1000, augment=_AUGMENT.value),
+      "minimal tf.data":
+          lambda: minimal_pipeline(list(source.files("train")), size, batch),
   }
   rates = {name: [] for name in candidates}
   cpu_costs = {name: [] for name in candidates}
@@ -107,16 +111,16 @@ def main(argv):
       rate, cpu_ms = measure(build(), batch, _SECONDS.value)
       rates[name].append(rate)
       cpu_costs[name].append(cpu_ms)
-      print(f'  {name}: {rate:.1f} img/s, {cpu_ms:.3f} CPU ms/img')
+      print(f"  {name}: {rate:.1f} img/s, {cpu_ms:.3f} CPU ms/img")
   ours, minimal = (max(rates[name]) for name in candidates)
   ours_cpu, minimal_cpu = (min(cpu_costs[name]) for name in candidates)
-  print(f'image_size={size} batch_size={batch} augment={_AUGMENT.value} '
-        f'cores={os.cpu_count()} (best of {_ROUNDS.value} alternating rounds)')
-  print(f'ours:    {ours:.1f} img/s  {ours_cpu:.3f} CPU ms/img')
-  print(f'minimal: {minimal:.1f} img/s  {minimal_cpu:.3f} CPU ms/img')
-  print(f'ratio:   {ours / minimal:.3f} (throughput)  '
-        f'{minimal_cpu / ours_cpu:.3f} (CPU cost, minimal / ours)')
+  print(f"image_size={size} batch_size={batch} augment={_AUGMENT.value} "
+        f"cores={os.cpu_count()} (best of {_ROUNDS.value} alternating rounds)")
+  print(f"ours:    {ours:.1f} img/s  {ours_cpu:.3f} CPU ms/img")
+  print(f"minimal: {minimal:.1f} img/s  {minimal_cpu:.3f} CPU ms/img")
+  print(f"ratio:   {ours / minimal:.3f} (throughput)  "
+        f"{minimal_cpu / ours_cpu:.3f} (CPU cost, minimal / ours)")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

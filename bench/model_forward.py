@@ -25,8 +25,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up).")
 _POLICY = flags.DEFINE_string("policy", "float32", "Keras dtype policy.")
 _JIT = flags.DEFINE_bool("jit", False, "Compile the step with XLA.")
-_BASELINE = flags.DEFINE_bool(
-    "baseline", False, "Also time keras.applications.EfficientNetB0.")
+_BASELINE = flags.DEFINE_bool("baseline", False,
+                              "Also time keras.applications.EfficientNetB0.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Timing rounds per model.")
 
 
@@ -42,8 +42,8 @@ def images_per_second(net, batch_size, steps, jit):
   def step(images, labels):
     with tf.GradientTape() as tape:
       logits = tf.cast(net(images, training=True), tf.float32)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits))
+      loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     grads = tape.gradient(loss, net.trainable_variables)
     optimizer.apply(grads, net.trainable_variables)
     return loss
@@ -59,8 +59,10 @@ def images_per_second(net, batch_size, steps, jit):
 def main(argv):
   del argv
   keras.mixed_precision.set_global_policy(_POLICY.value)
-  models = {"effnet_gin": model_lib.build_model(
-      _VARIANT.value, image_size=_RESOLUTION.value)}
+  models = {
+      "effnet_gin":
+          model_lib.build_model(_VARIANT.value, image_size=_RESOLUTION.value)
+  }
   size = models["effnet_gin"].input.shape[1]
   if _BASELINE.value:
     models["keras.applications.EfficientNetB0"] = (
@@ -71,10 +73,9 @@ def main(argv):
         f"forward + backward + SGD update:")
   for round_index in range(_ROUNDS.value):
     for name, net in models.items():
-      rate = images_per_second(net, _BATCH_SIZE.value, _STEPS.value,
-                               _JIT.value)
-      print(f"  round {round_index}: {name:<34} {rate:6.1f} img/s",
-            flush=True)
+      rate = images_per_second(net, _BATCH_SIZE.value, _STEPS.value, _JIT.value)
+      print(f"  round {round_index}: {name:<34} {rate:6.1f} img/s", flush=True)
+
 
 if __name__ == "__main__":
   app.run(main)

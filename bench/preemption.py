@@ -48,9 +48,13 @@ def _host_loops():
   common = dict(strategy=tf.distribute.get_strategy(), model=model,
                 optimizer=optimizer, ema=ema, global_batch_size=8,
                 label_smoothing=0.1, weight_decay=1e-5, jit_compile=False)
-  return {"without stop check": train_step.build_host_loop(**common),
-          "with stop check": train_step.build_host_loop(
-              **common, stop_request=preemption.StopRequest())}
+  return {
+      "without stop check":
+          train_step.build_host_loop(**common),
+      "with stop check":
+          train_step.build_host_loop(**common,
+                                     stop_request=preemption.StopRequest())
+  }
 
 
 def step_times(steps, rounds):
@@ -102,8 +106,9 @@ def main(argv):
           flush=True)
   for _ in range(_SIGNALS.value):
     seconds, code, stopped = sigterm_to_exit()
-    print(f"STEPS_PER_LOOP=1000: SIGTERM at step 40 -> exit {code} after "
-          f"{seconds:.2f} s, checkpointed step {stopped}", flush=True)
+    print(
+        f"STEPS_PER_LOOP=1000: SIGTERM at step 40 -> exit {code} after "
+        f"{seconds:.2f} s, checkpointed step {stopped}", flush=True)
 
 
 if __name__ == "__main__":

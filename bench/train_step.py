@@ -53,10 +53,11 @@ def ours(images, labels, steps, rounds, jit_compile):
   optimizer = optim.build_optimizer(schedule)
   optimizer.build(model.trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
-  host_loop = train_step.build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-      global_batch_size=batch_size, label_smoothing=0.1, weight_decay=1e-5,
-      jit_compile=jit_compile)
+  host_loop = train_step.build_host_loop(strategy=strategy, model=model,
+                                         optimizer=optimizer, ema=ema,
+                                         global_batch_size=batch_size,
+                                         label_smoothing=0.1, weight_decay=1e-5,
+                                         jit_compile=jit_compile)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
   host_loop(iterator, tf.constant(2))  # Trace, compile and warm up.
@@ -86,12 +87,12 @@ class _EpochTimer(keras.callbacks.Callback):
 def keras_fit(images, labels, steps, rounds):
   """Best images/sec of keras.applications.EfficientNetB0 with `fit`."""
   batch_size = images.shape[0]
-  model = keras.applications.EfficientNetB0(
-      weights=None, classes=NUM_CLASSES, input_shape=images.shape[1:])
-  model.compile(optimizer=keras.optimizers.RMSprop(0.016, rho=0.9,
-                                                   momentum=0.9, epsilon=1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(
-                    from_logits=False))
+  model = keras.applications.EfficientNetB0(weights=None, classes=NUM_CLASSES,
+                                            input_shape=images.shape[1:])
+  model.compile(
+      optimizer=keras.optimizers.RMSprop(0.016, rho=0.9, momentum=0.9,
+                                         epsilon=1e-3),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
   model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # Warm up.
   timer = _EpochTimer()

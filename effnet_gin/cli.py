@@ -81,15 +81,17 @@ def _parse_and_finalize(gin_files, bindings, *, needs_input, role):
   # `include 'train_reference.gin'` in any config finds the shipped files.
   gin.add_config_file_search_path(shipped_gin_dir())
   with gin_paths.quiet_include_lookups():
-    gin.parse_config_files_and_bindings(
-        paths, bindings, finalize_config=False, skip_unknown=False)
+    gin.parse_config_files_and_bindings(paths, bindings, finalize_config=False,
+                                        skip_unknown=False)
   _preflight(role, paths)
   _settle_required_input(needs_input)
   gin.finalize()
 
 
-_SOURCE_FLAGS = {"TFRecordSource.data_dir": "--data_dir=DIR",
-                 "BigtableSource.instance": "--bigtable_instance=NAME"}
+_SOURCE_FLAGS = {
+    "TFRecordSource.data_dir": "--data_dir=DIR",
+    "BigtableSource.instance": "--bigtable_instance=NAME"
+}
 
 
 def _settle_required_input(needs_input):
@@ -144,8 +146,8 @@ def _selected_source():
 
 
 def _is_required(value):
-  return (isinstance(value, gin.config.ConfigurableReference)
-          and value.scoped_selector == "gin.REQUIRED/gin.constant")
+  return (isinstance(value, gin.config.ConfigurableReference) and
+          value.scoped_selector == "gin.REQUIRED/gin.constant")
 
 
 def _bound(key):
@@ -169,9 +171,10 @@ _ROLES = {
     "evaluate": ("effnet_gin.train.evaluate", _TRAIN_ONLY),
     "export": ("effnet_gin.train.export",
                _TRAIN_ONLY + ("effnet_gin.train.evaluate",)),
-    "predict": (None, _TRAIN_ONLY + (
-        "effnet_gin.train.evaluate", "effnet_gin.train.export",
-        "effnet_gin.train.export_lite")),
+    "predict":
+        (None,
+         _TRAIN_ONLY + ("effnet_gin.train.evaluate", "effnet_gin.train.export",
+                        "effnet_gin.train.export_lite")),
 }
 _MACRO = "/gin.macro"
 
@@ -193,16 +196,17 @@ def _preflight(role, paths):
     return
   entry, never_called = _ROLES[role]
   bindings = _config_bindings()
-  defined = {scope for scope, selector, _, _ in bindings
-             if selector == "gin.macro"}
+  defined = {
+      scope for scope, selector, _, _ in bindings if selector == "gin.macro"
+  }
   users = {}  # Macro used but not set: {name: selectors of its users}.
   for scope, selector, param, references in bindings:
     for reference in references:
       name = reference[:-len(_MACRO)] if reference.endswith(_MACRO) else None
       if name is not None and name not in defined:
         users.setdefault(name, set()).add(selector)
-      if (selector in never_called
-          and reference == "gin.REQUIRED/gin.constant"):
+      if (selector in never_called and
+          reference == "gin.REQUIRED/gin.constant"):
         gin.bind_parameter(f"{scope}{'/' if scope else ''}{selector}.{param}",
                            None)
   for name in [name for name in users if users[name] <= set(never_called)]:
@@ -212,20 +216,26 @@ def _preflight(role, paths):
                                     gin_paths.resolve_include)
   unbound = _unbound_arguments(entry) if entry else []
   if unbound:
-    raise config_errors.ConfigError(config_errors.missing_arguments(
-        entry, unbound, given=paths, files=files,
-        shipped=gin_paths.shipped_paths(),
-        preferred=gin_paths.recipe_for_this_machine()[0]))
+    raise config_errors.ConfigError(
+        config_errors.missing_arguments(
+            entry, unbound, given=paths, files=files,
+            shipped=gin_paths.shipped_paths(),
+            preferred=gin_paths.recipe_for_this_machine()[0]))
   if users:
-    raise config_errors.ConfigError(config_errors.missing_macro(
-        sorted(users)[0], given=paths, files=files, known=defined))
+    raise config_errors.ConfigError(
+        config_errors.missing_macro(
+            sorted(users)[0], given=paths, files=files, known=defined))
   _warn_unused_macros(bindings, defined)
 
 
 def _warn_unused_macros(bindings, defined):
   """Logs each macro set that no binding uses, with the closest used one."""
-  used = {reference[:-len(_MACRO)] for _, _, _, references in bindings
-          for reference in references if reference.endswith(_MACRO)}
+  used = {
+      reference[:-len(_MACRO)]
+      for _, _, _, references in bindings
+      for reference in references
+      if reference.endswith(_MACRO)
+  }
   for name in sorted(defined - used):
     guess = config_errors.suggest(name, used)
     logging.warning("%s is set but no binding uses it%s", name,
@@ -243,8 +253,10 @@ def _config_bindings():
   config = gin.config._CONFIG  # pylint: disable=protected-access
   for (scope, selector), params in config.items():
     for param, value in params.items():
-      references = [reference.scoped_selector for reference in
-                    gin.config.iterate_references({param: value})]
+      references = [
+          reference.scoped_selector
+          for reference in gin.config.iterate_references({param: value})
+      ]
       result.append((scope, selector, param, references))
   return result
 
@@ -259,19 +271,23 @@ def _parameters(configurable):
     parameters = inspect.signature(configurable.wrapped).parameters
   except (TypeError, ValueError):
     return {}
-  return {name: parameter for name, parameter in parameters.items()
-          if name not in (configurable.denylist or ())
-          and name not in ("self", "args", "kwargs")}
+  return {
+      name: parameter
+      for name, parameter in parameters.items()
+      if name not in (configurable.denylist or
+                      ()) and name not in ("self", "args", "kwargs")
+  }
 
 
 def _unbound_arguments(selector):
   """The required parameters of `selector` that no binding sets."""
   configurable = _registered()[selector]
-  return [name for name, parameter in _parameters(configurable).items()
-          if parameter.default is parameter.empty
-          and parameter.kind in (parameter.KEYWORD_ONLY,
-                                 parameter.POSITIONAL_OR_KEYWORD)
-          and not _bound(f"{selector}.{name}")]
+  return [
+      name for name, parameter in _parameters(configurable).items()
+      if parameter.default is parameter.empty and parameter.kind in (
+          parameter.KEYWORD_ONLY,
+          parameter.POSITIONAL_OR_KEYWORD) and not _bound(f"{selector}.{name}")
+  ]
 
 
 def configure_from_flags(flag_values, *, role, needs_input=False,
@@ -312,8 +328,7 @@ def configure_from_flags(flag_values, *, role, needs_input=False,
         "--gin_file=b0_cpu.gin), or its MODEL_DIR/config.gin")
   for name, (_, why) in reference_flags.IGNORED.items():
     if name in flag_values and flag_values[name].present:
-      logging.warning("--%s is the reference's and ignored here: %s", name,
-                      why)
+      logging.warning("--%s is the reference's and ignored here: %s", name, why)
   _parse_and_finalize(files, bindings, needs_input=needs_input, role=role)
   logging.info("gin files: %s; bindings: %s", files, bindings)
   return bindings
@@ -328,7 +343,7 @@ def _asks_for_tpu(flag_values):
 
 # What configuring raises for a mistake in the flags or the files.
 CONFIG_ERRORS = (ValueError, TypeError, OSError, SyntaxError,
-                  tokenize.TokenError)
+                 tokenize.TokenError)
 
 
 def configure_or_exit(flag_values, **kwargs):
@@ -354,6 +369,8 @@ def configure_or_exit(flag_values, **kwargs):
 
 def explain(error):
   """One line for an error of `configure`, with the closest known name."""
-  known = {selector: list(_parameters(configurable))
-           for selector, configurable in _registered().items()}
+  known = {
+      selector: list(_parameters(configurable))
+      for selector, configurable in _registered().items()
+  }
   return config_errors.one_line(error, known=known)

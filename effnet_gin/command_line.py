@@ -24,8 +24,12 @@ def command_line():
 # Flag definitions shared by the bin/ scripts.
 # ---------------------------------------------------------------------------
 
-_DEFINE = {"integer": flags.DEFINE_integer, "float": flags.DEFINE_float,
-           "string": flags.DEFINE_string, "bool": flags.DEFINE_bool}
+_DEFINE = {
+    "integer": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "string": flags.DEFINE_string,
+    "bool": flags.DEFINE_bool
+}
 
 
 def define_common_flags(flag_values=flags.FLAGS):
@@ -39,6 +43,7 @@ def define_common_flags(flag_values=flags.FLAGS):
   Args:
     flag_values: the `absl.flags.FlagValues` to define them in.
   """
+
   def define(kind, name, helptext, default=None):
     _DEFINE[kind](name, default, helptext, flag_values=flag_values)
 
@@ -52,14 +57,18 @@ def define_common_flags(flag_values=flags.FLAGS):
       "gin_param", [], "Gin binding, e.g. \"TRAIN_STEPS = 1000\". Repeatable; "
       "applied after the files; of a flag and a --gin_param setting the same "
       "binding, the later on the command line wins.", flag_values=flag_values)
-  define("string", "model_dir", "Directory (local or gs://) holding "
-         "checkpoints, summaries and the written configs.")
-  define("string", "data_dir", "Directory (local or gs://) of ImageNet-format "
-         "TFRecords train-*/validation-*; selects the TFRecord source.")
-  define("string", "bigtable_project", "GCP project of the Cloud Bigtable "
-         "instance (defaults to --project).")
-  define("string", "bigtable_instance", "Cloud Bigtable instance holding the "
-         "data; selects the Bigtable source.")
+  define(
+      "string", "model_dir", "Directory (local or gs://) holding "
+      "checkpoints, summaries and the written configs.")
+  define(
+      "string", "data_dir", "Directory (local or gs://) of ImageNet-format "
+      "TFRecords train-*/validation-*; selects the TFRecord source.")
+  define(
+      "string", "bigtable_project", "GCP project of the Cloud Bigtable "
+      "instance (defaults to --project).")
+  define(
+      "string", "bigtable_instance", "Cloud Bigtable instance holding the "
+      "data; selects the Bigtable source.")
   define("string", "bigtable_table", "Cloud Bigtable table (default of the "
          "source: imagenet).")
   for alias in reference_flags.ALIASES:
@@ -95,11 +104,13 @@ def command_line_bindings(flag_values, argv=None):
   def is_boolean(name):
     return flag_values[name].boolean if name in flag_values else None
 
-  values = {name: flag_values[name].value for name in _translated_flags()
-            if name in flag_values and flag_values[name].present}
-  return ordered_bindings(
-      command_line_order(args, is_boolean), values,
-      list(flag_values.gin_param or []))
+  values = {
+      name: flag_values[name].value
+      for name in _translated_flags()
+      if name in flag_values and flag_values[name].present
+  }
+  return ordered_bindings(command_line_order(args, is_boolean), values,
+                          list(flag_values.gin_param or []))
 
 
 def command_line_order(args, is_boolean):
@@ -156,10 +167,14 @@ def ordered_bindings(order, values, params):
   """
   if [k for kind, k in order if kind == "param"] != list(range(len(params))):
     order = [("param", k) for k in range(len(params))]  # Not this argv's.
-  last = {name: pos for pos, (kind, name) in enumerate(order)
-          if kind == "flag" and name in values}
+  last = {
+      name: pos
+      for pos, (kind, name) in enumerate(order)
+      if kind == "flag" and name in values
+  }
   order = ([("flag", name) for name in values if name not in last] +
-           [(kind, item) for pos, (kind, item) in enumerate(order)
+           [(kind, item)
+            for pos, (kind, item) in enumerate(order)
             if kind == "param" or last.get(item) == pos])
   values = {item: values[item] for kind, item in order if kind == "flag"}
   bindings, pending = [], []

@@ -69,10 +69,12 @@ class ConfigFiles:
 
   def binds(self, path, key):
     """Whether `path` or its includes bind `key` (a macro or selector.param)."""
-    return any(_lhs_matches(match.group(1), key)
-               for part in self.closure(path)
-               for match in map(_BINDING_RE.match, self.text(part).splitlines())
-               if match)
+    return any(
+        _lhs_matches(match.group(1), key)
+        for part in self.closure(path)
+        for match in map(_BINDING_RE.match,
+                         self.text(part).splitlines())
+        if match)
 
   def find(self, paths, pattern):
     """The first (path, line number, line) matching regex `pattern`, or None."""
@@ -111,8 +113,10 @@ def base_configs(files, shipped, key):
     Their base names, sorted.
   """
   included = {path for config in shipped for path in files.includes(config)}
-  return sorted(os.path.basename(path) for path in shipped
-                if path not in included and files.binds(path, key))
+  return sorted(
+      os.path.basename(path)
+      for path in shipped
+      if path not in included and files.binds(path, key))
 
 
 def _listed(names):
@@ -122,8 +126,7 @@ def _listed(names):
   return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def missing_arguments(selector, names, *, given, files, shipped,
-                      preferred):
+def missing_arguments(selector, names, *, given, files, shipped, preferred):
   """Says which required arguments no file binds, and what to give first.
 
   Args:
@@ -140,9 +143,12 @@ def missing_arguments(selector, names, *, given, files, shipped,
   bases = base_configs(files, shipped, f"{selector}.{names[0]}")
   example = preferred if preferred in bases else (bases or ["?"])[0]
   shipped_names = {os.path.basename(path) for path in shipped}
-  additions = [os.path.basename(path) for path in given
-               if os.path.basename(path) in shipped_names
-               and os.path.basename(path) not in bases]
+  additions = [
+      os.path.basename(path)
+      for path in given
+      if os.path.basename(path) in shipped_names and
+      os.path.basename(path) not in bases
+  ]
   if len(additions) == 1:
     what = f"{additions[0]} is an addition: give it after a base config"
   elif additions:
@@ -185,8 +191,7 @@ def _suggestion(first_line, known):
   """'; did you mean X?' for a gin unknown-name error, or ''."""
   match = _UNKNOWN_PARAMETER_RE.search(first_line)
   if match:
-    selector = next((s for s in known if _lhs_matches(match.group(1), s)),
-                    None)
+    selector = next((s for s in known if _lhs_matches(match.group(1), s)), None)
     guess = suggest(match.group(2), known.get(selector, ()))
   else:
     match = _UNKNOWN_CONFIGURABLE_RE.search(first_line)

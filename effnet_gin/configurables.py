@@ -100,24 +100,30 @@ ExponentialMovingAverage = _train(averaging.ExponentialMovingAverage,
 steps_for_epochs = _train(durations.steps_for_epochs, "steps_for_epochs")
 
 # The entry points' collaborators come from here, not from bindings.
-_TRAIN_COLLABORATORS = ["model_builder", "dataset_builder", "schedule_builder",
-                        "optimizer_builder", "ema_builder", "strategy"]
+_TRAIN_COLLABORATORS = [
+    "model_builder", "dataset_builder", "schedule_builder", "optimizer_builder",
+    "ema_builder", "strategy"
+]
 _configured_train = _train(
-    trainer.train, "train",
-    denylist=["model_dir", "command", "config_text", "operative_config_text",
-              *_TRAIN_COLLABORATORS])
+    trainer.train, "train", denylist=[
+        "model_dir", "command", "config_text", "operative_config_text",
+        *_TRAIN_COLLABORATORS
+    ])
 _configured_evaluate = _train(
-    evaluator.evaluate, "evaluate",
-    denylist=["model_dir", "train_steps_from_run", "model_builder",
-              "dataset_builder", "strategy"])
+    evaluator.evaluate, "evaluate", denylist=[
+        "model_dir", "train_steps_from_run", "model_builder", "dataset_builder",
+        "strategy"
+    ])
 _configured_export_lite = _train(
-    converters.export_lite, "export_lite",
-    allowlist=["calibration_images", "compare_on_eval", "max_int8_drop",
-               "num_threads", "opset"])
+    converters.export_lite, "export_lite", allowlist=[
+        "calibration_images", "compare_on_eval", "max_int8_drop", "num_threads",
+        "opset"
+    ])
 _configured_export = _train(
-    exporter.export, "export",
-    denylist=["model_dir", "export_dir", "model_builder", "preprocessing",
-              "lite_exporter"])
+    exporter.export, "export", denylist=[
+        "model_dir", "export_dir", "model_builder", "preprocessing",
+        "lite_exporter"
+    ])
 
 
 def dataset_builder():

@@ -23,6 +23,8 @@ _MISSING_API_CLIENT = "Missing runtime dependency on the Google API client"
 
 class NoTPUError(ValueError):
   """A TPU config ran without a TPU named (no --tpu, no TPU_NAME)."""
+
+
 _PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -122,8 +124,8 @@ def build_strategy(*, tpu=None, zone=None, project=None, kind="auto",
     return _tpu_strategy(tpu, zone, project, tpu_resolve_timeout_secs)
   if kind == "multi_worker":
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation
-        .AUTO)
+        implementation=tf.distribute.experimental.CommunicationImplementation.
+        AUTO)
     return tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=options)
   if kind == "gpu":
@@ -320,7 +322,8 @@ def dataset_calls_python(dataset):
   serialized = dataset._as_serialized_graph()  # pylint: disable=protected-access
   graph = tf.compat.v1.GraphDef.FromString(serialized.numpy())
   ops = {node.op for node in graph.node}
-  ops.update(node.op for function in graph.library.function
+  ops.update(node.op
+             for function in graph.library.function
              for node in function.node_def)
   return bool(ops & _PYTHON_OPS)
 

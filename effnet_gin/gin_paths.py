@@ -36,8 +36,11 @@ def shipped_gin_dir():
 def shipped_paths():
   """Paths of every shipped `.gin` file, sorted by name."""
   directory = shipped_gin_dir()
-  return [os.path.join(directory, name) for name in sorted(os.listdir(
-      directory)) if name.endswith(".gin")]
+  return [
+      os.path.join(directory, name)
+      for name in sorted(os.listdir(directory))
+      if name.endswith(".gin")
+  ]
 
 
 def resolve_gin_file(name):

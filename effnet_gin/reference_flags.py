@@ -95,8 +95,11 @@ def _moving_average_decay(value):
   if value > 0:
     return {"effnet_gin.train.ExponentialMovingAverage.decay": value}
   # The reference's "0 disables the moving average", in all three tools.
-  return {f"{_TRAIN}.use_ema": False, f"{_EVALUATE}.use_ema": False,
-          f"{_EXPORT}.use_ema": False}
+  return {
+      f"{_TRAIN}.use_ema": False,
+      f"{_EVALUATE}.use_ema": False,
+      f"{_EXPORT}.use_ema": False
+  }
 
 
 def _augment(value):
@@ -117,15 +120,15 @@ ALIASES = (
        "Cloud TPU; the default for --bigtable_project."),
     _a("use_tpu", "bool", f"{_STRATEGY}.kind", "true: strategy kind 'tpu'; "
        "false: 'auto' (the devices at hand).", _use_tpu),
-    _a("use_bfloat16", "bool", (f"{_TRAIN}.precision",
-                                f"{_EVALUATE}.precision"),
-       "true: mixed_bfloat16, false: float32 (train and evaluate).",
-       _bfloat16),
+    _a("use_bfloat16", "bool",
+       (f"{_TRAIN}.precision", f"{_EVALUATE}.precision"),
+       "true: mixed_bfloat16, false: float32 (train and evaluate).", _bfloat16),
     # Model.
     _a("model_name", "string", "MODEL_NAME", "Variant, e.g. efficientnet-b3."),
-    _a("input_image_size", "integer", "IMAGE_SIZE", "Resolution of model, "
-       "input pipeline, evaluator and exporter (default: the variant's).",
-       positive=True),
+    _a(
+        "input_image_size", "integer", "IMAGE_SIZE", "Resolution of model, "
+        "input pipeline, evaluator and exporter (default: the variant's).",
+        positive=True),
     _a("num_label_classes", "integer", "NUM_CLASSES", "Number of classes.",
        positive=True),
     _a("dropout_rate", "float", f"{_MODEL}.dropout_rate",
@@ -140,18 +143,20 @@ ALIASES = (
        "Batch-norm moving-average momentum."),
     _a("batch_norm_epsilon", "float", f"{_MODEL}.batch_norm_epsilon",
        "Batch-norm epsilon."),
-    _a("batch_norm_batch_size", "integer",
-       "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size",
-       "Images per batch-norm group of the distributed batch norm "
-       "(b0_tpu_pod.gin's, the reference's with --optimizer=lars)."),
+    _a(
+        "batch_norm_batch_size", "integer",
+        "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size",
+        "Images per batch-norm group of the distributed batch norm "
+        "(b0_tpu_pod.gin's, the reference's with --optimizer=lars)."),
     # Data.
     _a("num_train_images", "integer", "NUM_TRAIN_IMAGES",
        "Size of the training set (an epoch).", positive=True),
     _a("num_eval_images", "integer", "NUM_EVAL_IMAGES",
        "Validation images evaluated.", positive=True),
-    _a("holdout_shards", "integer", "HOLDOUT_TRAIN_SHARDS",
-       "Training shards held out as the validation split (their images "
-       "move from the train to the eval count)."),
+    _a(
+        "holdout_shards", "integer", "HOLDOUT_TRAIN_SHARDS",
+        "Training shards held out as the validation split (their images "
+        "move from the train to the eval count)."),
     _a("augment_name", "string", f"{_DATASET}.augment",
        "autoaugment or randaugment (default: none).", _augment),
     _a("randaug_num_layers", "integer", f"{_DATASET}.randaugment_layers",
@@ -171,12 +176,14 @@ ALIASES = (
     _a("bigtable_column_qualifier", "string", f"{_BIGTABLE}.column_qualifier",
        "Column holding the tf.Examples."),
     # Run length and loop.
-    _a("mode", "string", f"{_TRAIN}.mode", "train, train_and_eval (evaluate "
-       "every --steps_per_eval steps in this process), or eval (bin/trainer "
-       "runs the evaluator).", _mode),
-    _a("train_steps", "integer", "TRAIN_STEPS", "Total training steps "
-       "(reference: 218949); the evaluator stops after this step.",
-       positive=True),
+    _a(
+        "mode", "string", f"{_TRAIN}.mode", "train, train_and_eval (evaluate "
+        "every --steps_per_eval steps in this process), or eval (bin/trainer "
+        "runs the evaluator).", _mode),
+    _a(
+        "train_steps", "integer", "TRAIN_STEPS", "Total training steps "
+        "(reference: 218949); the evaluator stops after this step.",
+        positive=True),
     _a("train_batch_size", "integer", "TRAIN_BATCH_SIZE",
        "Global training batch size (reference: 2048).", positive=True),
     _a("eval_batch_size", "integer", "EVAL_BATCH_SIZE",
@@ -185,8 +192,9 @@ ALIASES = (
        "Steps compiled into one host call.", positive=True),
     _a("steps_per_eval", "integer", f"{_TRAIN}.steps_per_eval",
        "train_and_eval: steps between evaluations.", positive=True),
-    _a("eval_timeout", "float", f"{_EVALUATE}.eval_timeout", "Stop evaluating "
-       "when no new checkpoint appeared for this many seconds."),
+    _a(
+        "eval_timeout", "float", f"{_EVALUATE}.eval_timeout", "Stop evaluating "
+        "when no new checkpoint appeared for this many seconds."),
     _a("log_step_count_steps", "integer", f"{_TRAIN}.log_every_steps",
        "Log the step and loss every this many steps.", positive=True),
     # Optimisation.
@@ -244,8 +252,7 @@ SOURCE_FLAGS = ("data_dir", "bigtable_project", "bigtable_instance",
 
 
 def source_bindings(*, data_dir=None, bigtable_project=None,
-                    bigtable_instance=None, bigtable_table=None,
-                    project=None):
+                    bigtable_instance=None, bigtable_table=None, project=None):
   """Translates the input-source flags into gin bindings.
 
   As in the reference, `data_dir` selects the ImageNet-format TFRecord source
@@ -271,8 +278,10 @@ def source_bindings(*, data_dir=None, bigtable_project=None,
         f"--bigtable_instance={bigtable_instance!r} both name an input "
         "source; give one of them")
   if data_dir:
-    return ["effnet_gin.data.build_dataset.source = @TFRecordSource()",
-            f"TFRecordSource.data_dir = {data_dir!r}"]
+    return [
+        "effnet_gin.data.build_dataset.source = @TFRecordSource()",
+        f"TFRecordSource.data_dir = {data_dir!r}"
+    ]
   if not bigtable_instance:
     if bigtable_project or bigtable_table:
       raise ValueError("--bigtable_project and --bigtable_table need "
@@ -282,9 +291,11 @@ def source_bindings(*, data_dir=None, bigtable_project=None,
   if not bt_project:
     raise ValueError(f"--bigtable_instance={bigtable_instance!r} needs "
                      "--bigtable_project or --project")
-  bindings = ["effnet_gin.data.build_dataset.source = @BigtableSource()",
-              f"BigtableSource.project = {bt_project!r}",
-              f"BigtableSource.instance = {bigtable_instance!r}"]
+  bindings = [
+      "effnet_gin.data.build_dataset.source = @BigtableSource()",
+      f"BigtableSource.project = {bt_project!r}",
+      f"BigtableSource.instance = {bigtable_instance!r}"
+  ]
   if bigtable_table:
     bindings.append(f"BigtableSource.table = {bigtable_table!r}")
   return bindings
@@ -307,8 +318,11 @@ def flag_bindings(values, *, emit=None):
     ValueError: for a value a flag does not accept, or contradictory source
       flags.
   """
-  values = {SYNONYMS.get(name, name): value for name, value in values.items()
-            if value is not None}
+  values = {
+      SYNONYMS.get(name, name): value
+      for name, value in values.items()
+      if value is not None
+  }
   emit = set(values) if emit is None else {SYNONYMS.get(n, n) for n in emit}
   sources = {name: values[name] for name in SOURCE_FLAGS if name in values}
   source = source_bindings(project=values.get("project"), **sources)
@@ -320,4 +334,3 @@ def flag_bindings(values, *, emit=None):
     if name == last_source and name in emit:
       bindings += source
   return bindings
-

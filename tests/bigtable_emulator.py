@@ -33,10 +33,10 @@ import pytest
 from effnet_gin.data.sources import bigtable
 from effnet_gin.data.writers import tfrecords_to_bigtable
 
-EMULATOR_ENV = 'BIGTABLE_EMULATOR_HOST'
-_SDK_BINARY = os.path.join('platform', 'bigtable-emulator', 'cbtemulator')
-_KNOWN_SDK_ROOTS = ('/usr/lib/google-cloud-sdk', '/usr/share/google-cloud-sdk',
-                    '/opt/google-cloud-sdk')
+EMULATOR_ENV = "BIGTABLE_EMULATOR_HOST"
+_SDK_BINARY = os.path.join("platform", "bigtable-emulator", "cbtemulator")
+_KNOWN_SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk",
+                    "/opt/google-cloud-sdk")
 _START_TIMEOUT_SECONDS = 30.0
 
 
@@ -46,18 +46,18 @@ def find_emulator_binary():
   Looks at $CBTEMULATOR, then under the SDK root that `gcloud info` reports,
   then the usual SDK install roots, then $PATH.
   """
-  candidates = [os.environ.get('CBTEMULATOR', '')]
-  gcloud = shutil.which('gcloud')
+  candidates = [os.environ.get("CBTEMULATOR", "")]
+  gcloud = shutil.which("gcloud")
   if gcloud:
     try:
       sdk_root = subprocess.run(
-          [gcloud, 'info', '--format=value(installation.sdk_root)'],
+          [gcloud, "info", "--format=value(installation.sdk_root)"],
           capture_output=True, text=True, timeout=60, check=False).stdout
       candidates.append(os.path.join(sdk_root.strip(), _SDK_BINARY))
     except (OSError, subprocess.TimeoutExpired):
       pass
   candidates += [os.path.join(root, _SDK_BINARY) for root in _KNOWN_SDK_ROOTS]
-  candidates.append(shutil.which('cbtemulator') or '')
+  candidates.append(shutil.which("cbtemulator") or "")
   for path in candidates:
     if path and os.path.isfile(path) and os.access(path, os.X_OK):
       return path
@@ -67,7 +67,7 @@ def find_emulator_binary():
 def free_port():
   """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
   with socket.socket() as sock:
-    sock.bind(('127.0.0.1', 0))
+    sock.bind(("127.0.0.1", 0))
     return sock.getsockname()[1]
 
 
@@ -81,15 +81,15 @@ def wait_for_port(port, process=None, timeout=_START_TIMEOUT_SECONDS):
   while True:
     if process is not None and process.poll() is not None:
       raise RuntimeError(
-          f'Bigtable emulator exited with code {process.returncode} before '
-          f'listening on 127.0.0.1:{port}')
+          f"Bigtable emulator exited with code {process.returncode} before "
+          f"listening on 127.0.0.1:{port}")
     try:
-      with socket.create_connection(('127.0.0.1', port), timeout=1.0):
+      with socket.create_connection(("127.0.0.1", port), timeout=1.0):
         return
     except OSError:
       if time.monotonic() > deadline:
-        raise RuntimeError(f'Nothing listens on 127.0.0.1:{port} after '
-                           f'{timeout:.0f}s') from None
+        raise RuntimeError(f"Nothing listens on 127.0.0.1:{port} after "
+                           f"{timeout:.0f}s") from None
       time.sleep(0.05)
 
 
@@ -102,7 +102,7 @@ class BigtableEmulator:
     project, instance: The ids the tests use (the emulator accepts any).
   """
 
-  def __init__(self, binary, project='test-project', instance='test-instance'):
+  def __init__(self, binary, project="test-project", instance="test-instance"):
     self._binary = binary
     self.project = project
     self.instance = instance
@@ -111,21 +111,22 @@ class BigtableEmulator:
 
   @property
   def address(self):
-    return f'127.0.0.1:{self.port}'
+    return f"127.0.0.1:{self.port}"
 
   def start(self):
     """Starts the emulator and returns once its port accepts connections."""
     for _ in range(3):  # Another process may grab the free port first.
       self.port = free_port()
       self._process = subprocess.Popen(
-          [self._binary, '-host', '127.0.0.1', '-port', str(self.port)],
-          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+          [self._binary, "-host", "127.0.0.1", "-port",
+           str(self.port)], stdout=subprocess.DEVNULL,
+          stderr=subprocess.DEVNULL)
       try:
         wait_for_port(self.port, self._process)
         return self
       except RuntimeError:
         self.stop()
-    raise RuntimeError(f'Could not start the Bigtable emulator {self._binary}')
+    raise RuntimeError(f"Could not start the Bigtable emulator {self._binary}")
 
   def stop(self):
     """Stops the emulator process (its data is lost)."""
@@ -151,10 +152,10 @@ class BigtableEmulator:
     env[EMULATOR_ENV] = self.address
     return env
 
-  def source(self, table='imagenet', **kwargs):
+  def source(self, table="imagenet", **kwargs):
     """A `BigtableSource` reading `table` of this emulator."""
-    return bigtable.BigtableSource(
-        project=self.project, instance=self.instance, table=table, **kwargs)
+    return bigtable.BigtableSource(project=self.project, instance=self.instance,
+                                   table=table, **kwargs)
 
 
 @contextlib.contextmanager
@@ -165,24 +166,24 @@ def emulator_host(address):
     yield
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def bigtable_emulator():
   """A running emulator with BIGTABLE_EMULATOR_HOST set, for one test module."""
   binary = find_emulator_binary()
   if binary is None:
-    message = ('Cloud Bigtable emulator (cbtemulator) not found: install the '
-               'Debian package google-cloud-cli-bigtable-emulator or set '
-               '$CBTEMULATOR')
+    message = ("Cloud Bigtable emulator (cbtemulator) not found: install the "
+               "Debian package google-cloud-cli-bigtable-emulator or set "
+               "$CBTEMULATOR")
     # CI machines ship the emulator: there a missing one is a broken machine,
     # not a reason to pass without testing Bigtable.
-    if os.environ.get('CI'):
+    if os.environ.get("CI"):
       pytest.fail(message)
     pytest.skip(message)
   with BigtableEmulator(binary) as emulator, emulator_host(emulator.address):
     yield emulator
 
 
-def load_dataset_into_emulator(emulator, data_dir, *, table='imagenet',
+def load_dataset_into_emulator(emulator, data_dir, *, table="imagenet",
                                **loader_kwargs):
   """Loads ImageNet-format TFRecords from `data_dir` into the emulator.
 
@@ -214,7 +215,7 @@ class CuttingProxy:
 
   def __init__(self, target_port):
     self._target_port = target_port
-    self._listener = socket.create_server(('127.0.0.1', 0))
+    self._listener = socket.create_server(("127.0.0.1", 0))
     self._listener.settimeout(0.2)
     self.port = self._listener.getsockname()[1]
     self._lock = threading.Lock()
@@ -227,7 +228,7 @@ class CuttingProxy:
 
   @property
   def address(self):
-    return f'127.0.0.1:{self.port}'
+    return f"127.0.0.1:{self.port}"
 
   def arm(self, cut_after_bytes):
     """Cuts all connections once `cut_after_bytes` more bytes went out."""
@@ -271,7 +272,7 @@ class CuttingProxy:
       except OSError:
         return
       try:
-        server = socket.create_connection(('127.0.0.1', self._target_port),
+        server = socket.create_connection(("127.0.0.1", self._target_port),
                                           timeout=5)
       except OSError:
         client.close()

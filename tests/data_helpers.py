@@ -49,9 +49,9 @@ def write_imagenet_tfrecords(directory, num_train=64, num_eval=32,
   """
   return fake_imagenet.write_fake_imagenet(
       str(directory), num_train=num_train, num_eval=num_eval,
-      num_classes=num_classes, image_size=image_size,
-      train_shards=train_shards, eval_shards=eval_shards,
-      kind='learnable' if learnable else 'random', seed=seed)
+      num_classes=num_classes, image_size=image_size, train_shards=train_shards,
+      eval_shards=eval_shards, kind="learnable" if learnable else "random",
+      seed=seed)
 
 
 def indexed_grey_level(index):
@@ -72,7 +72,7 @@ def index_of_image(image):
 
 
 def write_indexed_tfrecords(directory, num_examples, num_shards, num_classes,
-                            prefix='validation', image_size=(20, 28)):
+                            prefix="validation", image_size=(20, 28)):
   """Writes examples whose index can be read back from their pixels.
 
   Example i is a flat grey JPEG of level `indexed_grey_level(i)` with stored
@@ -91,7 +91,7 @@ def write_indexed_tfrecords(directory, num_examples, num_shards, num_classes,
     list of written file paths.
   """
   if num_examples > MAX_INDEXED_EXAMPLES:
-    raise ValueError(f'at most {MAX_INDEXED_EXAMPLES} indexed examples')
+    raise ValueError(f"at most {MAX_INDEXED_EXAMPLES} indexed examples")
   height, width = image_size
 
   def examples():
@@ -99,11 +99,11 @@ def write_indexed_tfrecords(directory, num_examples, num_shards, num_classes,
       image = tf.fill([height, width, 3],
                       tf.constant(indexed_grey_level(index), tf.uint8))
       yield sources.serialize_imagenet_example(
-          tf.io.encode_jpeg(image, quality=95).numpy(),
-          index % num_classes + 1)
+          tf.io.encode_jpeg(image, quality=95).numpy(), index % num_classes + 1)
 
-  return tfrecord_shards.write_tfrecord_shards(
-      str(directory), prefix, examples(), num_examples, num_shards)
+  return tfrecord_shards.write_tfrecord_shards(str(directory), prefix,
+                                               examples(), num_examples,
+                                               num_shards)
 
 
 def write_records(path, records):

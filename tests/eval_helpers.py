@@ -56,7 +56,8 @@ class ContractWriter:
     self.model = configurables.build_model()
     self.optimizer = optim.build_optimizer(0.01)
     self.optimizer.build(self.model.trainable_variables)
-    self.ema = averaging.ExponentialMovingAverage(self.model) if use_ema else None
+    self.ema = averaging.ExponentialMovingAverage(
+        self.model) if use_ema else None
     self.step = tf.Variable(0, dtype=tf.int64)
     self.manager = checkpointing.Manager(
         checkpointing.build_checkpoint(step=self.step, model=self.model,
@@ -83,5 +84,3 @@ def evaluate(model_dir, **kwargs):
   return configurables.evaluate(model_dir=model_dir,
                                 eval_batch_size=EVAL_BATCH_SIZE,
                                 image_size=IMAGE_SIZE, **kwargs)
-
-

@@ -10,8 +10,9 @@ def run_keras(optimizer, initial, grads, *, names=None, jit_compile=False):
   final values as NumPy arrays.
   """
   names = names or [None] * len(initial)
-  variables = [keras.Variable(value, name=name)
-               for name, value in zip(names, initial)]
+  variables = [
+      keras.Variable(value, name=name) for name, value in zip(names, initial)
+  ]
   optimizer.build(variables)
 
   def apply(step_grads):

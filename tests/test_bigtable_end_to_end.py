@@ -28,19 +28,22 @@ TRAIN_STEPS = 4
 # The tiny bindings minus their RandomNoiseSource: `--gin_param`s are applied
 # after the shortcut flags, so `build_dataset.source = @RandomNoiseSource()`
 # would override the source that `--bigtable_instance` selects.
-BINDINGS = [b for b in trainer_helpers.TINY_BINDINGS
-            if "RandomNoiseSource" not in b]
-BINDINGS += [f"NUM_EVAL_IMAGES = {NUM_EVAL}", f"TRAIN_STEPS = {TRAIN_STEPS}",
-             "effnet_gin.train.train.mode = 'train'"]
+BINDINGS = [
+    b for b in trainer_helpers.TINY_BINDINGS if "RandomNoiseSource" not in b
+]
+BINDINGS += [
+    f"NUM_EVAL_IMAGES = {NUM_EVAL}", f"TRAIN_STEPS = {TRAIN_STEPS}",
+    "effnet_gin.train.train.mode = 'train'"
+]
 
 
 @pytest.fixture(scope="module")
 def bigtable_table(bigtable_emulator, tmp_path_factory):  # noqa: F811
   """Loads 64 train / 24 eval 32 px JPEGs of 10 classes into TABLE."""
   data_dir = tmp_path_factory.mktemp("tfrecords")
-  data_helpers.write_imagenet_tfrecords(
-      str(data_dir), num_train=NUM_TRAIN, num_eval=NUM_EVAL, num_classes=10,
-      image_size=32)
+  data_helpers.write_imagenet_tfrecords(str(data_dir), num_train=NUM_TRAIN,
+                                        num_eval=NUM_EVAL, num_classes=10,
+                                        image_size=32)
   load_dataset_into_emulator(bigtable_emulator, data_dir, table=TABLE)
   return TABLE
 
@@ -48,8 +51,10 @@ def bigtable_table(bigtable_emulator, tmp_path_factory):  # noqa: F811
 def run_bin(script, model_dir, emulator, no_tfrecords_dir):
   """Runs bin/<script> on demo.gin reading TABLE; returns CompletedProcess."""
   command = [
-      sys.executable, os.path.join(trainer_helpers.BIN, script),
-      "--gin_file=demo.gin", f"--model_dir={model_dir}",
+      sys.executable,
+      os.path.join(trainer_helpers.BIN, script),
+      "--gin_file=demo.gin",
+      f"--model_dir={model_dir}",
       f"--bigtable_project={emulator.project}",
       f"--bigtable_instance={emulator.instance}",
       f"--bigtable_table={TABLE}",
@@ -57,15 +62,19 @@ def run_bin(script, model_dir, emulator, no_tfrecords_dir):
   # demo.gin's TFRecordSource is pointed at an empty directory, so a run that
   # read anything but Bigtable would fail instead of passing by accident.
   params = BINDINGS + [
-      f"effnet_gin.data.TFRecordSource.data_dir = '{no_tfrecords_dir}'"]
+      f"effnet_gin.data.TFRecordSource.data_dir = '{no_tfrecords_dir}'"
+  ]
   command += [f"--gin_param={p}" for p in params]
-  return subprocess.run(
-      command, env=emulator.env(trainer_helpers.subprocess_env()),
-      capture_output=True, text=True, timeout=300, check=False)
+  return subprocess.run(command,
+                        env=emulator.env(trainer_helpers.subprocess_env()),
+                        capture_output=True, text=True, timeout=300,
+                        check=False)
 
 
-def test_trainer_then_evaluator_from_bigtable(bigtable_emulator,  # noqa: F811
-                                              bigtable_table, tmp_path):
+def test_trainer_then_evaluator_from_bigtable(
+    bigtable_emulator,  # noqa: F811
+    bigtable_table,
+    tmp_path):
   del bigtable_table  # Loaded; the processes read it by name.
   model_dir = str(tmp_path / "model")
   no_tfrecords_dir = tmp_path / "no_tfrecords"

@@ -16,10 +16,12 @@ from effnet_gin.evaluation import evaluator as evaluate_lib
 
 def _configure(*params):
   gin.clear_config()
-  cli.configure(["demo.gin"], list(trainer_helpers.TINY_BINDINGS) + [
-      "effnet_gin.train.train.mode = 'train'", "STEPS_PER_LOOP = 2",
-      "effnet_gin.train.train.checkpoint_every_steps = 2",
-      *params])
+  cli.configure(
+      ["demo.gin"],
+      list(trainer_helpers.TINY_BINDINGS) + [
+          "effnet_gin.train.train.mode = 'train'", "STEPS_PER_LOOP = 2",
+          "effnet_gin.train.train.checkpoint_every_steps = 2", *params
+      ])
 
 
 def _truncate_data_file(prefix):
@@ -49,8 +51,7 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
   assert any(bad in m and "does not restore" in m for m in _messages(caplog))
   caplog.clear()
   with caplog.at_level(logging.ERROR):
-    [result] = configurables.evaluate(model_dir=model_dir,
-                                     checkpoint=model_dir)
+    [result] = configurables.evaluate(model_dir=model_dir, checkpoint=model_dir)
   assert result["step"] == 2
   assert any(bad in m for m in _messages(caplog))
   assert open(data_file, "rb").read() == bad_bytes  # Left in place.
@@ -62,12 +63,14 @@ def test_truncated_latest_checkpoint_falls_back_everywhere(tmp_path, caplog):
     result = configurables.train(model_dir=model_dir)
   assert (result["start_step"], result["step"]) == (2, 6)
   assert any(bad in m and "does not restore" in m for m in _messages(caplog))
-  [kept] = glob.glob(os.path.join(model_dir, run_dir.UNRESTORABLE_DIR,
-                                  "*", os.path.basename(data_file)))
+  [kept] = glob.glob(
+      os.path.join(model_dir, run_dir.UNRESTORABLE_DIR, "*",
+                   os.path.basename(data_file)))
   assert open(kept, "rb").read() == bad_bytes
   assert trainer_helpers.latest_step(model_dir) == 6
-  assert [run_dir.checkpoint_step(p) for p in
-          run_dir.listed_checkpoints(model_dir)] == [2, 4, 6]
+  assert [
+      run_dir.checkpoint_step(p) for p in run_dir.listed_checkpoints(model_dir)
+  ] == [2, 4, 6]
 
 
 def test_no_restorable_checkpoint_refuses_to_start_over(tmp_path):

@@ -191,10 +191,10 @@ def test_non_positive_sizes_are_rejected(flag, value):
 
 
 def test_gin_params_win_over_shortcut_flags():
-  cli.configure(
-      ["demo.gin"], data_dir="/from/flag", train_steps=5,
-      gin_params=["TRAIN_STEPS = 7",
-                  "effnet_gin.data.TFRecordSource.data_dir = '/from/param'"])
+  cli.configure(["demo.gin"], data_dir="/from/flag", train_steps=5, gin_params=[
+      "TRAIN_STEPS = 7",
+      "effnet_gin.data.TFRecordSource.data_dir = '/from/param'"
+  ])
   assert macro("TRAIN_STEPS") == 7
   assert (gin.query_parameter("effnet_gin.data.TFRecordSource.data_dir") ==
           "/from/param")
@@ -276,11 +276,12 @@ def test_installed_package_finds_its_shipped_configs(tmp_path):
   elsewhere.mkdir()
   _copy_source_tree(source)
   # No build isolation: the installed setuptools builds it, without network.
-  install = subprocess.run(
-      [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-       "--no-build-isolation", "--no-index", "--target", str(target),
-       str(source)],
-      capture_output=True, text=True, timeout=120, check=False)
+  install = subprocess.run([
+      sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+      "--no-build-isolation", "--no-index", "--target",
+      str(target),
+      str(source)
+  ], capture_output=True, text=True, timeout=120, check=False)
   assert install.returncode == 0, install.stderr[-3000:]
 
   env = dict(os.environ, PYTHONPATH=str(target), TF_CPP_MIN_LOG_LEVEL="2")
@@ -291,8 +292,8 @@ def test_installed_package_finds_its_shipped_configs(tmp_path):
   found = json.loads(probe.stdout.strip().splitlines()[-1])
   installed_configs = str(target / "effnet_gin" / "gin_configs")
   assert found["package"].startswith(str(target))
-  assert os.path.realpath(found["shipped"]) == os.path.realpath(
-      installed_configs)
+  assert os.path.realpath(
+      found["shipped"]) == os.path.realpath(installed_configs)
   assert found["resolved"] == os.path.join(found["shipped"], "b0_tpu.gin")
   assert os.path.isfile(found["resolved"])
   # b0_tpu.gin's includes resolved from the installed package too.

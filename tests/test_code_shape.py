@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "effnet_gin")
+PACKAGE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "effnet_gin")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 GIN_MODULES = {"configurables.py", "cli.py"}
@@ -29,9 +29,9 @@ MODULES = dict(_modules())
 
 def _body_lines(node):
   body = node.body
-  if (body and isinstance(body[0], ast.Expr)
-      and isinstance(body[0].value, ast.Constant)
-      and isinstance(body[0].value.value, str)):
+  if (body and isinstance(body[0], ast.Expr) and
+      isinstance(body[0].value, ast.Constant) and
+      isinstance(body[0].value.value, str)):
     body = body[1:]
   if not body:
     return 0
@@ -49,10 +49,12 @@ def test_module_is_short(name):
 def test_functions_are_short(name):
   with open(MODULES[name]) as f:
     tree = ast.parse(f.read())
-  long = [f"{node.name} (line {node.lineno}): {_body_lines(node)} lines"
-          for node in ast.walk(tree)
-          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-          and _body_lines(node) > MAX_FUNCTION_LINES]
+  long = [
+      f"{node.name} (line {node.lineno}): {_body_lines(node)} lines"
+      for node in ast.walk(tree)
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and
+      _body_lines(node) > MAX_FUNCTION_LINES
+  ]
   assert not long, f"{name}: {long}"
 
 
@@ -60,9 +62,14 @@ def test_functions_are_short(name):
 def test_only_the_top_imports_gin(name):
   with open(MODULES[name]) as f:
     tree = ast.parse(f.read())
-  imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.Import) for alias in node.names}
-  imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom) and node.module}
+  imported = {
+      alias.name.split(".")[0] for node in ast.walk(tree)
+      if isinstance(node, ast.Import) for alias in node.names
+  }
+  imported |= {
+      node.module.split(".")[0]
+      for node in ast.walk(tree)
+      if isinstance(node, ast.ImportFrom) and node.module
+  }
   if os.path.basename(name) not in GIN_MODULES:
     assert "gin" not in imported, f"{name} imports gin"

@@ -135,26 +135,26 @@ _TYPO_GIN = ("include 'demo.gin'\n\n"
 
 # name: (tool, arguments after the tool, what the line must say).
 _CASES = {
-    "addition_alone": (
-        "trainer", ["--gin_file=finetune.gin", "--data_dir=/d"],
-        "trainer: effnet_gin.train.train needs train_steps, train_batch_size, "
-        "image_size and num_train_images, which no --gin_file binds; "
-        "finetune.gin is an addition: give it after a base config such as "
-        "b0_cpu.gin"),
-    "unknown_in_file": (
-        "exporter", ["--gin_file={typo}", "--export_dir={tmp}/export"],
-        "exporter: {typo}:3: Configurable 'effnet_gin.model.build_model' "
-        "doesn't have a parameter named 'widht_coefficient'; did you mean "
-        "'width_coefficient'?"),
-    "unknown_configurable": (
-        "evaluator", ["--gin_file=demo.gin",
-                      "--gin_param=build_modle.dropout_rate = 0.1"],
-        "evaluator: in 'build_modle.dropout_rate = 0.1' (a flag or "
-        "--gin_param): No configurable matching 'build_modle'; did you mean "
-        "'effnet_gin.model.build_model'?"),
-    "predict_without_config": (
-        "predict", ["{tmp}/a.jpg"],
-        "predict: give --gin_file: the files the run was trained with"),
+    "addition_alone":
+        ("trainer", ["--gin_file=finetune.gin", "--data_dir=/d"],
+         "trainer: effnet_gin.train.train needs train_steps, train_batch_size, "
+         "image_size and num_train_images, which no --gin_file binds; "
+         "finetune.gin is an addition: give it after a base config such as "
+         "b0_cpu.gin"),
+    "unknown_in_file":
+        ("exporter", ["--gin_file={typo}", "--export_dir={tmp}/export"],
+         "exporter: {typo}:3: Configurable 'effnet_gin.model.build_model' "
+         "doesn't have a parameter named 'widht_coefficient'; did you mean "
+         "'width_coefficient'?"),
+    "unknown_configurable":
+        ("evaluator",
+         ["--gin_file=demo.gin", "--gin_param=build_modle.dropout_rate = 0.1"
+         ], "evaluator: in 'build_modle.dropout_rate = 0.1' (a flag or "
+         "--gin_param): No configurable matching 'build_modle'; did you mean "
+         "'effnet_gin.model.build_model'?"),
+    "predict_without_config":
+        ("predict", ["{tmp}/a.jpg"],
+         "predict: give --gin_file: the files the run was trained with"),
 }
 
 
@@ -167,11 +167,11 @@ def runs(tmp_path_factory):
   started = {}
   for name, (tool, args, _) in _CASES.items():
     args = [a.format(tmp=tmp, typo=typo) for a in args]
-    started[name] = subprocess.Popen(
-        [sys.executable, os.path.join(BIN, tool),
-         f"--model_dir={tmp}/{name}", *args],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    started[name] = subprocess.Popen([
+        sys.executable,
+        os.path.join(BIN, tool), f"--model_dir={tmp}/{name}", *args
+    ], env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
   results = {}
   for name, process in started.items():
     _, stderr = process.communicate(timeout=300)
@@ -187,8 +187,7 @@ def test_a_bad_configuration_ends_the_tool_with_one_line(name, runs):
   assert returncode == 1, stderr[-2000:]
   assert "Traceback" not in stderr
   assert "# Parameters for" not in stderr  # No dump of the gin config.
-  lines = [line for line in stderr.splitlines()
-           if line.startswith(f"{tool}: ")]
+  lines = [line for line in stderr.splitlines() if line.startswith(f"{tool}: ")]
   assert len(lines) == 1, stderr[-2000:]
   assert lines[0].startswith(expected.format(tmp=tmp, typo=typo))
   assert len(lines[0]) < 400
@@ -200,28 +199,30 @@ def test_a_bad_configuration_ends_the_tool_with_one_line(name, runs):
 # ---------------------------------------------------------------------------
 
 # smoke.gin's sizes, as the reference's flags.
-_TINY_FLAGS = ["--width_coefficient=0.1", "--depth_coefficient=0.1",
-               "--input_image_size=32", "--num_label_classes=10",
-               "--num_train_images=64", "--num_eval_images=16",
-               "--eval_batch_size=8"]
+_TINY_FLAGS = [
+    "--width_coefficient=0.1", "--depth_coefficient=0.1",
+    "--input_image_size=32", "--num_label_classes=10", "--num_train_images=64",
+    "--num_eval_images=16", "--eval_batch_size=8"
+]
 
 
 def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
     tmp_path):
   data_dir, model_dir = tmp_path / "data", tmp_path / "model"
-  fake_imagenet.write_fake_imagenet(
-      str(data_dir), num_train=64, num_eval=16, num_classes=10, image_size=40,
-      train_shards=2, eval_shards=1, kind="random")
+  fake_imagenet.write_fake_imagenet(str(data_dir), num_train=64, num_eval=16,
+                                    num_classes=10, image_size=40,
+                                    train_shards=2, eval_shards=1,
+                                    kind="random")
   env = subprocess_env()
   env.pop("TPU_NAME", None)
   # main.py's flags, main.py → bin/trainer; no --gin_file.
-  train = subprocess.run(
-      [sys.executable, os.path.join(BIN, "trainer"), "--use_tpu=False",
-       f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-       "--mode=train", "--train_batch_size=8", "--train_steps=2",
-       "--iterations_per_loop=1", "--transpose_input=False",
-       f"--export_dir={tmp_path}/export", *_TINY_FLAGS],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
+  train = subprocess.run([
+      sys.executable,
+      os.path.join(BIN, "trainer"), "--use_tpu=False", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}", "--mode=train", "--train_batch_size=8",
+      "--train_steps=2", "--iterations_per_loop=1", "--transpose_input=False",
+      f"--export_dir={tmp_path}/export", *_TINY_FLAGS
+  ], env=env, capture_output=True, text=True, timeout=300, check=False)
   assert train.returncode == 0, train.stderr[-3000:]
   assert "running the reference recipe b0_cpu.gin" in train.stderr
   assert "--transpose_input is the reference's and ignored" in train.stderr
@@ -229,11 +230,11 @@ def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
   assert (tmp_path / "export" / "saved_model.pb").exists()  # --export_dir
 
   # main.py --mode=eval: continuous evaluation, to the run's final step.
-  evaluate = subprocess.run(
-      [sys.executable, os.path.join(BIN, "trainer"), "--use_tpu=False",
-       f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--mode=eval",
-       *_TINY_FLAGS],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
+  evaluate = subprocess.run([
+      sys.executable,
+      os.path.join(BIN, "trainer"), "--use_tpu=False", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}", "--mode=eval", *_TINY_FLAGS
+  ], env=env, capture_output=True, text=True, timeout=300, check=False)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert "Evaluated the final checkpoint (step >= 2); done" in evaluate.stderr
 
@@ -243,13 +244,14 @@ def test_a_reference_command_line_trains_and_readme_finetune_files_evaluate(
       "MODEL_NAME = 'efficientnet-b0'\nNUM_CLASSES = 10\nIMAGE_SIZE = 32\n"
       "effnet_gin.model.build_model.width_coefficient = 0.1\n"
       "effnet_gin.model.build_model.depth_coefficient = 0.1\n")
-  evaluate = subprocess.run(
-      [sys.executable, os.path.join(BIN, "evaluator"),
-       "--gin_file=b0_cpu.gin", f"--gin_file={model_gin}",
-       "--gin_file=finetune.gin", f"--data_dir={data_dir}",
-       f"--model_dir={model_dir}", f"--checkpoint={model_dir}/ckpt-2",
-       "--num_eval_images=16", "--eval_batch_size=8"],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
+  evaluate = subprocess.run([
+      sys.executable,
+      os.path.join(
+          BIN, "evaluator"), "--gin_file=b0_cpu.gin", f"--gin_file={model_gin}",
+      "--gin_file=finetune.gin", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}", f"--checkpoint={model_dir}/ckpt-2",
+      "--num_eval_images=16", "--eval_batch_size=8"
+  ], env=env, capture_output=True, text=True, timeout=300, check=False)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   assert f"Evaluated {model_dir}/ckpt-2 (step 2" in evaluate.stderr
   with open(model_dir / "eval" / "results.jsonl") as f:
@@ -263,9 +265,11 @@ def test_a_misspelt_macro_is_named_with_the_closest_set_one(caplog):
   assert "TRAIN_STEP is set but no binding uses it; did you mean " \
          "TRAIN_STEPS?" in caplog.text
   gin.clear_config()
-  with pytest.raises(config_errors.ConfigError, match=(
-      r"^TRAIN_STEP is used but never set: .*\(or did you mean "
-      r"TRAIN_STEPS\?\)$")):
-    cli.configure(["b0_cpu.gin"], ["TRAIN_STEPS = 100",
-                                   "effnet_gin.train.train.train_steps = "
-                                   "%TRAIN_STEP"], data_dir="/d", role="train")
+  with pytest.raises(
+      config_errors.ConfigError,
+      match=(r"^TRAIN_STEP is used but never set: .*\(or did you mean "
+             r"TRAIN_STEPS\?\)$")):
+    cli.configure(["b0_cpu.gin"], [
+        "TRAIN_STEPS = 100", "effnet_gin.train.train.train_steps = "
+        "%TRAIN_STEP"
+    ], data_dir="/d", role="train")

@@ -39,23 +39,26 @@ def schedule_of_config():
 # ---------------------------------------------------------------------------
 # Durations in epochs
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("epochs,batch,steps", [
-    (350, 2048, 218949),   # main.py's default --train_steps.
-    (10, 2048, 6255),      # main.py's default --steps_per_eval.
-    (2, 2048, 1251),       # main.py's default --iterations_per_loop.
-    (350, 256, 1751595),
-    (350, 32, 14012764),
-    (350, 65536, 6842),
-])
+@pytest.mark.parametrize(
+    "epochs,batch,steps",
+    [
+        (350, 2048, 218949),  # main.py's default --train_steps.
+        (10, 2048, 6255),  # main.py's default --steps_per_eval.
+        (2, 2048, 1251),  # main.py's default --iterations_per_loop.
+        (350, 256, 1751595),
+        (350, 32, 14012764),
+        (350, 65536, 6842),
+    ])
 def test_steps_for_epochs_truncates_as_the_reference(epochs, batch, steps):
   assert durations.steps_for_epochs(epochs=epochs, num_train_images=1281167,
-                                 global_batch_size=batch) == steps
+                                    global_batch_size=batch) == steps
 
 
 @pytest.mark.parametrize("kwargs", [
     dict(epochs=0, num_train_images=10, global_batch_size=2),
     dict(epochs=1, num_train_images=10, global_batch_size=0),
-    dict(epochs="350", num_train_images=10, global_batch_size=2)])
+    dict(epochs="350", num_train_images=10, global_batch_size=2)
+])
 def test_steps_for_epochs_rejects_non_positive_values(kwargs):
   with pytest.raises(ValueError, match="must be a positive number"):
     durations.steps_for_epochs(**kwargs)
@@ -77,8 +80,8 @@ def test_b0_tpu_schedule_is_the_reference():
 
 @pytest.mark.parametrize("name,batch,steps", [("b0_gpu.gin", 256, 1751595),
                                               ("b0_cpu.gin", 32, 14012764)])
-def test_gpu_and_cpu_configs_train_350_epochs_at_their_batch(name, batch,
-                                                             steps):
+def test_gpu_and_cpu_configs_train_350_epochs_at_their_batch(
+    name, batch, steps):
   cli.configure([name], **DATA)
   assert resolved("effnet_gin.train.train.train_batch_size") == batch
   train_steps = resolved("effnet_gin.train.train.train_steps")
@@ -95,18 +98,19 @@ def test_an_explicit_train_steps_wins_everywhere():
   assert resolved("effnet_gin.train.train.train_steps") == 1000
   assert resolved("effnet_gin.train.evaluate.train_steps") == 1000
   gin.clear_config()
-  cli.configure(["b0_tpu.gin"], ["TRAIN_EPOCHS = 90", "TRAIN_BATCH_SIZE = 4096"],
-                **DATA)
+  cli.configure(["b0_tpu.gin"],
+                ["TRAIN_EPOCHS = 90", "TRAIN_BATCH_SIZE = 4096"], **DATA)
   assert resolved("effnet_gin.train.train.train_steps") == 28150
 
 
 def test_durations_describe_every_count():
   schedule = optim.build_schedule(global_batch_size=2048,
                                   num_train_images=1281167)
-  line = durations.durations_of(
-      train_steps=218949, num_train_images=1281167, global_batch_size=2048,
-      schedule=schedule, steps_per_eval=6255, checkpoint_every_steps=1251,
-      steps_per_loop=1251).describe()
+  line = durations.durations_of(train_steps=218949, num_train_images=1281167,
+                                global_batch_size=2048, schedule=schedule,
+                                steps_per_eval=6255,
+                                checkpoint_every_steps=1251,
+                                steps_per_loop=1251).describe()
   for text in ("218949 train steps (350.00 epochs", "warm-up 3127 steps",
                "decay every 1501.37 steps (2.40 epochs)",
                "eval every 6255 steps (10.00 epochs)",
@@ -118,8 +122,16 @@ def test_durations_describe_every_count():
 # The variant table is the one source of resolution and dropout
 # ---------------------------------------------------------------------------
 # Paper Table 2 / the reference's efficientnet_params: (resolution, dropout).
-VARIANT_TABLE = {0: (224, 0.2), 1: (240, 0.2), 2: (260, 0.3), 3: (300, 0.3),
-                 4: (380, 0.4), 5: (456, 0.4), 6: (528, 0.5), 7: (600, 0.5)}
+VARIANT_TABLE = {
+    0: (224, 0.2),
+    1: (240, 0.2),
+    2: (260, 0.3),
+    3: (300, 0.3),
+    4: (380, 0.4),
+    5: (456, 0.4),
+    6: (528, 0.5),
+    7: (600, 0.5)
+}
 IMAGE_SIZE_USERS = ("effnet_gin.model.build_model.image_size",
                     "effnet_gin.train.train.image_size",
                     "effnet_gin.train.evaluate.image_size",
@@ -131,7 +143,8 @@ def test_each_variant_config_runs_at_its_own_resolution_and_dropout(index):
   resolution, dropout = VARIANT_TABLE[index]
   cli.configure([f"b{index}_tpu.gin"], [
       "effnet_gin.model.build_model.width_coefficient = 0.1",
-      "effnet_gin.model.build_model.depth_coefficient = 0.1"], **DATA)
+      "effnet_gin.model.build_model.depth_coefficient = 0.1"
+  ], **DATA)
   for selector in IMAGE_SIZE_USERS:
     assert resolved(selector) == resolution, selector
   model = configurables.build_model()
@@ -153,10 +166,13 @@ def test_a_variant_at_another_size_says_so_once(caplog):
                 depth_coefficient=0.1, image_size=36)
   build_model("efficientnet-b2", 10, width_coefficient=0.1,
               depth_coefficient=0.1)
-  messages = [r.getMessage() for r in caplog.records
-              if "not its own" in r.getMessage()]
-  assert messages == ["efficientnet-b2 runs at 36x36 pixels, not its own "
-                      "260x260 (IMAGE_SIZE overrides the variant table)"]
+  messages = [
+      r.getMessage() for r in caplog.records if "not its own" in r.getMessage()
+  ]
+  assert messages == [
+      "efficientnet-b2 runs at 36x36 pixels, not its own "
+      "260x260 (IMAGE_SIZE overrides the variant table)"
+  ]
 
 
 # ---------------------------------------------------------------------------
@@ -202,8 +218,15 @@ def test_every_tpu_config_is_the_reference_recipe(index):
 
 @pytest.mark.parametrize("index", range(1, 8))
 def test_variant_headers_state_their_own_accuracy(index):
-  paper_top1 = {1: "79.1", 2: "80.1", 3: "81.6", 4: "82.9", 5: "83.6",
-                6: "84.0", 7: "84.3"}
+  paper_top1 = {
+      1: "79.1",
+      2: "80.1",
+      3: "81.6",
+      4: "82.9",
+      5: "83.6",
+      6: "84.0",
+      7: "84.3"
+  }
   with open(cli.resolve_gin_file(f"b{index}_tpu.gin")) as f:
     header = f.read()
   assert f"top-1 {paper_top1[index]}%" in header
@@ -215,11 +238,12 @@ def test_variant_headers_state_their_own_accuracy(index):
 # ---------------------------------------------------------------------------
 # Required values fail at parse time
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["b0_tpu.gin", "b0_gpu.gin", "b0_cpu.gin",
-                                  "b7_tpu.gin"])
+@pytest.mark.parametrize(
+    "name", ["b0_tpu.gin", "b0_gpu.gin", "b0_cpu.gin", "b7_tpu.gin"])
 def test_a_missing_data_dir_fails_at_parse_time_naming_it(name):
-  with pytest.raises(ValueError, match=r"TFRecordSource\.data_dir is required"
-                     r".*--data_dir"):
+  with pytest.raises(
+      ValueError, match=r"TFRecordSource\.data_dir is required"
+      r".*--data_dir"):
     cli.configure([name], needs_input=True)
   gin.clear_config()
   cli.configure([name], needs_input=True, **DATA)
@@ -229,8 +253,9 @@ def test_a_missing_data_dir_fails_at_parse_time_naming_it(name):
 
 
 def test_the_trainer_names_a_missing_data_dir_and_model_dir(tmp_path):
-  base = [sys.executable, f"{trainer_helpers.BIN}/trainer",
-          "--gin_file=b0_cpu.gin"]
+  base = [
+      sys.executable, f"{trainer_helpers.BIN}/trainer", "--gin_file=b0_cpu.gin"
+  ]
   env = trainer_helpers.subprocess_env()
   no_data = subprocess.run(base + [f"--model_dir={tmp_path}"], env=env,
                            capture_output=True, text=True, timeout=120,
@@ -269,9 +294,11 @@ def test_pod_config_is_the_large_batch_recipe():
 
 # The reference README: RandAugment 2 layers, magnitude 17 for B5, 28 for B7
 # and B8, its default 10 otherwise.
-@pytest.mark.parametrize("name,magnitude", [
-    ("b0_tpu.gin", 10), ("b4_tpu.gin", 10), ("b5_tpu.gin", 17),
-    ("b6_tpu.gin", 10), ("b7_tpu.gin", 28)])
+@pytest.mark.parametrize("name,magnitude", [("b0_tpu.gin", 10),
+                                            ("b4_tpu.gin", 10),
+                                            ("b5_tpu.gin", 17),
+                                            ("b6_tpu.gin", 10),
+                                            ("b7_tpu.gin", 28)])
 def test_randaugment_overlay_uses_the_variants_magnitude(name, magnitude):
   cli.configure([name, "randaugment.gin"], **DATA)
   assert resolved("effnet_gin.data.build_dataset.augment") == "randaugment"

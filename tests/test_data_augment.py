@@ -18,8 +18,8 @@ def _check_uint8_image(output, shape):
   assert tuple(output.shape) == tuple(shape)
 
 
-@pytest.mark.parametrize('name', policies.RANDAUGMENT_OPS)
-@pytest.mark.parametrize('level', [0.0, 5.0, 10.0, 28.0])
+@pytest.mark.parametrize("name", policies.RANDAUGMENT_OPS)
+@pytest.mark.parametrize("level", [0.0, 5.0, 10.0, 28.0])
 def test_every_op_keeps_uint8_shape(name, level):
   image = _image()
   output = policies._apply_op(image, name, level, tf.constant([1, 2], tf.int64),
@@ -43,8 +43,8 @@ def test_simple_ops_match_their_definitions():
 
 
 def test_histogram_ops():
-  low_contrast = tf.constant(np.random.default_rng(0).integers(
-      100, 141, [32, 32, 3]).astype(np.uint8))
+  low_contrast = tf.constant(
+      np.random.default_rng(0).integers(100, 141, [32, 32, 3]).astype(np.uint8))
   stretched = policies.autocontrast(low_contrast).numpy()
   assert stretched.min() == 0 and stretched.max() == 255
   equalized = policies.equalize(low_contrast).numpy()
@@ -70,10 +70,10 @@ def _pil_equalize(image):
   return output
 
 
-@pytest.mark.parametrize('low,high', [(100, 141), (0, 256), (0, 3), (7, 8)])
+@pytest.mark.parametrize("low,high", [(100, 141), (0, 256), (0, 3), (7, 8)])
 def test_equalize_matches_pil(low, high):
-  image = np.random.default_rng(low).integers(low, high, [40, 30, 3]).astype(
-      np.uint8)
+  image = np.random.default_rng(low).integers(low, high,
+                                              [40, 30, 3]).astype(np.uint8)
   image[..., 2] = 9  # One flat channel.
   np.testing.assert_array_equal(policies.equalize(tf.constant(image)),
                                 _pil_equalize(image))
@@ -90,10 +90,11 @@ def test_geometric_ops_fill_with_grey():
   assert 1 <= (cut == 128).all(axis=-1).sum() <= 16
 
 
-@pytest.mark.parametrize('policy', ['autoaugment', 'randaugment'])
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment"])
 def test_policies_same_eagerly_and_in_tf_data_and_in_range(policy):
+
   def apply(image, seed):
-    if policy == 'autoaugment':
+    if policy == "autoaugment":
       return policies.autoaugment(image, seed)
     return policies.randaugment(image, seed, num_layers=2, magnitude=17)
 
@@ -111,9 +112,9 @@ def test_policies_same_eagerly_and_in_tf_data_and_in_range(policy):
 
 
 def test_policies_reject_float_images():
-  with pytest.raises(ValueError, match='uint8'):
+  with pytest.raises(ValueError, match="uint8"):
     policies.autoaugment(tf.zeros([8, 8, 3]), [0, 0])
-  with pytest.raises(ValueError, match='uint8'):
+  with pytest.raises(ValueError, match="uint8"):
     policies.randaugment(tf.zeros([8, 8, 3]), [0, 0])
 
 

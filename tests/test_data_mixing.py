@@ -42,7 +42,7 @@ def test_random_erasing_replaces_one_box_by_noise_in_range():
   images, _ = _batch(size=64, pixels=32)
   erased = mixing.random_erasing(images, 0.5, [7, 8]).numpy()
   assert 0.0 <= erased.min() and erased.max() <= 255.0
-  changed = np.any(erased != images.numpy(), axis=-1)   # [b, H, W]
+  changed = np.any(erased != images.numpy(), axis=-1)  # [b, H, W]
   fractions = changed.mean(axis=(1, 2))
   touched = fractions > 0
   # About half the images, each within the 2%–33% area range (rounding of
@@ -69,8 +69,8 @@ def test_eager_equals_tf_data():
 
   eager = [augment(seed) for seed in seeds]
   dataset = tf.data.Dataset.from_tensor_slices(seeds).map(augment)
-  for (want_images, want_labels), (got_images, got_labels) in zip(eager,
-                                                                  dataset):
+  for (want_images, want_labels), (got_images,
+                                   got_labels) in zip(eager, dataset):
     np.testing.assert_array_equal(want_images, got_images)
     np.testing.assert_array_equal(want_labels, got_labels)
 

@@ -13,22 +13,22 @@ SIZE = 24
 
 def _pixels(height=30, width=44, seed=0):
   return generated.learnable_image(tf.constant(seed % 10),
-                                   tf.constant([seed, 1], tf.int64),
-                                   height, width)
+                                   tf.constant([seed, 1], tf.int64), height,
+                                   width)
 
 
 def _jpeg(height=30, width=44, seed=0):
   return tf.io.encode_jpeg(_pixels(height, width, seed), quality=95)
 
 
-@pytest.mark.parametrize('kind', ['jpeg', 'png', 'uint8', 'grey_uint8'])
+@pytest.mark.parametrize("kind", ["jpeg", "png", "uint8", "grey_uint8"])
 def test_train_and_eval_shapes_dtypes_and_scale(kind):
   pixels = _pixels()
   image = {
-      'jpeg': tf.io.encode_jpeg(pixels),
-      'png': tf.io.encode_png(pixels),
-      'uint8': pixels,
-      'grey_uint8': pixels[..., :1],
+      "jpeg": tf.io.encode_jpeg(pixels),
+      "png": tf.io.encode_png(pixels),
+      "uint8": pixels,
+      "grey_uint8": pixels[..., :1],
   }[kind]
   for output in (preprocessing.preprocess_for_train(image, SIZE, [1, 2]),
                  preprocessing.preprocess_for_eval(image, SIZE)):
@@ -57,8 +57,10 @@ def test_png_uint8_and_jpeg_inputs_agree():
 def test_train_preprocessing_same_eagerly_and_in_tf_data():
   images = [_jpeg(seed=i) for i in range(4)]
   seeds = [[i, 7] for i in range(4)]
-  eager = [preprocessing.preprocess_for_train(image, SIZE, seed)
-           for image, seed in zip(images, seeds)]
+  eager = [
+      preprocessing.preprocess_for_train(image, SIZE, seed)
+      for image, seed in zip(images, seeds)
+  ]
   dataset = tf.data.Dataset.from_tensor_slices(
       (tf.stack(images), tf.constant(seeds, tf.int64))).map(
           lambda image, seed: preprocessing.preprocess_for_train(
@@ -69,10 +71,12 @@ def test_train_preprocessing_same_eagerly_and_in_tf_data():
 
 def test_eval_preprocessing_same_eagerly_and_in_tf_data():
   image = _jpeg()
-  in_dataset = next(iter(tf.data.Dataset.from_tensors(image).map(
-      lambda x: preprocessing.preprocess_for_eval(x, SIZE))))
-  np.testing.assert_array_equal(
-      preprocessing.preprocess_for_eval(image, SIZE), in_dataset)
+  in_dataset = next(
+      iter(
+          tf.data.Dataset.from_tensors(image).map(
+              lambda x: preprocessing.preprocess_for_eval(x, SIZE))))
+  np.testing.assert_array_equal(preprocessing.preprocess_for_eval(image, SIZE),
+                                in_dataset)
 
 
 def test_train_preprocessing_varies_with_seed_only():
@@ -84,12 +88,12 @@ def test_train_preprocessing_varies_with_seed_only():
   assert not np.array_equal(first, other)
 
 
-@pytest.mark.parametrize('shape', [(30, 44), (375, 500), (7, 200), (64, 64)])
+@pytest.mark.parametrize("shape", [(30, 44), (375, 500), (7, 200), (64, 64)])
 def test_crop_windows_stay_inside_the_image(shape):
   image_shape = tf.constant([*shape, 3])
   for i in range(200):
-    y, x, h, w = preprocessing.train_crop_window(
-        image_shape, SIZE, tf.constant([i, 3])).numpy()
+    y, x, h, w = preprocessing.train_crop_window(image_shape, SIZE,
+                                                 tf.constant([i, 3])).numpy()
     assert 0 <= y and 0 <= x and h >= 1 and w >= 1
     assert y + h <= shape[0] and x + w <= shape[1]
 
@@ -113,8 +117,8 @@ def test_center_crop_window_follows_the_reference_formula():
   window = preprocessing.center_crop_window(
       tf.constant([375, 500, 3]), preprocessing.REFERENCE.eval_crop_share(224))
   size = int(224 / (224 + 32) * 375)
-  np.testing.assert_array_equal(
-      window, [(375 - size + 1) // 2, (500 - size + 1) // 2, size, size])
+  np.testing.assert_array_equal(window, [(375 - size + 1) // 2,
+                                         (500 - size + 1) // 2, size, size])
 
 
 def test_failed_distorted_crop_falls_back_to_center_crop():
@@ -144,19 +148,19 @@ def test_eval_center_crop_keeps_the_centre():
 
 
 def test_bad_image_dtype_or_shape_raises():
-  with pytest.raises(ValueError, match='float32'):
+  with pytest.raises(ValueError, match="float32"):
     preprocessing.preprocess_for_eval(tf.zeros([8, 8, 3]), SIZE)
-  with pytest.raises(ValueError, match='shape'):
+  with pytest.raises(ValueError, match="shape"):
     preprocessing.preprocess_for_eval(tf.zeros([8, 8, 4], tf.uint8), SIZE)
 
 
 def test_corrupt_jpeg_raises():
   jpeg = _jpeg().numpy()
   with pytest.raises(tf.errors.InvalidArgumentError):
-    preprocessing.preprocess_for_eval(tf.constant(b'not an image'), SIZE)
+    preprocessing.preprocess_for_eval(tf.constant(b"not an image"), SIZE)
   with pytest.raises(tf.errors.InvalidArgumentError):
     preprocessing.preprocess_for_train(
-        tf.constant(jpeg[:len(jpeg) // 3] + b'\0' * 20), SIZE, [0, 0])
+        tf.constant(jpeg[:len(jpeg) // 3] + b"\0" * 20), SIZE, [0, 0])
 
 
 # ---------------------------------------------------------------------------
@@ -166,15 +170,15 @@ def test_corrupt_jpeg_raises():
 Preprocessing = preprocessing.Preprocessing
 
 
-@pytest.mark.parametrize('method', ['tf1_bicubic', 'bicubic', 'bilinear'])
+@pytest.mark.parametrize("method", ["tf1_bicubic", "bicubic", "bilinear"])
 def test_resize_methods_same_eagerly_and_in_tf_data(method):
   options = Preprocessing(resize_method=method)
   images = tf.stack([_jpeg(seed=i) for i in range(3)])
   seeds = tf.constant([[i, 9] for i in range(3)], tf.int64)
   dataset = tf.data.Dataset.from_tensor_slices((images, seeds)).map(
-      lambda image, seed: (
-          preprocessing.preprocess_for_train(image, SIZE, seed, options),
-          preprocessing.preprocess_for_eval(image, SIZE, options)),
+      lambda image, seed:
+      (preprocessing.preprocess_for_train(image, SIZE, seed, options),
+       preprocessing.preprocess_for_eval(image, SIZE, options)),
       num_parallel_calls=2)
   for image, seed, (train, evaluation) in zip(images, seeds, dataset):
     np.testing.assert_array_equal(
@@ -189,37 +193,36 @@ def test_tf1_bicubic_is_not_clipped_and_differs_from_tf2():
   pixels[:, 15:] = 255
   tf1 = preprocessing.resize(tf.constant(pixels), 64).numpy()
   assert tf1.min() < -1.0 and tf1.max() > 256.0
-  tf2 = preprocessing.resize(tf.constant(pixels), 64, 'bicubic').numpy()
+  tf2 = preprocessing.resize(tf.constant(pixels), 64, "bicubic").numpy()
   assert np.abs(tf1 - tf2).max() > 10.0
 
 
 def test_resize_method_is_the_one_named():
   pixels = _pixels()
   square = pixels[:, 7:37]  # The centre crop of the 30x44 image.
-  for method in ('bilinear', 'area', 'bicubic'):
+  for method in ("bilinear", "area", "bicubic"):
     output = preprocessing.preprocess_for_eval(
         pixels, SIZE, Preprocessing(eval_crop_padding=0, resize_method=method))
     np.testing.assert_allclose(
-        output, tf.image.resize(square, [SIZE, SIZE], method=method),
-        atol=1e-4)
+        output, tf.image.resize(square, [SIZE, SIZE], method=method), atol=1e-4)
   nearest = preprocessing.preprocess_for_eval(
-      pixels, SIZE, Preprocessing(eval_crop_padding=0, resize_method='nearest'))
+      pixels, SIZE, Preprocessing(eval_crop_padding=0, resize_method="nearest"))
   assert nearest.dtype == tf.float32
   np.testing.assert_array_equal(
-      nearest, tf.cast(tf.image.resize(square, [SIZE, SIZE], 'nearest'),
-                       tf.float32))
+      nearest,
+      tf.cast(tf.image.resize(square, [SIZE, SIZE], "nearest"), tf.float32))
 
 
 def test_eval_crop_padding_zero_keeps_the_whole_short_side():
   window = preprocessing.center_crop_window(
-      tf.constant([30, 44, 3]), Preprocessing(eval_crop_padding=0)
-      .eval_crop_share(SIZE))
+      tf.constant([30, 44, 3]),
+      Preprocessing(eval_crop_padding=0).eval_crop_share(SIZE))
   np.testing.assert_array_equal(window, [0, 7, 30, 30])
   # At S equal to the short side the TF1 resize is the identity.
   pixels = _pixels(30, 30)
   np.testing.assert_array_equal(
-      preprocessing.preprocess_for_eval(
-          pixels, 30, Preprocessing(eval_crop_padding=0)),
+      preprocessing.preprocess_for_eval(pixels, 30,
+                                        Preprocessing(eval_crop_padding=0)),
       tf.cast(pixels, tf.float32))
 
 
@@ -234,18 +237,19 @@ def test_eval_crop_fraction_overrides_the_padding():
   np.testing.assert_array_equal(window, [5, 55, 90, 90])
   pixels = _pixels()
   np.testing.assert_array_equal(
-      preprocessing.preprocess_for_eval(
-          pixels, SIZE, Preprocessing(eval_crop_fraction=1.0)),
-      preprocessing.preprocess_for_eval(
-          pixels, SIZE, Preprocessing(eval_crop_padding=0)))
+      preprocessing.preprocess_for_eval(pixels, SIZE,
+                                        Preprocessing(eval_crop_fraction=1.0)),
+      preprocessing.preprocess_for_eval(pixels, SIZE,
+                                        Preprocessing(eval_crop_padding=0)))
 
 
 def _sampled_crops(options, shape=(375, 500), count=200):
   """(crops, fallbacks): the sampled (h, w) and how many samples failed."""
   crops, fallbacks = [], 0
   for i in range(count):
-    _, _, h, w = preprocessing.distorted_crop_window(
-        tf.constant([*shape, 3]), tf.constant([i, 5]), options).numpy()
+    _, _, h, w = preprocessing.distorted_crop_window(tf.constant([*shape, 3]),
+                                                     tf.constant([i, 5]),
+                                                     options).numpy()
     if (h, w) == shape:
       fallbacks += 1
     else:
@@ -271,9 +275,8 @@ def test_min_object_covered_and_max_attempts():
   shape = tf.constant([375, 500, 3])
   for i in range(5):
     np.testing.assert_array_equal(
-        preprocessing.train_crop_window(
-            shape, SIZE, tf.constant([i, 0]),
-            Preprocessing(min_object_covered=1.0)),
+        preprocessing.train_crop_window(shape, SIZE, tf.constant([i, 0]),
+                                        Preprocessing(min_object_covered=1.0)),
         preprocessing.center_crop_window(shape, SIZE / (SIZE + 32)))
   # On a 1:10 strip few samples meet the aspect range: fewer attempts fail
   # more often.
@@ -282,25 +285,25 @@ def test_min_object_covered_and_max_attempts():
   assert few > many + 20
 
 
-@pytest.mark.parametrize('knob,value', [
-    ('area_range', (0.0, 1.0)),
-    ('area_range', (0.5, 0.2)),
-    ('area_range', (0.1, 1.5)),
-    ('area_range', 0.5),
-    ('aspect_ratio_range', (0.0, 1.0)),
-    ('aspect_ratio_range', (2.0, 1.0, 3.0)),
-    ('min_object_covered', 1.5),
-    ('min_object_covered', None),
-    ('max_attempts', 0),
-    ('max_attempts', 2.5),
-    ('eval_crop_padding', -1),
-    ('eval_crop_padding', 8.0),
-    ('eval_crop_fraction', 0.0),
-    ('eval_crop_fraction', 1.2),
-    ('resize_method', 'cubic'),
+@pytest.mark.parametrize("knob,value", [
+    ("area_range", (0.0, 1.0)),
+    ("area_range", (0.5, 0.2)),
+    ("area_range", (0.1, 1.5)),
+    ("area_range", 0.5),
+    ("aspect_ratio_range", (0.0, 1.0)),
+    ("aspect_ratio_range", (2.0, 1.0, 3.0)),
+    ("min_object_covered", 1.5),
+    ("min_object_covered", None),
+    ("max_attempts", 0),
+    ("max_attempts", 2.5),
+    ("eval_crop_padding", -1),
+    ("eval_crop_padding", 8.0),
+    ("eval_crop_fraction", 0.0),
+    ("eval_crop_fraction", 1.2),
+    ("resize_method", "cubic"),
 ])
 def test_bad_knob_values_raise_naming_the_knob(knob, value):
-  with pytest.raises(ValueError, match=f'Preprocessing.{knob} must'):
+  with pytest.raises(ValueError, match=f"Preprocessing.{knob} must"):
     Preprocessing(**{knob: value})
 
 
@@ -309,8 +312,8 @@ def test_gin_binds_the_knobs():
       effnet_gin.data.Preprocessing.area_range = [0.5, 1.0]
       effnet_gin.data.Preprocessing.eval_crop_padding = 0
   """)
-  assert configurables.Preprocessing() == Preprocessing(
-      area_range=(0.5, 1.0), eval_crop_padding=0)
+  assert configurables.Preprocessing() == Preprocessing(area_range=(0.5, 1.0),
+                                                        eval_crop_padding=0)
   # The library's class is plain Python: bindings do not reach it.
   assert Preprocessing() == preprocessing.REFERENCE
   assert preprocessing.REFERENCE == Preprocessing(area_range=(0.08, 1.0),

@@ -22,22 +22,28 @@ from effnet_gin.model import layers
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("replicas,per_replica,images,expected", [
-    (512, 64, 128, 2),     # v3-512 at 32,768: the reference's default.
-    (256, 128, 128, 1),    # 128 images per core: each core alone.
-    (64, 16, 128, 8), (16, 64, 256, 4), (32, 32, 1024, 32),
-    (8, 128, 128, 8),      # Up to 8 replicas: all of them.
-    (4, 4, 8, 4), (1, 32, 128, 1)])
+@pytest.mark.parametrize(
+    "replicas,per_replica,images,expected",
+    [
+        (512, 64, 128, 2),  # v3-512 at 32,768: the reference's default.
+        (256, 128, 128, 1),  # 128 images per core: each core alone.
+        (64, 16, 128, 8),
+        (16, 64, 256, 4),
+        (32, 32, 1024, 32),
+        (8, 128, 128, 8),  # Up to 8 replicas: all of them.
+        (4, 4, 8, 4),
+        (1, 32, 128, 1)
+    ])
 def test_groups_follow_the_reference(replicas, per_replica, images, expected):
   setting = cross_replica.distributed(images)
-  assert cross_replica.distributed_group_size(
-      setting, replicas, per_replica) == expected
+  assert cross_replica.distributed_group_size(setting, replicas,
+                                              per_replica) == expected
 
 
 def test_settings_parse_and_bad_ones_fail():
   assert cross_replica.distributed() == "distributed:128"
-  assert cross_replica.distributed(256, all_replicas_up_to=2) == (
-      "distributed:256:2")
+  assert cross_replica.distributed(
+      256, all_replicas_up_to=2) == ("distributed:256:2")
   assert cross_replica.parse_distributed("distributed:128") == (128, 8)
   assert cross_replica.parse_distributed("all") is None
   for bad in ("distributed", "distributed:0", "distributed:x",
@@ -52,14 +58,14 @@ def test_settings_parse_and_bad_ones_fail():
 def _reference_group_stats(x, group_size):
   """NumPy: per-replica [C] mean and variance of each replica's group."""
   replica_means = x.mean(axis=(1, 2, 3))
-  replica_squares = (x ** 2).mean(axis=(1, 2, 3))
+  replica_squares = (x**2).mean(axis=(1, 2, 3))
   means, variances = [], []
   for replica in range(x.shape[0]):
     start = replica // group_size * group_size
     mean = replica_means[start:start + group_size].mean(axis=0)
     square = replica_squares[start:start + group_size].mean(axis=0)
     means.append(mean)
-    variances.append(square - mean ** 2)
+    variances.append(square - mean**2)
   return np.array(means), np.array(variances)
 
 
@@ -68,16 +74,15 @@ def _normalized(x, mean, variance, gamma, beta, epsilon):
 
 
 def test_one_device_compiles_under_xla_with_uncorrected_moving_variance():
-  x = np.random.default_rng(1).normal(1.0, 2.0, (6, 4, 4, 3)).astype(
-      np.float32)
+  x = np.random.default_rng(1).normal(1.0, 2.0, (6, 4, 4, 3)).astype(np.float32)
   layer = layers.BatchNorm(momentum=0.9, group_size="distributed:128")
   layer.build(x.shape)
   outputs = tf.function(lambda t: layer(t, training=True),
                         jit_compile=True)(tf.constant(x))
   mean, variance = _reference_group_stats(x[None], 1)
   np.testing.assert_allclose(
-      outputs, _normalized(x, mean[0], variance[0], 1.0, 0.0, 1e-3),
-      rtol=1e-4, atol=1e-4)
+      outputs, _normalized(x, mean[0], variance[0], 1.0, 0.0, 1e-3), rtol=1e-4,
+      atol=1e-4)
   np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean[0],
                              rtol=1e-5, atol=1e-6)
   # E[x²] − E[x]² as it is: no n / (n − 1) factor.
@@ -126,21 +131,24 @@ def test_mirrored_four_replicas_groups_of_two(tmp_path):
   rng = np.random.default_rng(0)
   # Each replica's images have their own offset and spread, so the two
   # groups' statistics differ from each other and from the global ones.
-  x = np.stack([rng.normal(shift, spread, (2, 3, 3, 5))
-                for shift, spread in ((0, 1), (4, 2), (-3, 0.5), (10, 3))]
-               ).astype(np.float32)
+  x = np.stack([
+      rng.normal(shift, spread, (2, 3, 3, 5))
+      for shift, spread in ((0, 1), (4, 2), (-3, 0.5), (10, 3))
+  ]).astype(np.float32)
   gamma = np.linspace(0.5, 2.0, 5).astype(np.float32)
   beta = np.linspace(-1.0, 1.0, 5).astype(np.float32)
   np.savez(tmp_path / "in.npz", x=x, gamma=gamma, beta=beta)
   script = tmp_path / "four.py"
   script.write_text(_FOUR_REPLICAS)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-             PYTHONPATH=os.pathsep.join(
-                 [_REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-  result = subprocess.run(
-      [sys.executable, str(script), str(tmp_path / "in.npz"),
-       str(tmp_path / "out.npz")],
-      env=env, capture_output=True, text=True, timeout=120)
+  env = dict(
+      os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
+          [_REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+  result = subprocess.run([
+      sys.executable,
+      str(script),
+      str(tmp_path / "in.npz"),
+      str(tmp_path / "out.npz")
+  ], env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   got = np.load(tmp_path / "out.npz")
 
@@ -149,8 +157,8 @@ def test_mirrored_four_replicas_groups_of_two(tmp_path):
   for replica in range(4):
     np.testing.assert_allclose(
         got["outputs"][replica],
-        _normalized(x[replica], means[replica], variances[replica], gamma,
-                    beta, 1e-3), rtol=1e-4, atol=1e-4)
+        _normalized(x[replica], means[replica], variances[replica], gamma, beta,
+                    1e-3), rtol=1e-4, atol=1e-4)
   # Moving averages: the mean over all 4 replicas of their groups'
   # statistics, from the initial 0 and 1 with momentum 0.9.
   np.testing.assert_allclose(got["moving_mean"], 0.1 * means.mean(axis=0),

@@ -42,27 +42,29 @@ class _Recorded:
 
 def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
   assert gin.config_str() == ""  # Nothing parsed: conftest clears gin.
-  model_builder = _Recorded(functools.partial(
-      model_lib.build_model, "efficientnet-b0", num_classes=NUM_CLASSES,
-      width_coefficient=0.1, depth_coefficient=0.1, image_size=SIZE))
+  model_builder = _Recorded(
+      functools.partial(model_lib.build_model, "efficientnet-b0",
+                        num_classes=NUM_CLASSES, width_coefficient=0.1,
+                        depth_coefficient=0.1, image_size=SIZE))
   source = data.RandomNoiseSource(num_train=16, num_eval=6,
                                   num_classes=NUM_CLASSES, image_size=40)
-  dataset_builder = _Recorded(functools.partial(
-      data.build_dataset, source=source, num_classes=NUM_CLASSES))
-  schedule_builder = _Recorded(functools.partial(
-      optim.build_schedule, base_learning_rate=0.01, warmup_epochs=0))
-  optimizer_builder = _Recorded(functools.partial(optim.build_optimizer,
-                                                  name="momentum"))
-  ema_builder = _Recorded(functools.partial(averaging.ExponentialMovingAverage,
-                                            decay=0.5))
+  dataset_builder = _Recorded(
+      functools.partial(data.build_dataset, source=source,
+                        num_classes=NUM_CLASSES))
+  schedule_builder = _Recorded(
+      functools.partial(optim.build_schedule, base_learning_rate=0.01,
+                        warmup_epochs=0))
+  optimizer_builder = _Recorded(
+      functools.partial(optim.build_optimizer, name="momentum"))
+  ema_builder = _Recorded(
+      functools.partial(averaging.ExponentialMovingAverage, decay=0.5))
   strategy = distribute.build_strategy(kind="cpu")
   model_dir = str(tmp_path / "run")
   result = trainer.train(
-      model_dir=model_dir, train_steps=2, train_batch_size=4,
-      image_size=SIZE, num_train_images=16, steps_per_loop=1,
-      mode="train_and_eval", eval_batch_size=4, steps_per_eval=2,
-      model_builder=model_builder, dataset_builder=dataset_builder,
-      schedule_builder=schedule_builder,
+      model_dir=model_dir, train_steps=2, train_batch_size=4, image_size=SIZE,
+      num_train_images=16, steps_per_loop=1, mode="train_and_eval",
+      eval_batch_size=4, steps_per_eval=2, model_builder=model_builder,
+      dataset_builder=dataset_builder, schedule_builder=schedule_builder,
       optimizer_builder=optimizer_builder, ema_builder=ema_builder,
       strategy=strategy, command="python test")
 
@@ -73,8 +75,9 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
   assert model_builder.calls == [{}]
   assert [c["split"] for c in dataset_builder.calls] == ["train", "eval"]
   assert dataset_builder.calls[0]["global_batch_size"] == 4
-  assert schedule_builder.calls == [dict(global_batch_size=4,
-                                         num_train_images=16, train_steps=2)]
+  assert schedule_builder.calls == [
+      dict(global_batch_size=4, num_train_images=16, train_steps=2)
+  ]
   [optimizer] = optimizer_builder.results
   assert isinstance(optimizer, optim.TF1Momentum)
   assert int(optimizer.iterations.numpy()) == 2
@@ -87,13 +90,13 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
 
   # The evaluator restores the final checkpoint's EMA weights: the scores the
   # in-process evaluation of the same weights gave.
-  [evaluated] = evaluate_lib.evaluate(
-      model_dir=model_dir, eval_batch_size=4, image_size=SIZE,
-      checkpoint=f"{model_dir}/ckpt-2", model_builder=model_builder,
-      dataset_builder=dataset_builder, strategy=strategy)
+  [evaluated
+  ] = evaluate_lib.evaluate(model_dir=model_dir, eval_batch_size=4,
+                            image_size=SIZE, checkpoint=f"{model_dir}/ckpt-2",
+                            model_builder=model_builder,
+                            dataset_builder=dataset_builder, strategy=strategy)
   for name in ("top_1_accuracy", "top_5_accuracy", "loss", "num_examples"):
-    np.testing.assert_allclose(evaluated[name], result["eval"][name],
-                               rtol=1e-5)
+    np.testing.assert_allclose(evaluated[name], result["eval"][name], rtol=1e-5)
 
   # The export serves those weights, preprocessed as given.
   export_dir = str(tmp_path / "serving")
@@ -102,17 +105,20 @@ def test_train_evaluate_and_export_with_explicit_collaborators(tmp_path):
                     preprocessing=data.Preprocessing(eval_crop_padding=0))
   assert model_builder.calls[-1] == dict(num_classes=NUM_CLASSES)
   served = tf.saved_model.load(export_dir)
-  images, _, _ = next(iter(data.build_dataset(
-      split="eval", global_batch_size=4, image_size=SIZE, source=source,
-      num_classes=NUM_CLASSES)))
+  images, _, _ = next(
+      iter(
+          data.build_dataset(split="eval", global_batch_size=4, image_size=SIZE,
+                             source=source, num_classes=NUM_CLASSES)))
   restored = export_lib.restore_for_serving(f"{model_dir}/ckpt-2",
                                             model_builder=model_builder)
   np.testing.assert_allclose(
       served.signatures["serving_images"](images=images)["probabilities"],
       tf.nn.softmax(restored(images, training=False)), atol=1e-4)
   # Its image-bytes signature crops with the Preprocessing it was given.
-  jpeg = tf.io.encode_jpeg(tf.cast(tf.random.stateless_uniform(
-      [48, 40, 3], [1, 2], maxval=255, dtype=tf.int32), tf.uint8))
+  jpeg = tf.io.encode_jpeg(
+      tf.cast(
+          tf.random.stateless_uniform([48, 40, 3], [1, 2], maxval=255,
+                                      dtype=tf.int32), tf.uint8))
   by_signature = served.preprocess_image_bytes(tf.stack([jpeg]))[0].numpy()
   whole = data.preprocess_for_eval(jpeg, SIZE,
                                    data.Preprocessing(eval_crop_padding=0))

@@ -53,10 +53,10 @@ def test_run_evaluation_scores_every_example_once_over_replicas(data_dir):
   assert strategy.num_replicas_in_sync == 2
   with strategy.scope():
     model = configurables.build_model()
-  metrics = run_evaluation(
-      dataset_builder=configurables.dataset_builder(),
-      strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
-      image_size=IMAGE_SIZE)
+  metrics = run_evaluation(dataset_builder=configurables.dataset_builder(),
+                           strategy=strategy, model=model,
+                           eval_batch_size=EVAL_BATCH_SIZE,
+                           image_size=IMAGE_SIZE)
   expected = direct_metrics(model, data_dir)
   assert metrics["num_examples"] == NUM_EVAL
   assert isinstance(metrics["num_examples"], int)
@@ -70,14 +70,13 @@ def test_eval_step_compiles_with_xla(data_dir):
   configure(data_dir)
   strategy = configurables.build_strategy()
   model = configurables.build_model()
-  plain = run_evaluation(
-      dataset_builder=configurables.dataset_builder(),
-      strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
-      image_size=IMAGE_SIZE)
-  compiled = run_evaluation(
-      dataset_builder=configurables.dataset_builder(),
-      strategy=strategy, model=model, eval_batch_size=EVAL_BATCH_SIZE,
-      image_size=IMAGE_SIZE, jit_compile=True)
+  plain = run_evaluation(dataset_builder=configurables.dataset_builder(),
+                         strategy=strategy, model=model,
+                         eval_batch_size=EVAL_BATCH_SIZE, image_size=IMAGE_SIZE)
+  compiled = run_evaluation(dataset_builder=configurables.dataset_builder(),
+                            strategy=strategy, model=model,
+                            eval_batch_size=EVAL_BATCH_SIZE,
+                            image_size=IMAGE_SIZE, jit_compile=True)
   assert compiled["num_examples"] == NUM_EVAL
   assert compiled["top_1_accuracy"] == pytest.approx(plain["top_1_accuracy"])
   assert compiled["loss"] == pytest.approx(plain["loss"], rel=1e-4)
@@ -105,13 +104,13 @@ def test_eval_only_matches_in_process_evaluation_of_that_step(
   writer.manager.checkpoint.read(path).assert_existing_objects_matched()
   with writer.ema.averaged_weights():
     ema_metrics = run_evaluation(
-        dataset_builder=configurables.dataset_builder(),
-        strategy=strategy, model=writer.model,
-        eval_batch_size=EVAL_BATCH_SIZE, image_size=IMAGE_SIZE)
-  raw_metrics = run_evaluation(
-      dataset_builder=configurables.dataset_builder(),
-      strategy=strategy, model=writer.model, eval_batch_size=EVAL_BATCH_SIZE,
-      image_size=IMAGE_SIZE)
+        dataset_builder=configurables.dataset_builder(), strategy=strategy,
+        model=writer.model, eval_batch_size=EVAL_BATCH_SIZE,
+        image_size=IMAGE_SIZE)
+  raw_metrics = run_evaluation(dataset_builder=configurables.dataset_builder(),
+                               strategy=strategy, model=writer.model,
+                               eval_batch_size=EVAL_BATCH_SIZE,
+                               image_size=IMAGE_SIZE)
   assert ema_metrics["loss"] != pytest.approx(raw_metrics["loss"])
 
   [result] = evaluate(model_dir, checkpoint=path)
@@ -124,11 +123,14 @@ def test_eval_only_matches_in_process_evaluation_of_that_step(
   assert raw["loss"] == pytest.approx(raw_metrics["loss"], rel=1e-5)
 
   [line] = read_results(model_dir)  # Re-evaluating step 2 replaced its line.
-  assert set(line) == {"step", "checkpoint", "top_1_accuracy",
-                       "top_5_accuracy", "loss", "num_examples"}
+  assert set(line) == {
+      "step", "checkpoint", "top_1_accuracy", "top_5_accuracy", "loss",
+      "num_examples"
+  }
   assert line["step"] == 2 and line["num_examples"] == NUM_EVAL
   event_files = tf.io.gfile.glob(os.path.join(model_dir, "eval", "events.*"))
-  tags = {(value.tag, event.step) for f in event_files
+  tags = {(value.tag, event.step)
+          for f in event_files
           for event in tf.compat.v1.train.summary_iterator(f)
           for value in event.summary.value}
   assert {("top_1_accuracy", 2), ("top_5_accuracy", 2), ("loss", 2)} <= tags
@@ -160,7 +162,8 @@ def test_continuous_evaluation_evaluates_each_checkpoint_once(
   assert archived == os.path.join(best_dir, f"ckpt-{best['step']}")
   assert sorted(os.listdir(best_dir)) == sorted([
       "best_result.json", "checkpoint", f"ckpt-{best['step']}.index",
-      f"ckpt-{best['step']}.data-00000-of-00001"])
+      f"ckpt-{best['step']}.data-00000-of-00001"
+  ])
   [again] = evaluate(model_dir, checkpoint=best_dir)
   assert again["top_1_accuracy"] == best["top_1_accuracy"]
 
@@ -171,20 +174,22 @@ def test_restarted_evaluator_skips_evaluated_steps(data_dir, tmp_path):
   writer = ContractWriter(model_dir)
   writer.save(1)
   writer.save(2)
-  assert [r["step"] for r in evaluate(model_dir, train_steps=4,
-                                      eval_timeout=0.5,
-                                      newest_only=False)] == [1, 2]
+  assert [
+      r["step"] for r in evaluate(model_dir, train_steps=4, eval_timeout=0.5,
+                                  newest_only=False)
+  ] == [1, 2]
   writer.save(3)
   writer.save(4)
-  assert [r["step"] for r in evaluate(model_dir, train_steps=4,
-                                      newest_only=False)] == [3, 4]
+  assert [
+      r["step"] for r in evaluate(model_dir, train_steps=4, newest_only=False)
+  ] == [3, 4]
   assert [r["step"] for r in read_results(model_dir)] == [1, 2, 3, 4]
   # Everything is evaluated: a third start finds the final step done.
   assert evaluate(model_dir, train_steps=4) == []
 
 
-def test_deleted_checkpoint_is_skipped_with_a_warning(
-    data_dir, tmp_path, caplog):
+def test_deleted_checkpoint_is_skipped_with_a_warning(data_dir, tmp_path,
+                                                      caplog):
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   writer = ContractWriter(model_dir)
@@ -195,8 +200,9 @@ def test_deleted_checkpoint_is_skipped_with_a_warning(
   with caplog.at_level(logging.WARNING):
     results = evaluate(model_dir, train_steps=3, newest_only=False)
   assert [r["step"] for r in results] == [1, 3]
-  assert any(deleted in record.getMessage() and "deleted" in
-             record.getMessage() for record in caplog.records)
+  assert any(
+      deleted in record.getMessage() and "deleted" in record.getMessage()
+      for record in caplog.records)
 
 
 def test_evaluator_stops_after_timeout_without_final_checkpoint(

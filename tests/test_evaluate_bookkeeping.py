@@ -32,8 +32,8 @@ def _best_record(model_dir):
   return records.BestCheckpoint(model_dir).read()
 
 
-def test_crash_while_archiving_the_best_re_evaluates_it(
-    data_dir, tmp_path, monkeypatch):
+def test_crash_while_archiving_the_best_re_evaluates_it(data_dir, tmp_path,
+                                                        monkeypatch):
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   writer = ContractWriter(model_dir)
@@ -52,10 +52,12 @@ def test_crash_while_archiving_the_best_re_evaluates_it(
   assert [r["step"] for r in results] == [1, 2]
   best = max(read_results(model_dir), key=lambda r: r["top_1_accuracy"])
   record = _best_record(model_dir)
-  assert (record["step"], record["top_1_accuracy"]) == (
-      best["step"], best["top_1_accuracy"])
-  assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")) == (
-      os.path.join(model_dir, "best", f"ckpt-{best['step']}"))
+  assert (record["step"], record["top_1_accuracy"]) == (best["step"],
+                                                        best["top_1_accuracy"])
+  assert tf.train.latest_checkpoint(os.path.join(model_dir,
+                                                 "best")) == (os.path.join(
+                                                     model_dir, "best",
+                                                     f"ckpt-{best['step']}"))
 
 
 def test_evaluating_the_best_checkpoint_itself_damages_nothing(
@@ -99,8 +101,8 @@ def test_another_runs_checkpoint_changes_nothing_in_this_run(
   assert added == {os.path.join("eval", run_dir.OTHER_RESULTS_FILE)}
   assert {k: after[k] for k in before} == before
   with pytest.raises(ValueError, match="not one of the checkpoints"):
-    records.BestCheckpoint(model_dir).offer(
-        dict(result, top_1_accuracy=2.0), None)
+    records.BestCheckpoint(model_dir).offer(dict(result, top_1_accuracy=2.0),
+                                            None)
 
 
 def test_newest_only_skips_older_checkpoints_and_says_so(
@@ -112,12 +114,16 @@ def test_newest_only_skips_older_checkpoints_and_says_so(
   with caplog.at_level(logging.WARNING):
     results = evaluate(model_dir, train_steps=3)
   assert [r["step"] for r in results] == [3]
-  [skipped] = [r.getMessage() for r in caplog.records
-               if r.getMessage().startswith("Skipped")]
+  [skipped] = [
+      r.getMessage()
+      for r in caplog.records
+      if r.getMessage().startswith("Skipped")
+  ]
   assert paths[0] in skipped and paths[1] in skipped
 
 
-def test_train_steps_come_from_the_trainers_run_file(data_dir, tmp_path, caplog):
+def test_train_steps_come_from_the_trainers_run_file(data_dir, tmp_path,
+                                                     caplog):
   configure(data_dir)
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(3)
@@ -141,9 +147,11 @@ def test_record_counts_are_cached_by_name_and_size(data_dir, tmp_path):
   with open(cache.path) as f:
     saved = json.load(f)
   files = sorted(glob.glob(os.path.join(data_dir, "validation-*")))
-  assert saved == [[path, os.path.getsize(path),
-                    sum(1 for _ in tf.data.TFRecordDataset(path))]
-                   for path in files]
+  assert saved == [[
+      path,
+      os.path.getsize(path),
+      sum(1 for _ in tf.data.TFRecordDataset(path))
+  ] for path in files]
 
   # A restart (a fresh process has no counts) takes them from the file.
   tfrecord.PROCESS_RECORD_COUNTS.clear()
@@ -163,8 +171,7 @@ def test_an_in_process_recorder_is_the_one_writer_of_the_runs_records(
   model_dir = str(tmp_path / "run")
   ContractWriter(model_dir).save(1)
   evaluator_recorder = records.Recorder(model_dir, chief=True)
-  trainer_recorder = records.Recorder(model_dir, chief=True,
-                                           in_process=True)
+  trainer_recorder = records.Recorder(model_dir, chief=True, in_process=True)
   own = dict(step=1, checkpoint=os.path.join(model_dir, "ckpt-1"),
              top_1_accuracy=0.5, top_5_accuracy=0.5, loss=1.0)
   trainer_recorder(own, None)

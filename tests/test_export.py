@@ -60,8 +60,7 @@ def run_fixture(tmp_path):
   step = tf.Variable(0, dtype=tf.int64)
   manager = checkpointing.Manager(
       checkpointing.build_checkpoint(step=step, model=model,
-                                     optimizer=optimizer, ema=ema),
-      model_dir)
+                                     optimizer=optimizer, ema=ema), model_dir)
   for number in (1, 2):
     for i, variable in enumerate(model.trainable_variables):
       variable.assign_add(0.3 * tf.random.stateless_normal(
@@ -86,12 +85,14 @@ def classify_in_process(checkpoint_path, image_files, use_ema=True):
   """Top-1 classes and probabilities of the checkpoint's (EMA) weights."""
   model = configurables.build_model()
   ema = averaging.ExponentialMovingAverage(model) if use_ema else None
-  checkpointing.build_checkpoint(model=model, ema=ema).read(
-      checkpoint_path).expect_partial()
+  checkpointing.build_checkpoint(
+      model=model, ema=ema).read(checkpoint_path).expect_partial()
   if ema is not None:
     ema.copy_to_model()
-  images = tf.stack([preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
-                     for path in image_files])
+  images = tf.stack([
+      preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
+      for path in image_files
+  ])
   probabilities = tf.nn.softmax(model(images, training=False)).numpy()
   return probabilities.argmax(-1), probabilities
 
@@ -100,10 +101,10 @@ def test_saved_model_in_fresh_process_matches_checkpoint(
     run, image_files, tmp_path):
   export_dir = str(tmp_path / "serving")
   assert configurables.export(model_dir=run, export_dir=export_dir,
-                           image_size=IMAGE_SIZE) == export_dir
+                              image_size=IMAGE_SIZE) == export_dir
   classes, probabilities = classify_in_process(f"{run}/ckpt-2", image_files)
-  _, raw_probabilities = classify_in_process(
-      f"{run}/ckpt-2", image_files, use_ema=False)
+  _, raw_probabilities = classify_in_process(f"{run}/ckpt-2", image_files,
+                                             use_ema=False)
   assert not np.allclose(probabilities, raw_probabilities, atol=1e-3)
 
   # Only TensorFlow in the fresh process: the SavedModel is self-contained.
@@ -117,35 +118,38 @@ def test_saved_model_in_fresh_process_matches_checkpoint(
                         "probabilities":
                             outputs["probabilities"].numpy().tolist()}))
   """)
-  completed = subprocess.run(
-      [sys.executable, "-c", script, export_dir] + image_files,
-      capture_output=True, text=True, timeout=300, check=False)
+  completed = subprocess.run([sys.executable, "-c", script, export_dir] +
+                             image_files, capture_output=True, text=True,
+                             timeout=300, check=False)
   assert completed.returncode == 0, completed.stderr[-3000:]
   served = json.loads(completed.stdout.strip().splitlines()[-1])
   assert served["classes"] == classes.tolist()
-  np.testing.assert_allclose(served["probabilities"], probabilities,
-                             atol=1e-5)
+  np.testing.assert_allclose(served["probabilities"], probabilities, atol=1e-5)
 
 
 def test_saved_model_signatures(run, image_files, tmp_path):
-  export_dir = configurables.export(model_dir=run, export_dir=str(tmp_path / "s"),
-                                 image_size=IMAGE_SIZE,
-                                 checkpoint=f"{run}/ckpt-1")
+  export_dir = configurables.export(model_dir=run,
+                                    export_dir=str(tmp_path / "s"),
+                                    image_size=IMAGE_SIZE,
+                                    checkpoint=f"{run}/ckpt-1")
   loaded = tf.saved_model.load(export_dir)
   by_bytes = loaded.signatures["serving_default"]
   by_images = loaded.signatures["serving_images"]
   assert list(by_bytes.structured_input_signature[1]) == ["image_bytes"]
-  outputs = by_bytes(image_bytes=tf.stack(
-      [tf.io.read_file(path) for path in image_files]))
+  outputs = by_bytes(
+      image_bytes=tf.stack([tf.io.read_file(path) for path in image_files]))
   assert outputs["classes"].dtype == tf.int64
   assert outputs["classes"].shape == [len(image_files)]
   assert outputs["probabilities"].shape == [len(image_files), NUM_CLASSES]
   np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1.0,
                              rtol=1e-5)
-  images = tf.stack([preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
-                     for path in image_files])
-  np.testing.assert_allclose(by_images(images=images)["probabilities"],
-                             outputs["probabilities"], atol=1e-6)
+  images = tf.stack([
+      preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
+      for path in image_files
+  ])
+  np.testing.assert_allclose(
+      by_images(images=images)["probabilities"], outputs["probabilities"],
+      atol=1e-6)
 
 
 def test_checkpoint_choice_latest_best_and_path(run, tmp_path):
@@ -157,8 +161,8 @@ def test_checkpoint_choice_latest_best_and_path(run, tmp_path):
   # ckpt-1's files are there to copy: no restored checkpoint is needed.
   records.BestCheckpoint(run).offer(
       dict(step=1, checkpoint=f"{run}/ckpt-1", top_1_accuracy=0.5), None)
-  assert export_lib.resolve_serving_checkpoint(
-      run, "best") == f"{run}/best/ckpt-1"
+  assert export_lib.resolve_serving_checkpoint(run,
+                                               "best") == f"{run}/best/ckpt-1"
   with pytest.raises(FileNotFoundError, match="ckpt-9"):
     export_lib.resolve_serving_checkpoint(run, f"{run}/ckpt-9")
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -186,13 +190,13 @@ def test_class_count_comes_from_the_checkpoint(run):
 def test_predict_with_saved_model_or_checkpoint_and_labels(
     run, image_files, tmp_path):
   export_dir = configurables.export(model_dir=run,
-                                 export_dir=str(tmp_path / "serving"))
+                                    export_dir=str(tmp_path / "serving"))
   labels_file = str(tmp_path / "labels.txt")
   names = [f"class {i}" for i in range(NUM_CLASSES)]
   with open(labels_file, "w") as f:
     f.write("\n".join(names) + "\n")
   results = predict_lib.predict(image_files, saved_model_dir=export_dir,
-                               labels_file=labels_file)
+                                labels_file=labels_file)
   classes, probabilities = classify_in_process(f"{run}/ckpt-2", image_files)
   assert [path for path, _ in results] == image_files
   for (_, top), expected, probs in zip(results, classes, probabilities):
@@ -201,9 +205,8 @@ def test_predict_with_saved_model_or_checkpoint_and_labels(
     assert [p for _, _, p in top] == sorted((p for _, _, p in top),
                                             reverse=True)
     assert top[0][2] == pytest.approx(probs.max(), abs=1e-5)
-  from_checkpoint = predict_lib.predict(
-      image_files, model_dir=run, top_k=1,
-      model_builder=configurables.build_model)
+  from_checkpoint = predict_lib.predict(image_files, model_dir=run, top_k=1,
+                                        model_builder=configurables.build_model)
   assert [top[0][0] for _, top in from_checkpoint] == classes.tolist()
   text = predict_lib.format_predictions(results)
   assert f"1. {classes[0]} (class {classes[0]})" in text
@@ -212,10 +215,10 @@ def test_predict_with_saved_model_or_checkpoint_and_labels(
     f.write("background\n" + "\n".join(names) + "\n")
   with pytest.raises(ValueError, match="names 11 classes"):
     predict_lib.predict(image_files, saved_model_dir=export_dir,
-                       labels_file=labels_file)
+                        labels_file=labels_file)
   with pytest.raises(FileNotFoundError, match="nope.jpg"):
     predict_lib.predict([str(tmp_path / "nope.jpg")],
-                       saved_model_dir=export_dir)
+                        saved_model_dir=export_dir)
 
 
 def test_read_labels_formats(tmp_path):

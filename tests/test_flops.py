@@ -30,18 +30,21 @@ def test_b0_flops_pinned():
 @pytest.mark.parametrize("variant, kwargs", [
     ("efficientnet-b0", {}),
     ("efficientnet-lite0", dict(resolution=96)),
-    ("efficientnet-b3", dict(width_coefficient=0.3, depth_coefficient=0.3,
-                             resolution=45, num_classes=3)),
+    ("efficientnet-b3",
+     dict(width_coefficient=0.3, depth_coefficient=0.3, resolution=45,
+          num_classes=3)),
 ])
 def test_analytic_counts_match_the_built_model(variant, kwargs):
   net = model_lib.build_model(variant, **kwargs)
-  spec = model_lib.resolve_spec(variant, **{
-      k: v for k, v in kwargs.items() if k != "num_classes"})
+  spec = model_lib.resolve_spec(
+      variant, **{
+          k: v for k, v in kwargs.items() if k != "num_classes"
+      })
   num_classes = kwargs.get("num_classes", 1000)
   cost = flops.spec_cost(spec, num_classes=num_classes)
   assert flops.count_flops(net) == cost.flops
-  assert sum(int(np.prod(w.shape)) for w in net.trainable_weights) == (
-      cost.params)
+  assert sum(
+      int(np.prod(w.shape)) for w in net.trainable_weights) == (cost.params)
 
 
 def test_stem_and_classifier_terms():

@@ -15,24 +15,28 @@ from effnet_gin import data
 from effnet_gin.data import holdout
 
 
-@pytest.mark.parametrize("shards,expected", [
-    (0, (1281167, 50000)),
-    (20, (1256145, 25022)),   # int(1281167 × 20 / 1024) = 25,022
-    (1, (1279916, 1251)),     # int(1281167 / 1024) = 1,251
-    (512, (640584, 640583)),  # int(640583.5) = 640,583
-])
+@pytest.mark.parametrize(
+    "shards,expected",
+    [
+        (0, (1281167, 50000)),
+        (20, (1256145, 25022)),  # int(1281167 × 20 / 1024) = 25,022
+        (1, (1279916, 1251)),  # int(1281167 / 1024) = 1,251
+        (512, (640584, 640583)),  # int(640583.5) = 640,583
+    ])
 def test_counts_follow_the_reference(shards, expected):
   assert data.holdout_counts(num_train_images=1281167, num_eval_images=50000,
                              holdout_train_shards=shards) == expected
-  assert data.images_after_holdout(
-      "train", num_train_images=1281167, num_eval_images=50000,
-      holdout_train_shards=shards) == expected[0]
+  assert data.images_after_holdout("train", num_train_images=1281167,
+                                   num_eval_images=50000,
+                                   holdout_train_shards=shards) == expected[0]
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(holdout_train_shards=-1), dict(holdout_train_shards=1024),
+    dict(holdout_train_shards=-1),
+    dict(holdout_train_shards=1024),
     dict(holdout_train_shards=4, num_train_shards=4),
-    dict(num_train_images=0)])
+    dict(num_train_images=0)
+])
 def test_bad_counts_name_the_value(kwargs):
   arguments = dict(num_train_images=100, num_eval_images=10)
   arguments.update(kwargs)
@@ -42,8 +46,7 @@ def test_bad_counts_name_the_value(kwargs):
     data.images_after_holdout("test", num_train_images=1, num_eval_images=1)
 
 
-def test_the_imagenet_configs_route_both_counts_through_the_holdout(
-    tmp_path):
+def test_the_imagenet_configs_route_both_counts_through_the_holdout(tmp_path):
   cli.configure(["b0_tpu.gin"], ["HOLDOUT_TRAIN_SHARDS = 20"],
                 data_dir=str(tmp_path))
   assert configurables.TFRecordSource().holdout_train_shards == 20
@@ -59,9 +62,9 @@ def test_the_imagenet_configs_route_both_counts_through_the_holdout(
 def test_a_holdout_run_logs_and_uses_the_adjusted_counts(tmp_path, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   holdout._log_once.cache_clear()  # Logged once per process and setting.
-  written = data.write_fake_imagenet(
-      str(tmp_path / "data"), num_train=64, num_eval=8, num_classes=4,
-      image_size=36, train_shards=4, eval_shards=1)
+  written = data.write_fake_imagenet(str(tmp_path / "data"), num_train=64,
+                                     num_eval=8, num_classes=4, image_size=36,
+                                     train_shards=4, eval_shards=1)
   # One of 4 shards held out: int(64 × 1 / 4) = 16 images move to eval,
   # so an epoch is 48 / 8 = 6 steps (8 without the holdout) and the eval
   # reads all 16 held-out images (the validation file holds only 8).
@@ -74,14 +77,17 @@ def test_a_holdout_run_logs_and_uses_the_adjusted_counts(tmp_path, caplog):
       "TRAIN_EPOCHS = 1", "STEPS_PER_LOOP = 6",
       "effnet_gin.model.build_model.width_coefficient = 0.1",
       "effnet_gin.model.build_model.depth_coefficient = 0.1",
-      "effnet_gin.train.train.mode = 'train_and_eval'"])
+      "effnet_gin.train.train.mode = 'train_and_eval'"
+  ])
   result = configurables.train(model_dir=str(tmp_path / "model"),
                                command="test")
   assert result["step"] == 6
   assert result["eval"]["num_examples"] == 16
   messages = [r.getMessage() for r in caplog.records]
-  assert any(m.startswith("Holdout: the first 1 of 4 training shards") and
-             "training on 48 images (of 64), evaluating on 16" in m
-             for m in messages), messages
-  assert any(m.startswith("Durations: 6 train steps (1.00 epochs of 6.00 "
-                          "steps)") for m in messages)
+  assert any(
+      m.startswith("Holdout: the first 1 of 4 training shards") and
+      "training on 48 images (of 64), evaluating on 16" in m
+      for m in messages), messages
+  assert any(
+      m.startswith("Durations: 6 train steps (1.00 epochs of 6.00 "
+                   "steps)") for m in messages)

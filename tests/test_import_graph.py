@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "effnet_gin")
+PACKAGE_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "effnet_gin")
 
 # The top: the gin wiring and the command line (only bin/ imports them).
 TOP = ("configurables", "cli", "command_line", "config_errors", "gin_paths",
@@ -96,8 +96,10 @@ def test_imports_point_down(module):
 
 
 def test_no_import_circles():
-  graph = {module: {name for name in _imports(path, False) if name in MODULES}
-           for module, path in MODULES.items()}
+  graph = {
+      module: {name for name in _imports(path, False) if name in MODULES}
+      for module, path in MODULES.items()
+  }
   state = {}
   cycles = []
 

@@ -38,10 +38,15 @@ def run_params(data_dir):
   """Bindings of the trained run, on top of demo.gin."""
   return [
       "effnet_gin.train.build_strategy.kind = 'cpu'",
-      "MODEL_NAME = 'efficientnet-lite0'", f"IMAGE_SIZE = {IMAGE_SIZE}",
-      f"NUM_CLASSES = {NUM_CLASSES}", "NUM_TRAIN_IMAGES = 640",
-      f"NUM_EVAL_IMAGES = {NUM_EVAL}", "TRAIN_BATCH_SIZE = 32",
-      "EVAL_BATCH_SIZE = 50", "TRAIN_STEPS = 250", "STEPS_PER_LOOP = 50",
+      "MODEL_NAME = 'efficientnet-lite0'",
+      f"IMAGE_SIZE = {IMAGE_SIZE}",
+      f"NUM_CLASSES = {NUM_CLASSES}",
+      "NUM_TRAIN_IMAGES = 640",
+      f"NUM_EVAL_IMAGES = {NUM_EVAL}",
+      "TRAIN_BATCH_SIZE = 32",
+      "EVAL_BATCH_SIZE = 50",
+      "TRAIN_STEPS = 250",
+      "STEPS_PER_LOOP = 50",
       "effnet_gin.train.train.mode = 'train'",
       "effnet_gin.train.train.seed = 7",
       "effnet_gin.model.build_model.width_coefficient = 0.25",
@@ -74,8 +79,8 @@ def deployed(tmp_path_factory):
         model_dir=model_dir, export_dir=str(root / format_name),
         format=format_name)
   gin.clear_config()
-  return dict(root=root, data_dir=data_dir, params=params,
-              model_dir=model_dir, exports=exports)
+  return dict(root=root, data_dir=data_dir, params=params, model_dir=model_dir,
+              exports=exports)
 
 
 def eval_examples(data_dir):
@@ -108,8 +113,10 @@ def tflite_top1(path, images):
 @pytest.fixture(scope="module")
 def eval_set(deployed):
   examples = eval_examples(deployed["data_dir"])
-  images = np.stack([preprocess_for_eval(encoded, IMAGE_SIZE).numpy()
-                     for encoded, _ in examples])
+  images = np.stack([
+      preprocess_for_eval(encoded, IMAGE_SIZE).numpy()
+      for encoded, _ in examples
+  ])
   labels = np.array([label for _, label in examples])
   return images, labels
 
@@ -136,9 +143,10 @@ def test_int8_top1_agrees_with_float(deployed, eval_set):
 
 
 def bin_command(name, deployed, *args):
-  return [sys.executable, os.path.join(trainer_helpers.BIN, name),
-          "--gin_file=demo.gin"] + [
-              f"--gin_param={p}" for p in deployed["params"]] + list(args)
+  return [
+      sys.executable,
+      os.path.join(trainer_helpers.BIN, name), "--gin_file=demo.gin"
+  ] + [f"--gin_param={p}" for p in deployed["params"]] + list(args)
 
 
 def run_bin(command):
@@ -149,8 +157,9 @@ def run_bin(command):
   return completed.stdout
 
 
-@pytest.mark.parametrize("format_name,flag", [
-    ("tflite", "tflite"), ("tflite_int8", "tflite"), ("onnx", "onnx")])
+@pytest.mark.parametrize("format_name,flag", [("tflite", "tflite"),
+                                              ("tflite_int8", "tflite"),
+                                              ("onnx", "onnx")])
 def test_evaluator_scores_every_image_once(deployed, eval_set, format_name,
                                            flag):
   export_dir = deployed["exports"][format_name]
@@ -167,8 +176,11 @@ def test_evaluator_scores_every_image_once(deployed, eval_set, format_name,
 
 def predicted(stdout):
   """(top-1 class, top-1 minus top-2 probability) per image of bin/predict."""
-  ranked = [line.split() for line in stdout.strip().splitlines()
-            if line.startswith(("  1. ", "  2. "))]
+  ranked = [
+      line.split()
+      for line in stdout.strip().splitlines()
+      if line.startswith(("  1. ", "  2. "))
+  ]
   return [(int(first[1].rstrip(":")), float(first[-1]) - float(second[-1]))
           for first, second in zip(ranked[::2], ranked[1::2])]
 
@@ -213,8 +225,8 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-def test_every_format_in_a_fresh_process_matches_predict(deployed, eval_set,
-                                                         tmp_path):
+def test_every_format_in_a_fresh_process_matches_predict(
+    deployed, eval_set, tmp_path):
   images, _ = eval_set
   examples = eval_examples(deployed["data_dir"])[:24]
   files = []
@@ -223,21 +235,27 @@ def test_every_format_in_a_fresh_process_matches_predict(deployed, eval_set,
     tf.io.write_file(files[-1], encoded)
   pixels = str(tmp_path / "pixels.npy")
   np.save(pixels, images[:24])
-  expected = predicted(run_bin(bin_command(
-      "predict", deployed, f"--model_dir={deployed['model_dir']}", *files)))
+  expected = predicted(
+      run_bin(
+          bin_command("predict", deployed,
+                      f"--model_dir={deployed['model_dir']}", *files)))
   assert len(expected) == 24
   # int8 is not the float network: it must agree where the checkpoint is
   # confident, its 8 images of largest top-1 margin; float formats on all.
   confident = sorted(range(24), key=lambda i: -expected[i][1])[:8]
   for format_name in FORMATS:
-    output = run_bin([sys.executable, "-c", FRESH_PROCESS, format_name,
-                      deployed["exports"][format_name], pixels] + files)
+    output = run_bin([
+        sys.executable, "-c", FRESH_PROCESS, format_name, deployed["exports"]
+        [format_name], pixels
+    ] + files)
     classes = json.loads(output.strip().splitlines()[-1])
     checked = confident if format_name == "tflite_int8" else range(24)
-    assert [classes[i] for i in checked] == [
-        expected[i][0] for i in checked], format_name
+    assert [classes[i] for i in checked] == [expected[i][0] for i in checked
+                                            ], format_name
   lite_output = run_bin([
-      sys.executable, os.path.join(trainer_helpers.BIN, "predict"),
-      f"--tflite={deployed['exports']['tflite']}/model.tflite"] + files)
+      sys.executable,
+      os.path.join(trainer_helpers.BIN, "predict"),
+      f"--tflite={deployed['exports']['tflite']}/model.tflite"
+  ] + files)
   assert [c for c, _ in predicted(lite_output)] == [c for c, _ in expected]
   assert lite_output.count("  5. ") == 24

@@ -71,16 +71,20 @@ def test_inference_model_is_plain_math_with_the_same_logits(variant):
   assert layers.fused_swish not in activations
   assert keras.activations.silu not in activations
   # Every convolution followed by a BN in the original now carries a bias.
-  originals = [layer.name for layer in model.layers
-               if isinstance(layer, layers.BatchNorm)]
+  originals = [
+      layer.name
+      for layer in model.layers
+      if isinstance(layer, layers.BatchNorm)
+  ]
   assert originals and all(
       isinstance(plain.get_layer(name), keras.layers.Identity)
       for name in originals)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("format_name,tolerance", [
-    ("tflite", 1e-4), ("tflite_float16", 1e-2), ("onnx", 1e-4)])
+@pytest.mark.parametrize("format_name,tolerance", [("tflite", 1e-4),
+                                                   ("tflite_float16", 1e-2),
+                                                   ("onnx", 1e-4)])
 def test_float_exports_match_the_keras_logits(variant, format_name, tolerance,
                                               tmp_path):
   model = tiny_model(variant)
@@ -108,15 +112,16 @@ def test_converted_graphs_have_batch_norm_folded():
   # Lite0 has no swish and no SE: the only elementwise ops left are the
   # input normalisation (one SUB, one MUL) and the residual ADDs.
   model = tiny_model("efficientnet-lite0")
-  residual_adds = sum(isinstance(layer, keras.layers.Add)
-                      for layer in model.layers)
-  ops = tflite_ops(converters.convert_tflite(inference_model(model),
-                                              "tflite"))
+  residual_adds = sum(
+      isinstance(layer, keras.layers.Add) for layer in model.layers)
+  ops = tflite_ops(converters.convert_tflite(inference_model(model), "tflite"))
   assert ops["MUL"] == 1 and ops["SUB"] == 1
   assert ops["ADD"] == residual_adds
   assert not {"VAR_HANDLE", "READ_VARIABLE", "TRANSPOSE"} & set(ops)
-  assert set(ops) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "SUB", "ADD",
-                      "MEAN", "FULLY_CONNECTED", "RESHAPE"}
+  assert set(ops) <= {
+      "CONV_2D", "DEPTHWISE_CONV_2D", "MUL", "SUB", "ADD", "MEAN",
+      "FULLY_CONNECTED", "RESHAPE"
+  }
   import onnx  # pylint: disable=g-import-not-at-top
   graph = onnx.load_from_string(converters.convert_onnx(
       inference_model(model))).graph
@@ -169,7 +174,7 @@ def test_tflite_export_writes_model_and_metadata(run, tmp_path):
   labels.write_text("".join(f"class {i}\n" for i in range(NUM_CLASSES)))
   export_dir = str(tmp_path / "lite")
   configurables.export(model_dir=run, export_dir=export_dir, format="tflite",
-                    batch_size=2, labels_file=str(labels))
+                       batch_size=2, labels_file=str(labels))
   assert sorted(os.listdir(export_dir)) == ["metadata.json", "model.tflite"]
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
   metadata = json.loads((tmp_path / "lite" / "metadata.json").read_text())
@@ -192,7 +197,7 @@ def test_int8_export_quantizes_uint8_pixels(run, tmp_path):
   configure(with_data=True)
   export_dir = str(tmp_path / "int8")
   configurables.export(model_dir=run, export_dir=export_dir,
-                    format="tflite_int8")
+                       format="tflite_int8")
   metadata = json.loads((tmp_path / "int8" / "metadata.json").read_text())
   assert metadata["input"]["dtype"] == "uint8"
   assert metadata["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
@@ -207,31 +212,31 @@ def test_int8_export_quantizes_uint8_pixels(run, tmp_path):
 def test_bad_input_is_refused_with_a_clear_error(run, tmp_path):
   with pytest.raises(ValueError, match="'tflite_int4'"):
     configurables.export(model_dir=run, export_dir=str(tmp_path / "x"),
-                      format="tflite_int4")
+                         format="tflite_int4")
   with pytest.raises(ValueError, match="calibrate"):
     configurables.export(model_dir=run, export_dir=str(tmp_path / "int8"),
-                      format="tflite_int8")
+                         format="tflite_int8")
   assert not os.path.exists(tmp_path / "int8")
   assert not [p for p in os.listdir(tmp_path) if "partial" in p]
   with pytest.raises(ValueError, match="batch_size"):
     configurables.export(model_dir=run, export_dir=str(tmp_path / "y"),
-                      format="tflite", batch_size=0)
+                         format="tflite", batch_size=0)
 
 
-@pytest.mark.parametrize("first,second", [
-    ("tflite", "onnx"), ("saved_model", "tflite")])
+@pytest.mark.parametrize("first,second", [("tflite", "onnx"),
+                                          ("saved_model", "tflite")])
 def test_a_model_in_export_dir_is_kept_unless_overwrite(run, tmp_path, first,
                                                         second):
   export_dir = str(tmp_path / "export")
   configurables.export(model_dir=run, export_dir=export_dir, format=first)
   with pytest.raises(FileExistsError, match="already holds a model"):
     configurables.export(model_dir=run, export_dir=export_dir, format=second)
-  assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
-      "format"] == first
+  assert json.loads(
+      (tmp_path / "export" / "metadata.json").read_text())["format"] == first
   configurables.export(model_dir=run, export_dir=export_dir, format=second,
-                    overwrite=True)
-  assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
-      "format"] == second
+                       overwrite=True)
+  assert json.loads(
+      (tmp_path / "export" / "metadata.json").read_text())["format"] == second
   assert not os.path.exists(f"{export_dir}/{formats.model_file(first)}")
   assert sorted(os.listdir(tmp_path)) == ["export", "run"]
 
@@ -265,10 +270,10 @@ def test_failed_overwrite_leaves_the_previous_export_loadable(
   monkeypatch.setattr(target, name, fail)
   with pytest.raises(RuntimeError, match="half-way"):
     configurables.export(model_dir=run, export_dir=export_dir, format=fmt,
-                      overwrite=True)
+                         overwrite=True)
   np.testing.assert_array_equal(saved_model_probabilities(export_dir), before)
-  assert json.loads((tmp_path / "export" / "metadata.json").read_text())[
-      "format"] == "saved_model"
+  assert json.loads((tmp_path / "export" /
+                     "metadata.json").read_text())["format"] == "saved_model"
   assert sorted(os.listdir(tmp_path)) == ["export", "run"]
 
 
@@ -276,10 +281,9 @@ def test_export_into_an_existing_directory_without_a_model(run, tmp_path):
   export_dir = tmp_path / "export"
   export_dir.mkdir()
   (export_dir / "notes.txt").write_text("kept")
-  configurables.export(model_dir=run, export_dir=str(export_dir),
-                    format="onnx")
-  assert sorted(os.listdir(export_dir)) == ["metadata.json", "model.onnx",
-                                            "notes.txt"]
+  configurables.export(model_dir=run, export_dir=str(export_dir), format="onnx")
+  assert sorted(
+      os.listdir(export_dir)) == ["metadata.json", "model.onnx", "notes.txt"]
   assert (export_dir / "notes.txt").read_text() == "kept"
 
 
@@ -290,17 +294,19 @@ def test_exporter_command_line(run, tmp_path):
   export_dir = str(tmp_path / "export")
   configurables.export(model_dir=run, export_dir=export_dir, format="tflite")
   command = [
-      sys.executable, os.path.join(trainer_helpers.BIN, "exporter"),
-      "--gin_file=demo.gin", f"--model_dir={run}",
+      sys.executable,
+      os.path.join(trainer_helpers.BIN,
+                   "exporter"), "--gin_file=demo.gin", f"--model_dir={run}",
       f"--export_dir={export_dir}", "--gin_param=MODEL_NAME = "
       "'efficientnet-lite0'", f"--gin_param=IMAGE_SIZE = {IMAGE_SIZE}",
       f"--gin_param=NUM_CLASSES = {NUM_CLASSES}",
       "--gin_param=effnet_gin.model.build_model.width_coefficient = 0.25",
-      "--gin_param=effnet_gin.model.build_model.depth_coefficient = 0.25"]
+      "--gin_param=effnet_gin.model.build_model.depth_coefficient = 0.25"
+  ]
 
   def exporter(*flags):
-    return subprocess.run(command + list(flags), capture_output=True,
-                          text=True, timeout=300, check=False,
+    return subprocess.run(command + list(flags), capture_output=True, text=True,
+                          timeout=300, check=False,
                           env=trainer_helpers.subprocess_env())
 
   refused = exporter("--format=tflite_float16")

@@ -38,9 +38,9 @@ def test_loss_with_soft_labels_and_bfloat16_logits():
   rng = np.random.default_rng(1)
   logits = rng.normal(size=(3, 4)).astype(np.float32)
   soft = rng.dirichlet(np.ones(4), size=3).astype(np.float32)
-  loss = losses.classification_loss(
-      soft, tf.cast(logits, tf.bfloat16), global_batch_size=3,
-      label_smoothing=0.2, num_classes=4)
+  loss = losses.classification_loss(soft, tf.cast(logits, tf.bfloat16),
+                                    global_batch_size=3, label_smoothing=0.2,
+                                    num_classes=4)
   assert loss.dtype == tf.float32
   bf16_logits = tf.cast(tf.cast(logits, tf.bfloat16), tf.float32).numpy()
   expected = _smoothed_cross_entropy(soft, bf16_logits, 0.2).sum() / 3
@@ -92,8 +92,11 @@ def _decay_model():
   """Batch norms with names no pattern would catch, one inside a sub-model."""
   keras.utils.set_random_seed(0)
   inner_inputs = keras.Input((4, 4, 4))
-  inner = keras.Model(inner_inputs, BatchNorm(name="gain")(
-      keras.layers.Conv2D(4, 1, name="mix")(inner_inputs)), name="subnet")
+  inner = keras.Model(
+      inner_inputs,
+      BatchNorm(name="gain")(keras.layers.Conv2D(4, 1,
+                                                 name="mix")(inner_inputs)),
+      name="subnet")
   inputs = keras.Input((6, 6, 3))
   x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
   x = BatchNorm(name="layer_7")(x)
@@ -109,13 +112,15 @@ def test_weight_decay_skips_batch_norm_parameters_by_type():
                 model.get_layer("subnet").get_layer("gain")):
     layer.gamma.assign(layer.gamma + 3.0)  # Would show in the loss.
   decayed = [v.path for v in losses.regularized_variables(model)]
-  assert decayed == ["stem/kernel", "stem/bias", "mix/kernel", "mix/bias",
-                     "logits/kernel", "logits/bias"]
+  assert decayed == [
+      "stem/kernel", "stem/bias", "mix/kernel", "mix/bias", "logits/kernel",
+      "logits/bias"
+  ]
   expected = 1e-5 * sum(0.5 * np.sum(np.square(v.numpy()))
                         for v in model.trainable_variables
                         if v.path in decayed)
-  np.testing.assert_allclose(float(losses.weight_decay_loss(model)),
-                             expected, rtol=1e-6)
+  np.testing.assert_allclose(float(losses.weight_decay_loss(model)), expected,
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="-1"):
     losses.weight_decay_loss(model, -1.0)
   with pytest.raises(TypeError, match="list"):
@@ -154,14 +159,16 @@ def test_weight_decay_is_split_across_replicas(mirrored_strategy):
 
 
 def test_top_k_correct():
-  logits = tf.constant([[0.1, 0.5, 0.4],   # top-1: 1
-                        [0.3, 0.3, 0.4],   # tie of 0 and 1 below 2
-                        [0.9, 0.05, 0.05]])
+  logits = tf.constant([
+      [0.1, 0.5, 0.4],  # top-1: 1
+      [0.3, 0.3, 0.4],  # tie of 0 and 1 below 2
+      [0.9, 0.05, 0.05]
+  ])
   labels = tf.constant([1, 0, 2])
   assert float(metrics.top_k_correct(labels, logits, 1)) == 1.0
   assert float(metrics.top_k_correct(labels, logits, 2)) == 3.0  # ties count
-  assert float(metrics.top_k_correct(labels, logits, 1,
-                                    weights=[0.0, 1.0, 1.0])) == 0.0
+  assert float(metrics.top_k_correct(labels, logits, 1, weights=[0.0, 1.0,
+                                                                 1.0])) == 0.0
   soft = tf.one_hot(labels, 3) * 0.8 + 0.1
   assert float(metrics.top_k_correct(soft, logits, 2)) == 3.0
   compiled = tf.function(lambda y, x: metrics.top_k_correct(y, x, 2),

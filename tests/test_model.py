@@ -35,18 +35,22 @@ def bfloat16_policy():
 # ---------------------------------------------------------------- the builder
 
 
-@pytest.mark.parametrize("index, params", enumerate([
-    5_288_548, 7_794_184, 9_109_994, 12_233_232, 19_341_616, 30_389_784,
-    43_040_704, 66_347_960]))
+@pytest.mark.parametrize(
+    "index, params",
+    enumerate([
+        5_288_548, 7_794_184, 9_109_994, 12_233_232, 19_341_616, 30_389_784,
+        43_040_704, 66_347_960
+    ]))
 def test_trainable_parameter_counts_match_the_reference(index, params):
   # Parameter counts do not depend on the input size: build at 32 px.
   net = model_lib.build_model(f"efficientnet-b{index}", image_size=32)
   assert _trainable_params(net) == params
 
 
-@pytest.mark.parametrize("variant, stem, head, blocks", [
-    ("efficientnet-b0", 32, 1280, 16), ("efficientnet-b7", 64, 2560, 55),
-    ("efficientnet-lite4", 32, 1280, 30)])
+@pytest.mark.parametrize("variant, stem, head, blocks",
+                         [("efficientnet-b0", 32, 1280, 16),
+                          ("efficientnet-b7", 64, 2560, 55),
+                          ("efficientnet-lite4", 32, 1280, 30)])
 def test_built_stem_head_and_blocks(variant, stem, head, blocks):
   net = model_lib.build_model(variant, image_size=32)
   assert net.get_layer("stem_conv").filters == stem
@@ -56,12 +60,14 @@ def test_built_stem_head_and_blocks(variant, stem, head, blocks):
 
 def test_layer_names_and_shapes():
   net = model_lib.build_model("efficientnet-b0")
-  for name in ["normalization", "stem_conv", "stem_bn", "stem_activation",
-               "block1a_dwconv", "block1a_se_reduce", "block1a_project_bn",
-               "block2a_expand_conv", "block3b_dwconv", "block3b_se_reduce",
-               "block3b_se_expand", "block3b_drop", "block3b_add",
-               "block7a_project_conv", "top_conv", "top_bn", "avg_pool",
-               "top_dropout", "predictions"]:
+  for name in [
+      "normalization", "stem_conv", "stem_bn", "stem_activation",
+      "block1a_dwconv", "block1a_se_reduce", "block1a_project_bn",
+      "block2a_expand_conv", "block3b_dwconv", "block3b_se_reduce",
+      "block3b_se_expand", "block3b_drop", "block3b_add",
+      "block7a_project_conv", "top_conv", "top_bn", "avg_pool", "top_dropout",
+      "predictions"
+  ]:
     net.get_layer(name)
   assert net.input.shape == (None, 224, 224, 3)
   assert net.output.shape == (None, 1000)
@@ -77,10 +83,10 @@ def test_stochastic_depth_survival_falls_linearly():
   net = model_lib.build_model("efficientnet-b0", image_size=32)
   # block2b is block 2 of 16 (0-based), block6d is 14; block2a and block7a
   # change shape, so they have no skip and no stochastic depth.
-  assert net.get_layer("block2b_drop").survival_prob == pytest.approx(
-      1 - 0.2 * 2 / 16)
-  assert net.get_layer("block6d_drop").survival_prob == pytest.approx(
-      1 - 0.2 * 14 / 16)
+  assert net.get_layer("block2b_drop").survival_prob == pytest.approx(1 - 0.2 *
+                                                                      2 / 16)
+  assert net.get_layer("block6d_drop").survival_prob == pytest.approx(1 - 0.2 *
+                                                                      14 / 16)
   assert "block2a_drop" not in [l.name for l in net.layers]
 
 
@@ -97,15 +103,18 @@ def test_lite_model_has_relu6_no_se_and_lite_normalization():
 
 
 def test_endpoints_and_headless_model():
-  net = _tiny_model(width_coefficient=1.0, image_size=64,
-                    return_endpoints=True)
+  net = _tiny_model(width_coefficient=1.0, image_size=64, return_endpoints=True)
   out = net(_images(2, 64))
   shapes = {k: tuple(v.shape) for k, v in out.items()}
   assert shapes == {
-      "reduction_1": (2, 32, 32, 16), "reduction_2": (2, 16, 16, 24),
-      "reduction_3": (2, 8, 8, 40), "reduction_4": (2, 4, 4, 112),
-      "reduction_5": (2, 2, 2, 320), "features": (2, 2, 2, 1280),
-      "logits": (2, 5)}
+      "reduction_1": (2, 32, 32, 16),
+      "reduction_2": (2, 16, 16, 24),
+      "reduction_3": (2, 8, 8, 40),
+      "reduction_4": (2, 4, 4, 112),
+      "reduction_5": (2, 2, 2, 320),
+      "features": (2, 2, 2, 1280),
+      "logits": (2, 5)
+  }
   headless = _tiny_model(include_top=False)
   assert headless.output.shape == (None, 1, 1, 320)
   assert "predictions" not in [l.name for l in headless.layers]
@@ -186,9 +195,11 @@ def test_get_config_round_trip_and_keras_file(tmp_path):
 
 
 def test_gin_bindings_select_the_variant():
-  gin.parse_config(["build_model.variant = 'efficientnet-b3'",
-                    "effnet_gin.model.build_model.image_size = 32",
-                    "build_model.num_classes = 7"])
+  gin.parse_config([
+      "build_model.variant = 'efficientnet-b3'",
+      "effnet_gin.model.build_model.image_size = 32",
+      "build_model.num_classes = 7"
+  ])
   net = configurables.build_model()
   assert net.get_layer("stem_conv").filters == 40
   assert net.get_layer("top_conv").filters == 1536
@@ -246,8 +257,8 @@ def test_bad_arguments_raise_value_errors(kwargs, match):
 
 
 def test_batch_norm_matches_the_formulas():
-  x = tf.constant(np.random.default_rng(1).normal(3.0, 2.0, (8, 4, 4, 6)),
-                  tf.float32)
+  x = tf.constant(
+      np.random.default_rng(1).normal(3.0, 2.0, (8, 4, 4, 6)), tf.float32)
   bn = layers.BatchNorm(momentum=0.9, epsilon=1e-3)
   y = bn(x, training=True)
   mean = x.numpy().mean(axis=(0, 1, 2))
@@ -259,11 +270,11 @@ def test_batch_norm_matches_the_formulas():
   np.testing.assert_allclose(bn.moving_variance.numpy(),
                              0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
   y = bn(x, training=False)
-  np.testing.assert_allclose(
-      y, (x - bn.moving_mean.numpy()) / np.sqrt(
-          bn.moving_variance.numpy() + 1e-3), atol=1e-4)
-  assert [w.name for w in bn.weights] == [
-      "gamma", "beta", "moving_mean", "moving_variance"]
+  np.testing.assert_allclose(y, (x - bn.moving_mean.numpy()) /
+                             np.sqrt(bn.moving_variance.numpy() + 1e-3),
+                             atol=1e-4)
+  assert [w.name for w in bn.weights
+         ] == ["gamma", "beta", "moving_mean", "moving_variance"]
   assert [w.name for w in bn.trainable_weights] == ["gamma", "beta"]
   assert bn.moving_mean.aggregation == "mean"
 
@@ -304,16 +315,18 @@ def test_batch_norm_updates_under_mirrored_strategy(mirrored_strategy):
     net = _tiny_model()
   # Replica r sees a constant batch of value 2 + 4r: batch means 2 and 6.
   per_replica = strategy.experimental_distribute_values_from_function(
-      lambda ctx: tf.fill([2, 2, 2, 3],
-                          2.0 + 4.0 * ctx.replica_id_in_sync_group))
+      lambda ctx: tf.fill([2, 2, 2, 3], 2.0 + 4.0 * ctx.replica_id_in_sync_group
+                         ))
   images = strategy.experimental_distribute_values_from_function(
       lambda ctx: _images(2, seed=ctx.replica_id_in_sync_group))
 
   @tf.function
   def step(x, images):
+
     def replica_fn(x, images):
       bn(x, training=True)
       net(images, training=True)
+
     strategy.run(replica_fn, args=(x, images))
 
   step(per_replica, images)

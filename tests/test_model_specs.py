@@ -7,34 +7,35 @@ import pytest
 from effnet_gin.model import specs
 
 
-@pytest.mark.parametrize("filters, width, expected", [
-    (32, 1.0, 32),
-    (32, 1.1, 32),     # 35.2 rounds down to 32, which is within 10%.
-    (1280, 2.0, 2560),
-    (1280, 1.2, 1536),
-    (16, 0.25, 8),     # never below the divisor.
-    (119, 0.1, 16),    # 11.9 would round to 8, more than 10% below: +8.
-    (112, 1.4, 160),   # 156.8 rounds to 160.
-])
+@pytest.mark.parametrize(
+    "filters, width, expected",
+    [
+        (32, 1.0, 32),
+        (32, 1.1, 32),  # 35.2 rounds down to 32, which is within 10%.
+        (1280, 2.0, 2560),
+        (1280, 1.2, 1536),
+        (16, 0.25, 8),  # never below the divisor.
+        (119, 0.1, 16),  # 11.9 would round to 8, more than 10% below: +8.
+        (112, 1.4, 160),  # 156.8 rounds to 160.
+    ])
 def test_round_filters(filters, width, expected):
   assert specs.round_filters(filters, width) == expected
 
 
-@pytest.mark.parametrize("repeats, depth, expected", [
-    (1, 1.0, 1), (3, 1.4, 5), (4, 3.1, 13), (2, 1.1, 3), (1, 0.25, 1)])
+@pytest.mark.parametrize("repeats, depth, expected", [(1, 1.0, 1), (3, 1.4, 5),
+                                                      (4, 3.1, 13), (2, 1.1, 3),
+                                                      (1, 0.25, 1)])
 def test_round_repeats(repeats, depth, expected):
   assert specs.round_repeats(repeats, depth) == expected
 
 
 def test_b0_block_table_is_the_paper_table_and_immutable():
-  rows = [(b.repeats, b.kernel_size, b.strides, b.expand_ratio,
-           b.input_filters, b.output_filters, b.se_ratio)
-          for b in specs.B0_BLOCKS]
-  assert rows == [
-      (1, 3, 1, 1, 32, 16, 0.25), (2, 3, 2, 6, 16, 24, 0.25),
-      (2, 5, 2, 6, 24, 40, 0.25), (3, 3, 2, 6, 40, 80, 0.25),
-      (3, 5, 1, 6, 80, 112, 0.25), (4, 5, 2, 6, 112, 192, 0.25),
-      (1, 3, 1, 6, 192, 320, 0.25)]
+  rows = [(b.repeats, b.kernel_size, b.strides, b.expand_ratio, b.input_filters,
+           b.output_filters, b.se_ratio) for b in specs.B0_BLOCKS]
+  assert rows == [(1, 3, 1, 1, 32, 16, 0.25), (2, 3, 2, 6, 16, 24, 0.25),
+                  (2, 5, 2, 6, 24, 40, 0.25), (3, 3, 2, 6, 40, 80, 0.25),
+                  (3, 5, 1, 6, 80, 112, 0.25), (4, 5, 2, 6, 112, 192, 0.25),
+                  (1, 3, 1, 6, 192, 320, 0.25)]
   assert isinstance(specs.B0_BLOCKS, tuple)
   with pytest.raises(dataclasses.FrozenInstanceError):
     specs.B0_BLOCKS[0].repeats = 2
@@ -74,8 +75,9 @@ def test_variant_table(name, width, depth, resolution, dropout):
 def test_variants_are_exactly_the_references_model_names():
   # The 51 names of the reference's model_builder_factory, as listed by the
   # reference-written param_counts.tsv fixture.
-  with open(os.path.join(os.path.dirname(__file__), "fixtures",
-                         "reference_checkpoints", "param_counts.tsv")) as f:
+  with open(
+      os.path.join(os.path.dirname(__file__), "fixtures",
+                   "reference_checkpoints", "param_counts.tsv")) as f:
     names = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
   assert len(names) == 51
   assert list(specs.VARIANTS) == names
@@ -92,15 +94,14 @@ def test_variants_are_exactly_the_references_model_names():
 ])
 def test_stem_head_and_block_counts(name, stem, head, blocks):
   spec = specs.get_variant(name)
-  assert (spec.stem_filters, spec.head_filters, spec.num_blocks) == (
-      stem, head, blocks)
+  assert (spec.stem_filters, spec.head_filters, spec.num_blocks) == (stem, head,
+                                                                     blocks)
 
 
 def test_b7_stage_repeats_and_widths():
   scaled = specs.get_variant("efficientnet-b7").scaled_blocks()
   assert [b.repeats for b in scaled] == [4, 7, 7, 10, 10, 13, 4]
-  assert [b.output_filters for b in scaled] == [32, 48, 80, 160, 224, 384,
-                                                640]
+  assert [b.output_filters for b in scaled] == [32, 48, 80, 160, 224, 384, 640]
 
 
 def test_lite_keeps_first_and_last_repeats_and_drops_se():
@@ -116,11 +117,13 @@ def test_unknown_variant_lists_known_names():
   assert "efficientnet-lite4" in str(error.value)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("width_coefficient", 0.0), ("depth_coefficient", -1.0),
-    ("resolution", 0), ("dropout_rate", 1.0), ("survival_prob", 0.0),
-    ("activation", "gelu"), ("input_normalization", "zscore")])
+@pytest.mark.parametrize("field, value", [("width_coefficient", 0.0),
+                                          ("depth_coefficient", -1.0),
+                                          ("resolution", 0),
+                                          ("dropout_rate", 1.0),
+                                          ("survival_prob", 0.0),
+                                          ("activation", "gelu"),
+                                          ("input_normalization", "zscore")])
 def test_model_spec_rejects_bad_values(field, value):
   with pytest.raises(ValueError, match=field):
-    dataclasses.replace(specs.get_variant("efficientnet-b0"),
-                        **{field: value})
+    dataclasses.replace(specs.get_variant("efficientnet-b0"), **{field: value})

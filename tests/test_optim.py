@@ -30,16 +30,18 @@ def _reference_schedule():
 # ---------------------------------------------------------------------------
 # Schedule
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("step, expected", [
-    (0, 0.0),
-    (1000, _PEAK * 1000 / _WARMUP),
-    (_WARMUP - 1, _PEAK * (_WARMUP - 1) / _WARMUP),
-    # Decay counts from step 0: warm-up ends at 0.97**2 of the peak.
-    (_WARMUP, _PEAK * 0.97**2),
-    (4503, _PEAK * 0.97**2),  # floor(4503 / 1501.37) = 2
-    (4505, _PEAK * 0.97**3),  # floor(4505 / 1501.37) = 3
-    (218_948, _PEAK * 0.97**145),
-])
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.0),
+        (1000, _PEAK * 1000 / _WARMUP),
+        (_WARMUP - 1, _PEAK * (_WARMUP - 1) / _WARMUP),
+        # Decay counts from step 0: warm-up ends at 0.97**2 of the peak.
+        (_WARMUP, _PEAK * 0.97**2),
+        (4503, _PEAK * 0.97**2),  # floor(4503 / 1501.37) = 2
+        (4505, _PEAK * 0.97**3),  # floor(4505 / 1501.37) = 3
+        (218_948, _PEAK * 0.97**145),
+    ])
 def test_exponential_schedule_at_named_steps(step, expected):
   schedule = _reference_schedule()
   assert schedule.warmup_steps == _WARMUP
@@ -55,8 +57,9 @@ def test_schedule_matches_tf1_learning_rate_ops():
   schedule = _reference_schedule()
   for step in (0, 17, 3126, 3127, 50_000, 218_948):
     global_step = tf.constant(step, tf.int64)
-    decayed = tf.compat.v1.train.exponential_decay(
-        _PEAK, global_step, _DECAY_STEPS, 0.97, staircase=True)()
+    decayed = tf.compat.v1.train.exponential_decay(_PEAK, global_step,
+                                                   _DECAY_STEPS, 0.97,
+                                                   staircase=True)()
     warmup = _PEAK * tf.cast(global_step, tf.float32) / float(_WARMUP)
     expected = warmup if step < _WARMUP else decayed
     np.testing.assert_allclose(float(schedule(step)), float(expected),
@@ -65,19 +68,17 @@ def test_schedule_matches_tf1_learning_rate_ops():
 
 def test_cosine_and_constant_schedules():
   cosine = optim.build_schedule(global_batch_size=256, num_train_images=2560,
-                                warmup_epochs=1, kind="cosine",
-                                train_steps=100)
+                                warmup_epochs=1, kind="cosine", train_steps=100)
   peak = 0.016
   np.testing.assert_allclose(float(cosine(5)), peak * 5 / 10, rtol=1e-6)
   np.testing.assert_allclose(float(cosine(50)), 0.5 * peak, rtol=1e-5)
-  np.testing.assert_allclose(
-      float(cosine(20)), 0.5 * peak * (1 + math.cos(math.pi * 0.2)),
-      rtol=1e-6)
+  np.testing.assert_allclose(float(cosine(20)),
+                             0.5 * peak * (1 + math.cos(math.pi * 0.2)),
+                             rtol=1e-6)
   assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
   assert float(cosine(150)) == pytest.approx(0.0, abs=1e-9)
-  constant = optim.build_schedule(global_batch_size=512,
-                                  num_train_images=5120, warmup_epochs=0,
-                                  kind="constant")
+  constant = optim.build_schedule(global_batch_size=512, num_train_images=5120,
+                                  warmup_epochs=0, kind="constant")
   np.testing.assert_allclose(float(constant(0)), 0.032, rtol=1e-6)
   np.testing.assert_allclose(float(constant(10**6)), 0.032, rtol=1e-6)
 
@@ -103,9 +104,8 @@ def test_schedule_serializes_and_compiles():
   assert restored.get_config() == schedule.get_config()
   compiled = tf.function(schedule, jit_compile=True)
   for step in (0, 3127, 9000):
-    np.testing.assert_allclose(
-        float(compiled(tf.constant(step, tf.int64))), float(schedule(step)),
-        rtol=1e-6)
+    np.testing.assert_allclose(float(compiled(tf.constant(step, tf.int64))),
+                               float(schedule(step)), rtol=1e-6)
 
 
 def test_schedule_is_gin_configurable():
@@ -124,9 +124,12 @@ def test_schedule_is_gin_configurable():
 # ---------------------------------------------------------------------------
 def _problem(seed=0, steps=6):
   rng = np.random.default_rng(seed)
-  initial = [rng.normal(size=(3, 4)).astype(np.float32),
-             rng.normal(size=(4,)).astype(np.float32)]
-  grads = [[rng.normal(size=v.shape).astype(np.float32) for v in initial]
+  initial = [
+      rng.normal(size=(3, 4)).astype(np.float32),
+      rng.normal(size=(4,)).astype(np.float32)
+  ]
+  grads = [[rng.normal(size=v.shape).astype(np.float32)
+            for v in initial]
            for _ in range(steps)]
   return initial, grads
 
@@ -134,11 +137,14 @@ def _problem(seed=0, steps=6):
 def _run_tf1(make_optimizer, learning_rate, initial, grads):
   """Applies `grads` with a TF1 optimizer in a graph; returns the variables."""
   with tf.Graph().as_default():
-    variables = [tf.compat.v1.get_variable(f"v{i}", initializer=value)
-                 for i, value in enumerate(initial)]
+    variables = [
+        tf.compat.v1.get_variable(f"v{i}", initializer=value)
+        for i, value in enumerate(initial)
+    ]
     global_step = tf.compat.v1.train.get_or_create_global_step()
-    placeholders = [tf.compat.v1.placeholder(tf.float32, v.shape)
-                    for v in initial]
+    placeholders = [
+        tf.compat.v1.placeholder(tf.float32, v.shape) for v in initial
+    ]
     lr = learning_rate(global_step) if callable(learning_rate) else (
         learning_rate)
     train_op = make_optimizer(lr).apply_gradients(
@@ -157,18 +163,18 @@ _SMALL_SCHEDULE = dict(global_batch_size=256, num_train_images=512,
 @pytest.mark.parametrize("scheduled", [False, True])
 def test_rmsprop_matches_tf1_rmsprop(scheduled):
   initial, grads = _problem()
-  learning_rate = (optim.build_schedule(**_SMALL_SCHEDULE) if scheduled
-                   else 0.05)
+  learning_rate = (optim.build_schedule(
+      **_SMALL_SCHEDULE) if scheduled else 0.05)
   expected = _run_tf1(
       lambda lr: tf.compat.v1.train.RMSPropOptimizer(
-          lr, decay=0.9, momentum=0.9, epsilon=1e-3),
-      learning_rate, initial, grads)
+          lr, decay=0.9, momentum=0.9, epsilon=1e-3), learning_rate, initial,
+      grads)
   got = run_keras(optim.build_optimizer(learning_rate), initial, grads)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
   # Sanity: the 1.0 start of the mean square matters (Keras RMSprop differs).
-  keras_rmsprop = keras.optimizers.RMSprop(learning_rate, rho=0.9,
-                                           momentum=0.9, epsilon=1e-3)
+  keras_rmsprop = keras.optimizers.RMSprop(learning_rate, rho=0.9, momentum=0.9,
+                                           epsilon=1e-3)
   stock = run_keras(keras_rmsprop, initial, grads)
   assert not np.allclose(stock[0], expected[0], rtol=1e-3)
 
@@ -180,7 +186,7 @@ def test_momentum_matches_tf1_momentum():
       lambda lr: tf.compat.v1.train.MomentumOptimizer(lr, momentum=0.9),
       schedule, initial, grads)
   got = run_keras(optim.build_optimizer(schedule, name="momentum"), initial,
-                   grads)
+                  grads)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
 
@@ -190,7 +196,7 @@ def test_rmsprop_update_compiles_under_xla():
   schedule = optim.build_schedule(**_SMALL_SCHEDULE)
   eager = run_keras(optim.build_optimizer(schedule), initial, grads)
   compiled = run_keras(optim.build_optimizer(schedule), initial, grads,
-                        jit_compile=True)
+                       jit_compile=True)
   for c, e in zip(compiled, eager):
     np.testing.assert_allclose(c, e, rtol=1e-5, atol=1e-7)
 
@@ -210,29 +216,27 @@ def test_build_optimizer_names_and_errors():
 
 
 def test_optimizer_config_round_trip():
-  optimizer = optim.build_optimizer(
-      optim.build_schedule(**_SMALL_SCHEDULE), rho=0.8, epsilon=1e-2)
-  restored = keras.optimizers.deserialize(
-      keras.optimizers.serialize(optimizer))
+  optimizer = optim.build_optimizer(optim.build_schedule(**_SMALL_SCHEDULE),
+                                    rho=0.8, epsilon=1e-2)
+  restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
   assert isinstance(restored, optim.TF1RMSProp)
-  assert (restored.rho, restored.momentum, restored.epsilon) == (0.8, 0.9,
-                                                                  1e-2)
+  assert (restored.rho, restored.momentum, restored.epsilon) == (0.8, 0.9, 1e-2)
   assert float(restored.learning_rate) == float(optimizer.learning_rate)
 
 
 def _dense_model(seed=3):
   keras.utils.set_random_seed(seed)
   inputs = keras.Input((5,))
-  outputs = keras.layers.Dense(3, name="logits")(
-      keras.layers.Dense(4, activation="relu", name="hidden")(inputs))
+  outputs = keras.layers.Dense(3, name="logits")(keras.layers.Dense(
+      4, activation="relu", name="hidden")(inputs))
   return keras.Model(inputs, outputs)
 
 
 def _train(strategy, model, optimizer, features, labels, steps):
   """Runs `steps` strategy.run steps of a global-batch-mean MSE loss."""
   global_batch = features.shape[0]
-  dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(
-      global_batch).repeat()
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (features, labels)).batch(global_batch).repeat()
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
   def replica_step(x, y):
@@ -280,7 +284,8 @@ def test_rmsprop_under_mixed_bfloat16():
   model = _dense_model()
   optimizer = optim.build_optimizer(0.01)
   optimizer.build(model.trainable_variables)
-  assert all(v.dtype == "float32" for v in optimizer.variables
+  assert all(v.dtype == "float32"
+             for v in optimizer.variables
              if v.name != "iteration")
   x = tf.random.normal((8, 5))
   y = tf.random.normal((8, 3))
@@ -332,9 +337,10 @@ def _shift_weights(model, delta):
 def test_ema_covers_trainable_and_moving_statistics_only():
   model = _bn_model()
   names = [v.path for v in averaging.averaged_variables(model)]
-  assert names == ["conv/kernel", "conv/bias", "bn/gamma", "bn/beta",
-                   "logits/kernel", "logits/bias", "bn/moving_mean",
-                   "bn/moving_variance"]
+  assert names == [
+      "conv/kernel", "conv/bias", "bn/gamma", "bn/beta", "logits/kernel",
+      "logits/bias", "bn/moving_mean", "bn/moving_variance"
+  ]
   assert any("seed" in v.path for v in model.non_trainable_variables)
   ema = averaging.ExponentialMovingAverage(model)
   assert len(ema.averages) == len(names)
@@ -345,15 +351,16 @@ def test_ema_covers_trainable_and_moving_statistics_only():
 def test_ema_update_follows_the_formula(use_num_updates):
   model = _bn_model()
   ema = averaging.ExponentialMovingAverage(model, decay=0.99,
-                                       use_num_updates=use_num_updates)
+                                           use_num_updates=use_num_updates)
   sources = averaging.averaged_variables(model)
   expected = [v.numpy() for v in sources]
   for step, delta in ((0, 1.0), (5, -0.5), (5000, 2.0)):
     _shift_weights(model, delta)
     ema.update(step)
     decay = min(0.99, (1 + step) / (10 + step)) if use_num_updates else 0.99
-    expected = [e - (1 - decay) * (e - v.numpy())
-                for e, v in zip(expected, sources)]
+    expected = [
+        e - (1 - decay) * (e - v.numpy()) for e, v in zip(expected, sources)
+    ]
     np.testing.assert_allclose(float(ema.effective_decay(step)), decay,
                                rtol=1e-6)
     for average, e in zip(ema.averages, expected):
@@ -364,7 +371,8 @@ def test_ema_rejects_bad_decay_and_unbuilt_model():
   with pytest.raises(ValueError, match="1.0"):
     averaging.ExponentialMovingAverage(_bn_model(), decay=1.0)
   with pytest.raises(ValueError, match="build it"):
-    averaging.ExponentialMovingAverage(keras.Sequential([keras.layers.Dense(2)]))
+    averaging.ExponentialMovingAverage(keras.Sequential([keras.layers.Dense(2)
+                                                        ]))
 
 
 def test_ema_update_compiles_under_xla():
@@ -390,8 +398,8 @@ def test_ema_checkpoint_round_trip(tmp_path):
   _shift_weights(model, 1.0)
   ema.update(3)
   saved = [a.numpy() for a in ema.averages]
-  path = checkpointing.build_checkpoint(model=model, ema=ema).save(
-      str(tmp_path / "ckpt"))
+  path = checkpointing.build_checkpoint(model=model,
+                                        ema=ema).save(str(tmp_path / "ckpt"))
 
   restored_model = _bn_model(seed=9)
   restored_ema = averaging.ExponentialMovingAverage(restored_model)
@@ -400,8 +408,10 @@ def test_ema_checkpoint_round_trip(tmp_path):
   for a, s in zip(restored_ema.averages, saved):
     np.testing.assert_allclose(a.numpy(), s)
   # The averages object holds only the averages, not the model's variables.
-  keys = [name for name, _ in tf.train.list_variables(path)
-          if name.startswith("ema/")]
+  keys = [
+      name for name, _ in tf.train.list_variables(path)
+      if name.startswith("ema/")
+  ]
   assert len(keys) == len(saved)
 
 

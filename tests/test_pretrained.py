@@ -42,8 +42,7 @@ def build_fixture_model(name, **overrides):
 def write_reference_copy(name, prefix, edit):
   """Writes `edit(tensors)` of a fixture with TF1 names (SaveV2)."""
   reader = tf.train.load_checkpoint(fixture_path(name))
-  tensors = {n: reader.get_tensor(n)
-             for n in reader.get_variable_to_shape_map()}
+  tensors = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
   edit(tensors)
   names = sorted(tensors)
   tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names,
@@ -54,9 +53,10 @@ def write_reference_copy(name, prefix, edit):
 
 @pytest.mark.parametrize("name", [
     "tiny_b0", "tiny_lite0", "tiny_edgetpu_s", "tiny_condconv_b0_4e",
-    "tiny_x_b0", "tiny_h_b5"])
-@pytest.mark.parametrize("use_ema,logits_file", [
-    (True, "logits.npy"), (False, "logits_no_ema.npy")])
+    "tiny_x_b0", "tiny_h_b5"
+])
+@pytest.mark.parametrize("use_ema,logits_file", [(True, "logits.npy"),
+                                                 (False, "logits_no_ema.npy")])
 def test_reference_checkpoint_reproduces_the_reference_logits(
     name, use_ema, logits_file):
   model = build_fixture_model(name)
@@ -102,8 +102,7 @@ def spec_reference_shapes(spec, num_classes, bn="tpu_batch_normalization"):
         norm(f"{scope}/{bn}", expanded)
         convs, norms = 1, 1
       k = block.kernel_size
-      shapes[f"{scope}/depthwise_conv2d/depthwise_kernel"] = [k, k, expanded,
-                                                              1]
+      shapes[f"{scope}/depthwise_conv2d/depthwise_kernel"] = [k, k, expanded, 1]
       norm(f"{scope}/{bn}" + (f"_{norms}" if norms else ""), expanded)
       norms += 1
       if block.se_ratio:
@@ -126,8 +125,8 @@ def model_reference_shapes(model):
   return {names[v.path]: list(v.shape) for v in model.weights}
 
 
-@pytest.mark.parametrize("variant", ["efficientnet-b0", "efficientnet-b3",
-                                     "efficientnet-lite0"])
+@pytest.mark.parametrize(
+    "variant", ["efficientnet-b0", "efficientnet-b3", "efficientnet-lite0"])
 def test_published_name_lists_map_onto_full_size_models(variant):
   prefix = variant + "/"
   listed = {}
@@ -142,9 +141,12 @@ def test_published_name_lists_map_onto_full_size_models(variant):
   assert spec_reference_shapes(specs.get_variant(variant), 1000) == listed
 
 
-@pytest.mark.parametrize("variant", sorted(
-    set(specs.FAMILIES["EfficientNet"] + specs.FAMILIES["EfficientNet-Lite"])
-    - {"efficientnet-b0", "efficientnet-b3", "efficientnet-lite0"}))
+@pytest.mark.parametrize(
+    "variant",
+    sorted(
+        set(specs.FAMILIES["EfficientNet"] +
+            specs.FAMILIES["EfficientNet-Lite"]) -
+        {"efficientnet-b0", "efficientnet-b3", "efficientnet-lite0"}))
 def test_every_variant_maps_its_spec_names_onto_its_model(variant):
   # Each variant's own depth (block count, which blocks expand, SE or not)
   # at a tenth of the width, so that even L2 builds in seconds.
@@ -167,8 +169,8 @@ def test_every_standard_variant_has_its_own_signature():
         weight_sources.spec_signature(spec)) == name
 
 
-@pytest.mark.parametrize("name", ["tiny_edgetpu_s", "tiny_condconv_b0_4e",
-                                  "tiny_x_b0", "tiny_h_b5"])
+@pytest.mark.parametrize(
+    "name", ["tiny_edgetpu_s", "tiny_condconv_b0_4e", "tiny_x_b0", "tiny_h_b5"])
 def test_zoo_fixture_names_and_shapes_are_the_models(name):
   # The reference's own variable list (variables.txt) is the oracle.
   prefix = json.load(open(fixture_path(name, "meta.json")))["model_name"]
@@ -183,17 +185,18 @@ def test_zoo_fixture_names_and_shapes_are_the_models(name):
 
 
 def test_condconv_checkpoint_for_a_b0_model_names_its_variant():
-  model = build_fixture_model("tiny_condconv_b0_4e",
-                              variant="efficientnet-b0")
-  with pytest.raises(ValueError, match=(
-      "holds efficientnet-condconv-b0-4e .*CondConv with 4 experts.*the "
-      "model is efficientnet-b0")):
+  model = build_fixture_model("tiny_condconv_b0_4e", variant="efficientnet-b0")
+  with pytest.raises(
+      ValueError,
+      match=("holds efficientnet-condconv-b0-4e .*CondConv with 4 experts.*the "
+             "model is efficientnet-b0")):
     load_pretrained(model, fixture_path("tiny_condconv_b0_4e"))
 
 
 def test_ema_only_checkpoint_loads_with_ema_and_refuses_raw(tmp_path):
-  path = write_reference_copy("tiny_b0", tmp_path / "ema_only", lambda t: [
-      t.pop(n) for n in list(t) if n != "global_step" and not n.endswith(EMA)])
+  path = write_reference_copy(
+      "tiny_b0", tmp_path / "ema_only", lambda t:
+      [t.pop(n) for n in list(t) if n != "global_step" and not n.endswith(EMA)])
   model = build_fixture_model("tiny_b0")
   with pytest.raises(ValueError, match="only EMA weights.*use_ema=True"):
     load_pretrained(model, path, use_ema=False)
@@ -204,14 +207,15 @@ def test_ema_only_checkpoint_loads_with_ema_and_refuses_raw(tmp_path):
 
 
 def _assert_nothing_assigned(model, before):
-  assert all(np.array_equal(v.numpy(), b)
-             for v, b in zip(model.weights, before))
+  assert all(
+      np.array_equal(v.numpy(), b) for v, b in zip(model.weights, before))
 
 
 def test_missing_tensor_is_named_and_nothing_is_assigned(tmp_path):
   gone = "efficientnet-b0/blocks_3/tpu_batch_normalization_1/gamma"
-  path = write_reference_copy("tiny_b0", tmp_path / "missing", lambda t: [
-      t.pop(n) for n in list(t) if n.startswith(gone)])
+  path = write_reference_copy(
+      "tiny_b0", tmp_path / "missing",
+      lambda t: [t.pop(n) for n in list(t) if n.startswith(gone)])
   model = build_fixture_model("tiny_b0")
   before = [v.numpy() for v in model.weights]
   with pytest.raises(ValueError, match=f"{gone}{EMA} is missing"):
@@ -221,20 +225,23 @@ def test_missing_tensor_is_named_and_nothing_is_assigned(tmp_path):
 
 def test_wrong_shape_is_named(tmp_path):
   name = "efficientnet-b0/blocks_1/depthwise_conv2d/depthwise_kernel"
-  path = write_reference_copy("tiny_b0", tmp_path / "shape", lambda t: t.update(
-      {name: np.zeros([5, 5, 48, 1], np.float32)}))
+  path = write_reference_copy(
+      "tiny_b0", tmp_path / "shape",
+      lambda t: t.update({name: np.zeros([5, 5, 48, 1], np.float32)}))
   with pytest.raises(ValueError, match=f"{name} has shape \\[5, 5, 48, 1\\]"):
     load_pretrained(build_fixture_model("tiny_b0"), path, use_ema=False)
 
 
 def test_checkpoint_of_another_variant_says_which():
   model = build_fixture_model("tiny_lite0", variant="efficientnet-b0")
-  with pytest.raises(ValueError, match="holds efficientnet-lite0 .*, the "
-                     "model is efficientnet-b0"):
+  with pytest.raises(
+      ValueError, match="holds efficientnet-lite0 .*, the "
+      "model is efficientnet-b0"):
     load_pretrained(model, fixture_path("tiny_lite0"))
   full = build_model("efficientnet-b3", image_size=32)
-  with pytest.raises(ValueError, match="holds efficientnet-b0 with "
-                     "non-standard shapes .*, the model is efficientnet-b3"):
+  with pytest.raises(
+      ValueError, match="holds efficientnet-b0 with "
+      "non-standard shapes .*, the model is efficientnet-b3"):
     load_pretrained(full, fixture_path("tiny_b0"))
 
 
@@ -253,8 +260,9 @@ def test_files_that_are_no_checkpoint_are_named(tmp_path):
 
 def test_classifier_of_another_size_is_skipped_only_when_asked():
   model = build_fixture_model("tiny_b0", num_classes=5)
-  with pytest.raises(ValueError, match="skip_mismatched_classifier.*"
-                     r"head/dense/kernel\S* has shape \[128, 10\]"):
+  with pytest.raises(
+      ValueError, match="skip_mismatched_classifier.*"
+      r"head/dense/kernel\S* has shape \[128, 10\]"):
     load_pretrained(model, fixture_path("tiny_b0"))
   result = load_pretrained(model, fixture_path("tiny_b0"),
                            skip_mismatched_classifier=True)
@@ -272,8 +280,8 @@ def test_effnet_gin_checkpoint_round_trips_with_its_ema(tmp_path):
   ema = averaging.ExponentialMovingAverage(source)
   for average in ema.averages:
     average.assign(tf.random.normal(average.shape))
-  path = checkpointing.build_checkpoint(model=source, ema=ema).write(
-      str(tmp_path / "ckpt-7"))
+  path = checkpointing.build_checkpoint(model=source,
+                                        ema=ema).write(str(tmp_path / "ckpt-7"))
   target = build_model(num_classes=4, width_coefficient=0.1,
                        depth_coefficient=0.1, image_size=32)
   result = load_pretrained(target, path)
@@ -298,14 +306,17 @@ def calibrated_keras_efficientnet(index, image_size, num_classes, images):
   """
   keras.utils.set_random_seed(index)
   rng = np.random.default_rng(index)
-  model = getattr(keras.applications, f"EfficientNetB{index}")(
-      weights=None, input_shape=(image_size, image_size, 3),
-      classes=num_classes, classifier_activation=None)
+  model = getattr(keras.applications,
+                  f"EfficientNetB{index}")(weights=None,
+                                           input_shape=(image_size, image_size,
+                                                        3), classes=num_classes,
+                                           classifier_activation=None)
   mean, stddev = specs.INPUT_NORMALIZATIONS["imagenet"]
   for layer in model.layers:
     if isinstance(layer, keras.layers.Normalization):
-      layer.set_weights([np.array(mean) / 255, (np.array(stddev) / 255) ** 2,
-                         np.array(0)])
+      layer.set_weights(
+          [np.array(mean) / 255, (np.array(stddev) / 255)**2,
+           np.array(0)])
       layer.finalize_state()
     if isinstance(layer, keras.layers.Dropout):
       layer.rate = 0.0  # Calibrate on the inference-time network.
@@ -341,8 +352,8 @@ def test_keras_applications_weights_file_gives_keras_logits(index, tmp_path):
   keras_model.save_weights(path)
   model = build_model(f"efficientnet-b{index}", 7, image_size=64)
   result = load_pretrained(model, path)
-  assert (result.source_format, result.variant, result.ema) == (
-      "keras", f"efficientnet-b{index}", False)
+  assert (result.source_format, result.variant,
+          result.ema) == ("keras", f"efficientnet-b{index}", False)
   assert result.tensors_mapped == len(model.weights)
   logits = model(images, training=False).numpy()
   relative = np.abs(logits - expected).max() / np.abs(expected).max()
@@ -362,6 +373,7 @@ def test_keras_applications_weights_file_gives_keras_logits(index, tmp_path):
     with pytest.raises(ValueError, match="input_normalization='imagenet'"):
       load_pretrained(lite, path)
     b1 = build_model("efficientnet-b1", 7, image_size=64)
-    with pytest.raises(ValueError, match="holds efficientnet-b0, the model "
-                       "is efficientnet-b1"):
+    with pytest.raises(
+        ValueError, match="holds efficientnet-b0, the model "
+        "is efficientnet-b1"):
       load_pretrained(b1, keras_model)

@@ -26,57 +26,145 @@ _B = "effnet_gin.data.BigtableSource"
 # Written out here, not derived from the table, so that a changed binding
 # in the table fails until README's table and this one agree.
 EXPECTED = {
-    "tpu": ("my-tpu", {"effnet_gin.train.build_strategy.tpu": "my-tpu"}),
-    "zone": ("us-central1-b",
-             {"effnet_gin.train.build_strategy.zone": "us-central1-b"}),
-    "project": ("my-project",
-                {"effnet_gin.train.build_strategy.project": "my-project"}),
-    "use_tpu": ("false", {"effnet_gin.train.build_strategy.kind": "auto"}),
-    "use_bfloat16": ("false", {f"{_T}.precision": "float32",
-                               f"{_E}.precision": "float32"}),
-    "model_name": ("efficientnet-b3", {"MODEL_NAME": "efficientnet-b3"}),
-    "input_image_size": ("256", {"IMAGE_SIZE": 256}),
-    "num_label_classes": ("10", {"NUM_CLASSES": 10}),
-    "dropout_rate": ("0.5", {f"{_M}.dropout_rate": 0.5}),
-    "survival_prob": ("0.7", {f"{_M}.survival_prob": 0.7}),
-    "depth_coefficient": ("0.1", {f"{_M}.depth_coefficient": 0.1}),
-    "width_coefficient": ("0.1", {f"{_M}.width_coefficient": 0.1}),
-    "batch_norm_momentum": ("0.9", {f"{_M}.batch_norm_momentum": 0.9}),
-    "batch_norm_epsilon": ("0.01", {f"{_M}.batch_norm_epsilon": 0.01}),
+    "tpu": ("my-tpu", {
+        "effnet_gin.train.build_strategy.tpu": "my-tpu"
+    }),
+    "zone": ("us-central1-b", {
+        "effnet_gin.train.build_strategy.zone": "us-central1-b"
+    }),
+    "project": ("my-project", {
+        "effnet_gin.train.build_strategy.project": "my-project"
+    }),
+    "use_tpu": ("false", {
+        "effnet_gin.train.build_strategy.kind": "auto"
+    }),
+    "use_bfloat16": ("false", {
+        f"{_T}.precision": "float32",
+        f"{_E}.precision": "float32"
+    }),
+    "model_name": ("efficientnet-b3", {
+        "MODEL_NAME": "efficientnet-b3"
+    }),
+    "input_image_size": ("256", {
+        "IMAGE_SIZE": 256
+    }),
+    "num_label_classes": ("10", {
+        "NUM_CLASSES": 10
+    }),
+    "dropout_rate": ("0.5", {
+        f"{_M}.dropout_rate": 0.5
+    }),
+    "survival_prob": ("0.7", {
+        f"{_M}.survival_prob": 0.7
+    }),
+    "depth_coefficient": ("0.1", {
+        f"{_M}.depth_coefficient": 0.1
+    }),
+    "width_coefficient": ("0.1", {
+        f"{_M}.width_coefficient": 0.1
+    }),
+    "batch_norm_momentum": ("0.9", {
+        f"{_M}.batch_norm_momentum": 0.9
+    }),
+    "batch_norm_epsilon": ("0.01", {
+        f"{_M}.batch_norm_epsilon": 0.01
+    }),
     "batch_norm_batch_size": ("256", {
-        "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size": 256}),
-    "num_train_images": ("64", {"NUM_TRAIN_IMAGES": 64}),
-    "num_eval_images": ("16", {"NUM_EVAL_IMAGES": 16}),
-    "holdout_shards": ("20", {"HOLDOUT_TRAIN_SHARDS": 20}),
-    "augment_name": ("randaugment", {f"{_D}.augment": "randaugment"}),
-    "randaug_num_layers": ("3", {f"{_D}.randaugment_layers": 3}),
-    "randaug_magnitude": ("17", {f"{_D}.randaugment_magnitude": 17}),
-    "mixup_alpha": ("0.2", {f"{_D}.mixup_alpha": 0.2}),
-    "use_cache": ("true", {f"{_D}.cache": True}),
-    "bigtable_train_prefix": ("tr_", {f"{_B}.train_prefix": "tr_"}),
-    "bigtable_eval_prefix": ("ev_", {f"{_B}.eval_prefix": "ev_"}),
-    "bigtable_column_family": ("cf", {f"{_B}.column_family": "cf"}),
-    "bigtable_column_qualifier": ("cq", {f"{_B}.column_qualifier": "cq"}),
-    "mode": ("train_and_eval", {f"{_T}.mode": "train_and_eval"}),
-    "train_steps": ("10", {"TRAIN_STEPS": 10}),
-    "train_batch_size": ("64", {"TRAIN_BATCH_SIZE": 64}),
-    "eval_batch_size": ("32", {"EVAL_BATCH_SIZE": 32}),
-    "iterations_per_loop": ("100", {"STEPS_PER_LOOP": 100}),
-    "steps_per_eval": ("500", {f"{_T}.steps_per_eval": 500}),
-    "eval_timeout": ("60", {f"{_E}.eval_timeout": 60.0}),
-    "log_step_count_steps": ("64", {f"{_T}.log_every_steps": 64}),
-    "base_learning_rate": ("0.032", {f"{_S}.base_learning_rate": 0.032}),
-    "lr_schedule": ("poly", {f"{_S}.kind": "polynomial"}),
-    "lr_decay_epoch": ("3.0", {f"{_S}.decay_epochs": 3.0}),
-    "lr_decay_factor": ("0.9", {f"{_S}.decay_factor": 0.9}),
-    "lr_warmup_epochs": ("2", {f"{_S}.warmup_epochs": 2.0}),
-    "optimizer": ("lars", {f"{_O}.name": "lars"}),
-    "lars_weight_decay": ("0.0001", {f"{_O}.lars_weight_decay": 0.0001}),
-    "lars_epsilon": ("1e-08", {f"{_O}.lars_epsilon": 1e-8}),
-    "weight_decay": ("0.0001", {f"{_T}.weight_decay": 0.0001}),
-    "label_smoothing": ("0.2", {f"{_T}.label_smoothing": 0.2}),
+        "effnet_gin.model.distributed_batch_norm.batch_norm_batch_size": 256
+    }),
+    "num_train_images": ("64", {
+        "NUM_TRAIN_IMAGES": 64
+    }),
+    "num_eval_images": ("16", {
+        "NUM_EVAL_IMAGES": 16
+    }),
+    "holdout_shards": ("20", {
+        "HOLDOUT_TRAIN_SHARDS": 20
+    }),
+    "augment_name": ("randaugment", {
+        f"{_D}.augment": "randaugment"
+    }),
+    "randaug_num_layers": ("3", {
+        f"{_D}.randaugment_layers": 3
+    }),
+    "randaug_magnitude": ("17", {
+        f"{_D}.randaugment_magnitude": 17
+    }),
+    "mixup_alpha": ("0.2", {
+        f"{_D}.mixup_alpha": 0.2
+    }),
+    "use_cache": ("true", {
+        f"{_D}.cache": True
+    }),
+    "bigtable_train_prefix": ("tr_", {
+        f"{_B}.train_prefix": "tr_"
+    }),
+    "bigtable_eval_prefix": ("ev_", {
+        f"{_B}.eval_prefix": "ev_"
+    }),
+    "bigtable_column_family": ("cf", {
+        f"{_B}.column_family": "cf"
+    }),
+    "bigtable_column_qualifier": ("cq", {
+        f"{_B}.column_qualifier": "cq"
+    }),
+    "mode": ("train_and_eval", {
+        f"{_T}.mode": "train_and_eval"
+    }),
+    "train_steps": ("10", {
+        "TRAIN_STEPS": 10
+    }),
+    "train_batch_size": ("64", {
+        "TRAIN_BATCH_SIZE": 64
+    }),
+    "eval_batch_size": ("32", {
+        "EVAL_BATCH_SIZE": 32
+    }),
+    "iterations_per_loop": ("100", {
+        "STEPS_PER_LOOP": 100
+    }),
+    "steps_per_eval": ("500", {
+        f"{_T}.steps_per_eval": 500
+    }),
+    "eval_timeout": ("60", {
+        f"{_E}.eval_timeout": 60.0
+    }),
+    "log_step_count_steps": ("64", {
+        f"{_T}.log_every_steps": 64
+    }),
+    "base_learning_rate": ("0.032", {
+        f"{_S}.base_learning_rate": 0.032
+    }),
+    "lr_schedule": ("poly", {
+        f"{_S}.kind": "polynomial"
+    }),
+    "lr_decay_epoch": ("3.0", {
+        f"{_S}.decay_epochs": 3.0
+    }),
+    "lr_decay_factor": ("0.9", {
+        f"{_S}.decay_factor": 0.9
+    }),
+    "lr_warmup_epochs": ("2", {
+        f"{_S}.warmup_epochs": 2.0
+    }),
+    "optimizer": ("lars", {
+        f"{_O}.name": "lars"
+    }),
+    "lars_weight_decay": ("0.0001", {
+        f"{_O}.lars_weight_decay": 0.0001
+    }),
+    "lars_epsilon": ("1e-08", {
+        f"{_O}.lars_epsilon": 1e-8
+    }),
+    "weight_decay": ("0.0001", {
+        f"{_T}.weight_decay": 0.0001
+    }),
+    "label_smoothing": ("0.2", {
+        f"{_T}.label_smoothing": 0.2
+    }),
     "moving_average_decay": ("0.999", {
-        "effnet_gin.train.ExponentialMovingAverage.decay": 0.999}),
+        "effnet_gin.train.ExponentialMovingAverage.decay": 0.999
+    }),
 }
 
 
@@ -116,9 +204,11 @@ def test_a_flag_sets_what_its_gin_binding_sets(flag):
   assert {key: query(key) for key in expected} == expected
   by_flag = gin.config_str()
   gin.clear_config()
-  configure("--gin_file=b0_cpu.gin",
-            *[f"--gin_param={key} = {gin_value!r}"
-              for key, gin_value in expected.items()])
+  configure(
+      "--gin_file=b0_cpu.gin", *[
+          f"--gin_param={key} = {gin_value!r}"
+          for key, gin_value in expected.items()
+      ])
   assert gin.config_str() == by_flag
 
 
@@ -135,8 +225,7 @@ def test_the_reference_names_of_our_flags_set_the_same(synonym, ours, key):
 
 
 def test_gcp_project_is_the_default_bigtable_project_as_in_the_reference():
-  configure("--gin_file=b0_cpu.gin", "--gcp_project=p",
-            "--bigtable_instance=i")
+  configure("--gin_file=b0_cpu.gin", "--gcp_project=p", "--bigtable_instance=i")
   assert query("effnet_gin.data.BigtableSource.project") == "p"
 
 
@@ -235,11 +324,13 @@ def test_without_gin_file_the_trainer_runs_the_cpu_recipe_in_train_and_eval(
   assert query(f"{_T}.mode") == "train"
 
 
-@pytest.mark.parametrize("args,kind,precision", [
-    (["--tpu=my-tpu"], "tpu", "mixed_bfloat16"),  # b0_tpu.gin
-    (["--use_tpu"], "tpu", "mixed_bfloat16"),
-    (["--tpu=my-tpu", "--use_tpu=false"], "auto", "float32"),  # b0_cpu.gin
-])
+@pytest.mark.parametrize(
+    "args,kind,precision",
+    [
+        (["--tpu=my-tpu"], "tpu", "mixed_bfloat16"),  # b0_tpu.gin
+        (["--use_tpu"], "tpu", "mixed_bfloat16"),
+        (["--tpu=my-tpu", "--use_tpu=false"], "auto", "float32"),  # b0_cpu.gin
+    ])
 def test_without_gin_file_a_named_tpu_selects_the_tpu_recipe(
     args, kind, precision, monkeypatch):
   monkeypatch.delenv("TPU_NAME", raising=False)

@@ -48,10 +48,10 @@ def reference():
 @pytest.fixture(name="data_dir")
 def data_dir_fixture(jpegs, tmp_path):
   """One validation TFRecord file of the photographs, photo i labelled i."""
-  data_helpers.write_records(
-      tmp_path / "validation-00000-of-00001",
-      [serialize_imagenet_example(jpeg, label) for label, jpeg in
-       enumerate(jpegs)])
+  data_helpers.write_records(tmp_path / "validation-00000-of-00001", [
+      serialize_imagenet_example(jpeg, label)
+      for label, jpeg in enumerate(jpegs)
+  ])
   return str(tmp_path)
 
 
@@ -64,8 +64,8 @@ def checkpoint_fixture(tmp_path):
       build_model.num_classes = 5
       build_model.image_size = 224
   """)
-  return checkpointing.build_checkpoint(model=configurables.build_model()).write(
-      str(tmp_path / "run" / "ckpt-1"))
+  return checkpointing.build_checkpoint(
+      model=configurables.build_model()).write(str(tmp_path / "run" / "ckpt-1"))
 
 
 def export(checkpoint, export_dir):
@@ -97,16 +97,15 @@ def test_input_pipeline_eval_matches_reference(data_dir, reference):
   assert_matches_reference(eval_images(data_dir), reference)
 
 
-def test_saved_model_image_bytes_matches_reference(checkpoint, jpegs,
-                                                   reference, tmp_path):
+def test_saved_model_image_bytes_matches_reference(checkpoint, jpegs, reference,
+                                                   tmp_path):
   loaded = export(checkpoint, str(tmp_path / "serving"))
   image_bytes = tf.constant(jpegs)
-  assert_matches_reference(loaded.preprocess_image_bytes(image_bytes).numpy(),
-                           reference)
+  assert_matches_reference(
+      loaded.preprocess_image_bytes(image_bytes).numpy(), reference)
   # The signature classifies those pixels: as if fed the reference's.
   by_bytes = loaded.signatures["serving_default"](image_bytes=image_bytes)
-  by_images = loaded.signatures["serving_images"](
-      images=tf.constant(reference))
+  by_images = loaded.signatures["serving_images"](images=tf.constant(reference))
   np.testing.assert_allclose(by_bytes["probabilities"],
                              by_images["probabilities"], atol=1e-4)
 

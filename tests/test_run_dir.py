@@ -8,8 +8,10 @@ from effnet_gin.checkpoints import run_dir
 
 
 def _layout_names():
-  return [value for name, value in vars(run_dir).items()
-          if name.endswith(("_FILE", "_DIR", "_PREFIX")) and name.isupper()]
+  return [
+      value for name, value in vars(run_dir).items()
+      if name.endswith(("_FILE", "_DIR", "_PREFIX")) and name.isupper()
+  ]
 
 
 @pytest.mark.parametrize("value", _layout_names())
@@ -23,8 +25,8 @@ def test_checkpoint_names_round_trip():
   assert run_dir.checkpoint_step(path) == 1251
   assert run_dir.checkpoint_step("gs://bucket/run/model.ckpt") is None
   assert run_dir.is_own_checkpoint("gs://bucket/run/", path)
-  assert not run_dir.is_own_checkpoint(
-      "gs://bucket/run", "gs://bucket/run/best/ckpt-1251")
+  assert not run_dir.is_own_checkpoint("gs://bucket/run",
+                                       "gs://bucket/run/best/ckpt-1251")
   assert not run_dir.is_own_checkpoint("gs://bucket/run", "gs://bucket/ckpt-1")
 
 

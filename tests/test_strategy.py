@@ -37,12 +37,27 @@ def test_auto_selects_default_strategy_on_cpu(no_tf_config):
 
 
 @pytest.mark.parametrize("tf_config, expected", [
-    ({"cluster": _cluster(2), "task": {"type": "worker", "index": 1}},
-     "multi_worker"),
-    ({"cluster": _cluster(1, chief=True), "task": {"type": "chief",
-                                                   "index": 0}},
-     "multi_worker"),
-    ({"cluster": _cluster(1), "task": {"type": "worker", "index": 0}}, "cpu"),
+    ({
+        "cluster": _cluster(2),
+        "task": {
+            "type": "worker",
+            "index": 1
+        }
+    }, "multi_worker"),
+    ({
+        "cluster": _cluster(1, chief=True),
+        "task": {
+            "type": "chief",
+            "index": 0
+        }
+    }, "multi_worker"),
+    ({
+        "cluster": _cluster(1),
+        "task": {
+            "type": "worker",
+            "index": 0
+        }
+    }, "cpu"),
 ])
 def test_auto_reads_tf_config(monkeypatch, tf_config, expected):
   monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
@@ -78,7 +93,7 @@ def test_unresolvable_tpu_fails_fast_naming_it(monkeypatch):
   start = time.monotonic()
   with pytest.raises(ValueError, match="'nonexistent-tpu-name'"):
     distribute.build_strategy(tpu="nonexistent-tpu-name",
-                                tpu_resolve_timeout_secs=30)
+                              tpu_resolve_timeout_secs=30)
   assert time.monotonic() - start < 20
 
 
@@ -96,25 +111,24 @@ def test_silent_metadata_server_times_out(monkeypatch):
     assert time.monotonic() - start < 10
 
 
-def test_a_tpu_config_without_a_tpu_says_so_and_points_elsewhere(
-    monkeypatch):
+def test_a_tpu_config_without_a_tpu_says_so_and_points_elsewhere(monkeypatch):
   monkeypatch.delenv("TPU_NAME", raising=False)
   with pytest.raises(distribute.NoTPUError,
                      match=r"--tpu=local.*--tpu=NAME.*b0_gpu\.gin / b0_cpu"):
     distribute.build_strategy(kind="tpu")
 
 
-def test_trainer_on_a_tpu_config_without_a_tpu_says_so_in_one_line(
-    tmp_path):
+def test_trainer_on_a_tpu_config_without_a_tpu_says_so_in_one_line(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   env.pop("TPU_NAME", None)
   model_dir = tmp_path / "model"
-  trainer = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "bin", "trainer")
-  result = subprocess.run(
-      [sys.executable, trainer, "--gin_file=b0_tpu.gin",
-       f"--data_dir={tmp_path}", f"--model_dir={model_dir}"],
-      env=env, capture_output=True, text=True, timeout=180, check=False)
+  trainer = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin",
+      "trainer")
+  result = subprocess.run([
+      sys.executable, trainer, "--gin_file=b0_tpu.gin",
+      f"--data_dir={tmp_path}", f"--model_dir={model_dir}"
+  ], env=env, capture_output=True, text=True, timeout=180, check=False)
   assert result.returncode == 1
   assert "Traceback" not in result.stderr
   last = result.stderr.strip().splitlines()[-1]
@@ -142,8 +156,7 @@ def test_with_the_tpu_extra_a_named_tpu_gets_past_the_dependency(monkeypatch):
   monkeypatch.setenv("GCE_METADATA_IP", "metadata.invalid")
   with pytest.raises(ValueError, match="'my-tpu'") as raised:
     distribute.build_strategy(tpu="my-tpu", zone="us-central1-b",
-                                project="my-project",
-                                tpu_resolve_timeout_secs=20)
+                              project="my-project", tpu_resolve_timeout_secs=20)
   assert "Missing runtime dependency" not in str(raised.value)
 
 
@@ -160,12 +173,18 @@ def test_is_chief_task(cluster, task_type, task_id, expected):
 
 
 def test_is_chief_task_from_tf_config_resolver(monkeypatch):
-  monkeypatch.setenv("TF_CONFIG", json.dumps(
-      {"cluster": _cluster(2, chief=True),
-       "task": {"type": "worker", "index": 0}}))
+  monkeypatch.setenv(
+      "TF_CONFIG",
+      json.dumps({
+          "cluster": _cluster(2, chief=True),
+          "task": {
+              "type": "worker",
+              "index": 0
+          }
+      }))
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
   assert not distribute.is_chief_task(resolver.cluster_spec().as_dict(),
-                                        resolver.task_type, resolver.task_id)
+                                      resolver.task_type, resolver.task_id)
 
 
 _WORKER = textwrap.dedent("""
@@ -192,11 +211,18 @@ def test_multi_worker_strategy_elects_worker_zero(tmp_path):
   script.write_text(_WORKER)
   workers = []
   for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    workers.append(subprocess.Popen(
-        [sys.executable, str(script)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG=json.dumps({
+            "cluster": cluster,
+            "task": {
+                "type": "worker",
+                "index": index
+            }
+        }))
+    workers.append(
+        subprocess.Popen([sys.executable, str(script)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True))
   outputs = []
   for worker in workers:
     try:
@@ -205,8 +231,9 @@ def test_multi_worker_strategy_elects_worker_zero(tmp_path):
       worker.kill()
     assert worker.returncode == 0, err[-2000:]
     outputs.append(out.strip().splitlines()[-1])
-  assert outputs == ["CollectiveAllReduceStrategy True",
-                     "CollectiveAllReduceStrategy False"]
+  assert outputs == [
+      "CollectiveAllReduceStrategy True", "CollectiveAllReduceStrategy False"
+  ]
 
 
 def test_set_precision_policy():

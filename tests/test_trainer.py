@@ -24,14 +24,16 @@ import trainer_helpers
 
 # `effnet_gin.train.evaluate` the attribute is the function; this is the module.
 
-SHIPPED = sorted(os.path.basename(p) for p in glob.glob(
-    os.path.join(cli.shipped_gin_dir(), "*.gin")))
+SHIPPED = sorted(
+    os.path.basename(p)
+    for p in glob.glob(os.path.join(cli.shipped_gin_dir(), "*.gin")))
 # Experiment files name a whole run; overlays are given after one of them on
 # the command line (--gin_file=b0_tpu.gin --gin_file=smoke.gin); the others
 # are per-axis parts that experiment files include.
-RUNNABLE = [name for name in SHIPPED
-            if name == "demo.gin" or name.split("_")[0][:1] == "b"
-            or name.startswith("edgetpu_")]
+RUNNABLE = [
+    name for name in SHIPPED if name == "demo.gin" or
+    name.split("_")[0][:1] == "b" or name.startswith("edgetpu_")
+]
 # finetune.gin also needs an imported model.gin and INIT_CHECKPOINT:
 # test_import_checkpoint.py parses and trains it that way.
 STANDALONE_OVERLAYS = ["smoke.gin", "autoaugment.gin", "randaugment.gin"]
@@ -62,8 +64,8 @@ def test_every_part_file_is_included_by_a_runnable_config():
   included = set()
   for name in RUNNABLE:
     with open(os.path.join(cli.shipped_gin_dir(), name)) as f:
-      included.update(line.split("'")[1] for line in f
-                      if line.startswith("include "))
+      included.update(
+          line.split("'")[1] for line in f if line.startswith("include "))
   assert set(SHIPPED) - set(RUNNABLE) - set(OVERLAYS) == included
 
 
@@ -78,22 +80,26 @@ def test_every_overlay_parses_after_every_runnable_config(name, overlay):
 # bindings smoke.gin then shrinks to the same tiny network: training them too
 # would repeat b0_tpu's run. They parse above; test_configs builds each
 # variant's model at its own resolution and dropout.
-TRAINED = [name for name in RUNNABLE
-           if not (name.endswith("_tpu.gin") and name[:2] in
-                   {f"b{i}" for i in range(1, 8)})
-           and not name.startswith("edgetpu_")]
+TRAINED = [
+    name for name in RUNNABLE
+    if not (name.endswith("_tpu.gin") and name[:2] in
+            {f"b{i}" for i in range(1, 8)}) and not name.startswith("edgetpu_")
+]
 # edgetpu_s_tpu.gin is b0_tpu.gin's recipe with another MODEL_NAME and
 # NUM_CLASSES: test_zoo_train.py checks those and trains the EdgeTPU model.
 
 
 def test_the_variant_configs_differ_from_b0_tpu_only_in_the_model():
+
   def lines(name):
     with open(os.path.join(cli.shipped_gin_dir(), name)) as f:
       return [line for line in f if not line.startswith("#")]
+
   for index in range(1, 8):
     assert lines(f"b{index}_tpu.gin") == [
         line.replace("model_b0.gin", f"model_b{index}.gin")
-        for line in lines("b0_tpu.gin")]
+        for line in lines("b0_tpu.gin")
+    ]
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -110,9 +116,10 @@ def test_every_runnable_config_trains_two_steps(name, tmp_path):
 @pytest.mark.parametrize("overlay", ["randaugment.gin", "autoaugment.gin"])
 def test_augmentation_overlays_train_with_smoke(overlay, tmp_path):
   gin.clear_config()
-  cli.configure(["b5_tpu.gin", overlay, "smoke.gin"],
-                ["effnet_gin.train.train.precision = 'float32'",
-                 "effnet_gin.train.train.jit_compile = False"])
+  cli.configure(["b5_tpu.gin", overlay, "smoke.gin"], [
+      "effnet_gin.train.train.precision = 'float32'",
+      "effnet_gin.train.train.jit_compile = False"
+  ])
   result = configurables.train(model_dir=str(tmp_path), command="test")
   assert result["step"] == 2 and np.isfinite(result["loss"])
 
@@ -155,8 +162,10 @@ def test_writes_command_configs_and_summaries(tmp_path, caplog):
   for path in glob.glob(str(tmp_path / "train" / "events.*")):
     for event in tf.compat.v1.train.summary_iterator(path):
       tags.update(value.tag for value in event.summary.value)
-  assert {"loss", "learning_rate", "epoch", "top_1_accuracy",
-          "images_per_sec", "step_time_sec"} <= tags
+  assert {
+      "loss", "learning_rate", "epoch", "top_1_accuracy", "images_per_sec",
+      "step_time_sec"
+  } <= tags
   assert any(tag.startswith("operative_config") for tag in tags)
 
 
@@ -197,9 +206,10 @@ def test_learns_the_generated_task(tmp_path):
   # dropout, stochastic depth, the data order and the crops, so every run
   # gives the same numbers: unseeded, a run once ended at exactly 0.3.
   result = _train(
-      tmp_path, "effnet_gin.train.train.seed = 7", "TRAIN_STEPS = 300", "STEPS_PER_LOOP = 50",
-      "TRAIN_BATCH_SIZE = 32", "IMAGE_SIZE = 64", "NUM_EVAL_IMAGES = 200",
-      "EVAL_BATCH_SIZE = 100", "NUM_TRAIN_IMAGES = 2000",
+      tmp_path, "effnet_gin.train.train.seed = 7", "TRAIN_STEPS = 300",
+      "STEPS_PER_LOOP = 50", "TRAIN_BATCH_SIZE = 32", "IMAGE_SIZE = 64",
+      "NUM_EVAL_IMAGES = 200", "EVAL_BATCH_SIZE = 100",
+      "NUM_TRAIN_IMAGES = 2000",
       "effnet_gin.model.build_model.width_coefficient = 0.5",
       "effnet_gin.model.build_model.depth_coefficient = 0.5",
       "effnet_gin.data.build_dataset.source = "
@@ -238,9 +248,11 @@ def test_fine_tuning_skips_a_classifier_of_another_size(tmp_path):
   assert skipped == ["predictions"]
   reader = tf.train.load_checkpoint(source_ckpt)
   stem = model.get_layer("stem_conv").kernel.numpy()
-  stored = [reader.get_tensor(name) for name, shape
-            in reader.get_variable_to_shape_map().items()
-            if name.startswith("ema/") and list(shape) == list(stem.shape)]
+  stored = [
+      reader.get_tensor(name)
+      for name, shape in reader.get_variable_to_shape_map().items()
+      if name.startswith("ema/") and list(shape) == list(stem.shape)
+  ]
   assert any(np.array_equal(stem, value) for value in stored)
   # Through the trainer: a 5-class run starts from the 10-class checkpoint.
   result = _train(tmp_path / "target", "NUM_CLASSES = 5",
@@ -272,13 +284,15 @@ def test_mirrored_two_replicas_match_one_device(mirrored_strategy):
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(
             (per_replica_images, per_replica_labels)).repeat())
-    host_loop = train_step.build_host_loop(
-        strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-        global_batch_size=16, label_smoothing=0.1,
-        weight_decay=1e-5, jit_compile=False)
+    host_loop = train_step.build_host_loop(strategy=strategy, model=model,
+                                           optimizer=optimizer, ema=ema,
+                                           global_batch_size=16,
+                                           label_smoothing=0.1,
+                                           weight_decay=1e-5, jit_compile=False)
     iterator = iter(dataset)
-    step_losses = [float(host_loop(iterator, tf.constant(1))[0])
-                   for _ in range(3)]
+    step_losses = [
+        float(host_loop(iterator, tf.constant(1))[0]) for _ in range(3)
+    ]
     return step_losses, model.get_layer("stem_conv").kernel.numpy()
 
   mirrored = mirrored_strategy
@@ -327,8 +341,9 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
   model = configurables.build_model()
   step = tf.Variable(0, dtype=tf.int64)
   checkpointing.build_checkpoint(
-      step=step, model=model, ema=averaging.ExponentialMovingAverage(model)
-  ).read(archived).assert_existing_objects_matched().expect_partial()
+      step=step, model=model,
+      ema=averaging.ExponentialMovingAverage(model)).read(
+          archived).assert_existing_objects_matched().expect_partial()
   assert int(step.numpy()) == best["step"]
 
   # The trainer is then the one writer of those records: an evaluator on
@@ -337,6 +352,7 @@ def test_train_and_eval_evaluates_at_each_interval_and_the_end(tmp_path):
                                    checkpoint=best_record["checkpoint"])
   assert again["top_1_accuracy"] == best_record["top_1_accuracy"]
   assert records.ResultsLog(model_dir).read() == results
+
 
 class _RecordingSGD(keras.optimizers.SGD):
   """Plain SGD that also keeps the learning rate of its last update."""
@@ -387,12 +403,11 @@ def test_one_step_counter_drives_schedule_ema_and_log(precision, tmp_path):
   keras.mixed_precision.set_global_policy(precision)
   keras.utils.set_random_seed(0)
   # lr(s) = 0.01 * 0.5**s: a different rate at every step.
-  schedule = optim.WarmupDecaySchedule(peak_learning_rate=0.01,
-                                       warmup_steps=0, decay_steps=1,
-                                       decay_factor=0.5)
+  schedule = optim.WarmupDecaySchedule(peak_learning_rate=0.01, warmup_steps=0,
+                                       decay_steps=1, decay_factor=0.5)
   model = build_model("efficientnet-b0", 10, width_coefficient=0.1,
-                      depth_coefficient=0.1, image_size=32,
-                      dropout_rate=0.0, survival_prob=1.0)
+                      depth_coefficient=0.1, image_size=32, dropout_rate=0.0,
+                      survival_prob=1.0)
   inner = _RecordingSGD(schedule, name="recording_sgd")
   optimizer = (keras.optimizers.LossScaleOptimizer(inner)
                if precision == "mixed_float16" else inner)
@@ -402,13 +417,15 @@ def test_one_step_counter_drives_schedule_ema_and_log(precision, tmp_path):
   rng = np.random.default_rng(0)
   batch = (rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32),
            rng.integers(0, 10, 4).astype(np.int32))
-  iterator = iter(strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors(batch).repeat()))
-  host_loop = train_step.build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-      global_batch_size=4, label_smoothing=0.1, weight_decay=1e-5,
-      jit_compile=False)
-  progress = progress_lib.LoopProgress(0, 10, 4, 100, schedule)
+  iterator = iter(
+      strategy.experimental_distribute_dataset(
+          tf.data.Dataset.from_tensors(batch).repeat()))
+  host_loop = train_step.build_host_loop(strategy=strategy, model=model,
+                                         optimizer=optimizer, ema=ema,
+                                         global_batch_size=4,
+                                         label_smoothing=0.1, weight_decay=1e-5,
+                                         jit_compile=False)
+  progress = progress_lib.LoopProgress(0, 10, 4, 400, schedule)
   writer = tf.summary.create_file_writer(str(tmp_path))
   kernel = model.get_layer("stem_conv").kernel
   skipping = precision == "mixed_float16"

@@ -30,9 +30,13 @@ def script(name):
 
 def shrunk_demo_flags(data_dir, model_dir):
   params = [
-      f"TRAIN_STEPS = {TRAIN_STEPS}", "STEPS_PER_LOOP = 2",
-      "TRAIN_BATCH_SIZE = 8", "EVAL_BATCH_SIZE = 8", "IMAGE_SIZE = 32",
-      f"NUM_CLASSES = {NUM_CLASSES}", "NUM_TRAIN_IMAGES = 64",
+      f"TRAIN_STEPS = {TRAIN_STEPS}",
+      "STEPS_PER_LOOP = 2",
+      "TRAIN_BATCH_SIZE = 8",
+      "EVAL_BATCH_SIZE = 8",
+      "IMAGE_SIZE = 32",
+      f"NUM_CLASSES = {NUM_CLASSES}",
+      "NUM_TRAIN_IMAGES = 64",
       f"NUM_EVAL_IMAGES = {NUM_EVAL}",
       "effnet_gin.model.build_model.width_coefficient = 0.25",
       "effnet_gin.model.build_model.depth_coefficient = 0.25",
@@ -40,9 +44,10 @@ def shrunk_demo_flags(data_dir, model_dir):
       "effnet_gin.train.train.checkpoint_every_steps = 2",
       "effnet_gin.train.train.keep_checkpoints = 10",
   ]
-  return (["--gin_file=demo.gin", f"--data_dir={data_dir}",
-           f"--model_dir={model_dir}"] +
-          [f"--gin_param={param}" for param in params])
+  return ([
+      "--gin_file=demo.gin", f"--data_dir={data_dir}",
+      f"--model_dir={model_dir}"
+  ] + [f"--gin_param={param}" for param in params])
 
 
 def run(command, log_path, timeout):
@@ -68,13 +73,13 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
   with open(evaluator_log_path, "w") as evaluator_log:
     # Every checkpoint, even when the trainer gets ahead of it.
     evaluate_all = ["--gin_param=effnet_gin.train.evaluate.newest_only = False"]
-    evaluator = subprocess.Popen(script("evaluator") + flags + evaluate_all,
-                                 cwd=REPO,
-                                 stdout=evaluator_log,
-                                 stderr=subprocess.STDOUT)
+    evaluator = subprocess.Popen(
+        script("evaluator") + flags + evaluate_all, cwd=REPO,
+        stdout=evaluator_log, stderr=subprocess.STDOUT)
     try:
       # Only the separate evaluator evaluates (demo.gin evaluates in-process).
-      run(script("trainer") + flags + ["--mode=train"],
+      run(
+          script("trainer") + flags + ["--mode=train"],
           str(tmp_path / "trainer.log"), timeout=900)
       # No --eval_timeout: the evaluator has to notice the final step itself.
       evaluator.wait(timeout=600)
@@ -86,34 +91,40 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
     evaluator_output = f.read()
   assert evaluator.returncode == 0, evaluator_output[-4000:]
 
-  saved = sorted(int(name[len("ckpt-"):-len(".index")])
-                 for name in os.listdir(model_dir)
-                 if re.fullmatch(r"ckpt-\d+\.index", name))
+  saved = sorted(
+      int(name[len("ckpt-"):-len(".index")])
+      for name in os.listdir(model_dir)
+      if re.fullmatch(r"ckpt-\d+\.index", name))
   assert saved == CHECKPOINT_STEPS
-  reported = [int(step) for step in re.findall(
-      r"Evaluated \S+ \(step (\d+)", evaluator_output)]
+  reported = [
+      int(step)
+      for step in re.findall(r"Evaluated \S+ \(step (\d+)", evaluator_output)
+  ]
   assert reported == CHECKPOINT_STEPS
   with open(os.path.join(model_dir, "eval", "results.jsonl")) as f:
     results = [json.loads(line) for line in f]
   assert [r["step"] for r in results] == CHECKPOINT_STEPS
   assert [r["checkpoint"] for r in results] == [
-      os.path.join(model_dir, f"ckpt-{step}") for step in CHECKPOINT_STEPS]
+      os.path.join(model_dir, f"ckpt-{step}") for step in CHECKPOINT_STEPS
+  ]
   assert all(r["num_examples"] == NUM_EVAL for r in results)
-  assert all(0.0 <= r["top_1_accuracy"] <= r["top_5_accuracy"] <= 1.0
-             for r in results)
+  assert all(
+      0.0 <= r["top_1_accuracy"] <= r["top_5_accuracy"] <= 1.0 for r in results)
   eval_files = os.listdir(os.path.join(model_dir, "eval"))
   assert "results.jsonl" in eval_files
   assert "record_counts.json" in eval_files  # A restart will not recount.
-  assert all(f in ("results.jsonl", "record_counts.json")
-             or f.startswith("events.") for f in eval_files)
+  assert all(
+      f in ("results.jsonl", "record_counts.json") or f.startswith("events.")
+      for f in eval_files)
   with open(os.path.join(model_dir, "best", "best_result.json")) as f:
     best = json.load(f)
   assert best["top_1_accuracy"] == max(r["top_1_accuracy"] for r in results)
 
   # --- Export the best checkpoint and classify image files with it --------
   export_dir = str(tmp_path / "serving")
-  run(script("exporter") + flags + [f"--export_dir={export_dir}",
-                                    "--checkpoint=best"],
+  run(
+      script("exporter") + flags +
+      [f"--export_dir={export_dir}", "--checkpoint=best"],
       str(tmp_path / "exporter.log"), timeout=600)
   files = tf.io.gfile.glob(os.path.join(data_dir, "validation-*"))
   images = []
@@ -123,9 +134,10 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
   labels_file = str(tmp_path / "labels.txt")
   with open(labels_file, "w") as f:
     f.write("".join(f"shape {i}\n" for i in range(NUM_CLASSES)))
-  output = run(script("predict") + [f"--saved_model={export_dir}",
-                                    f"--labels_file={labels_file}"] + images,
-               str(tmp_path / "predict.log"), timeout=600)
+  output = run(
+      script("predict") +
+      [f"--saved_model={export_dir}", f"--labels_file={labels_file}"] + images,
+      str(tmp_path / "predict.log"), timeout=600)
   for image in images:
     assert image in output
   ranked = re.findall(r"^  (\d)\. \d+ \(shape \d+\): [0-9.]+$", output,

@@ -32,8 +32,8 @@ def _start(model_dir, log_path, *params, env=None):
   """Starts bin/trainer with its log in a file (a pipe could fill and block)."""
   with open(log_path, "w") as log:
     return subprocess.Popen(
-        trainer_helpers.trainer_command(str(model_dir), *params),
-        env=env or trainer_helpers.subprocess_env(), stdout=log, stderr=log)
+        trainer_helpers.trainer_command(str(model_dir), *params), env=env or
+        trainer_helpers.subprocess_env(), stdout=log, stderr=log)
 
 
 def test_killed_trainer_resumes_to_the_right_step(tmp_path):
@@ -43,8 +43,8 @@ def test_killed_trainer_resumes_to_the_right_step(tmp_path):
   process = _start(model_dir, log_path, *params)
   try:
     killed_after = _wait_until(
-        lambda: trainer_helpers.latest_step(str(model_dir)), process,
-        log_path, "a first checkpoint")
+        lambda: trainer_helpers.latest_step(str(model_dir)), process, log_path,
+        "a first checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
   finally:
@@ -55,8 +55,8 @@ def test_killed_trainer_resumes_to_the_right_step(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert trainer_helpers.latest_step(str(model_dir)) == 200
   # The rerun started at a checkpoint at or after the one we saw.
-  resumed_at = int(rerun.stderr.split("Resumed from")[1].split("at step ")[1]
-                   .split()[0])
+  resumed_at = int(
+      rerun.stderr.split("Resumed from")[1].split("at step ")[1].split()[0])
   assert killed_after <= resumed_at < 200
 
 
@@ -102,8 +102,8 @@ def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
   assert trainer_helpers.latest_step(str(model_dir)) == stopped_at
   assert _checkpoint_step_variable(model_dir, stopped_at) == stopped_at
   final = stopped_at + 3
-  rerun = trainer_helpers.run_trainer(
-      str(model_dir), f"TRAIN_STEPS = {final}", *_LONG_LOOP[1:])
+  rerun = trainer_helpers.run_trainer(str(model_dir), f"TRAIN_STEPS = {final}",
+                                      *_LONG_LOOP[1:])
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f"ckpt-{stopped_at} at step {stopped_at}" in rerun.stderr
   assert f"step {final}/{final} " in rerun.stderr
@@ -122,12 +122,18 @@ def _start_workers(model_dir, log_dir, *params):
   cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
   workers = []
   for index in range(2):
-    env = trainer_helpers.subprocess_env(TF_CONFIG=json.dumps(
-        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    env = trainer_helpers.subprocess_env(TF_CONFIG=json.dumps({
+        "cluster": cluster,
+        "task": {
+            "type": "worker",
+            "index": index
+        }
+    }))
     log_path = log_dir / f"worker{index}.log"
-    workers.append((_start(model_dir, log_path, *params,
-                           "effnet_gin.train.build_strategy.kind = "
-                           "'multi_worker'", env=env), log_path))
+    workers.append(
+        (_start(model_dir, log_path, *params,
+                "effnet_gin.train.build_strategy.kind = "
+                "'multi_worker'", env=env), log_path))
   return workers
 
 
@@ -143,8 +149,10 @@ def _wait_for_workers(workers, timeout=300):
 
 
 def _assert_only_the_chief_wrote(model_dir):
-  leftovers = [name for name in os.listdir(model_dir)
-               if name.startswith(".worker_scratch")]
+  leftovers = [
+      name for name in os.listdir(model_dir)
+      if name.startswith(".worker_scratch")
+  ]
   assert leftovers == []
 
 
@@ -165,8 +173,9 @@ def test_multi_worker_mirrored_trains_in_sync_and_the_chief_saves(tmp_path):
     assert process.returncode == 0, log[-3000:]
     # TensorFlow's own account of the cluster each process joined: two
     # workers of one CPU each, i.e. 2 replicas in sync.
-    assert re.search(rf"task_id = {index}, num_workers = 2, "
-                     r"local_devices = \('[^']+',\)", log), log[-3000:]
+    assert re.search(
+        rf"task_id = {index}, num_workers = 2, "
+        r"local_devices = \('[^']+',\)", log), log[-3000:]
   # Unseeded weights: the same loss on both workers at every step takes one
   # synchronous computation (initial weights broadcast from the chief,
   # gradients and losses all-reduced).
@@ -175,11 +184,12 @@ def test_multi_worker_mirrored_trains_in_sync_and_the_chief_saves(tmp_path):
   assert losses[1] == losses[0]
   # One checkpoint, the chief's; the other worker's copy went to a scratch
   # directory that is gone.
-  assert run_dir.listed_checkpoints(str(model_dir)) == [
-      str(model_dir / "ckpt-3")]
-  assert sorted(name for name in os.listdir(model_dir)
-                if name.startswith("ckpt")) == [
-                    "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+  assert run_dir.listed_checkpoints(
+      str(model_dir)) == [str(model_dir / "ckpt-3")]
+  assert sorted(
+      name for name in os.listdir(model_dir) if name.startswith("ckpt")) == [
+          "ckpt-3.data-00000-of-00001", "ckpt-3.index"
+      ]
   assert "Saved checkpoint" in logs[0] and "Saved checkpoint" not in logs[1]
   _assert_only_the_chief_wrote(model_dir)
   assert (model_dir / "command").exists()

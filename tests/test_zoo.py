@@ -47,8 +47,10 @@ def test_cost_table_lists_every_variant_at_its_own_class_count():
   assert len(rows) == 51
   for row in reference_rows():
     printed = rows[row["model_name"]]
-    assert printed[1:4] == [row["image_size"], row["num_classes"],
-                            f"{int(row['trainable_params']):,}"]
+    assert printed[1:4] == [
+        row["image_size"], row["num_classes"],
+        f"{int(row['trainable_params']):,}"
+    ]
 
 
 def count(variables):
@@ -56,8 +58,8 @@ def count(variables):
 
 
 @pytest.mark.parametrize("name", [
-    "efficientnet-edgetpu-S", "efficientnet-x-b0",
-    "efficientnet-condconv-b0-4e"])
+    "efficientnet-edgetpu-S", "efficientnet-x-b0", "efficientnet-condconv-b0-4e"
+])
 def test_built_full_size_models_have_the_references_counts(name):
   row = {r["model_name"]: r for r in reference_rows()}[name]
   model = build_model(name, image_size=32)  # Weights ignore resolution.
@@ -66,15 +68,16 @@ def test_built_full_size_models_have_the_references_counts(name):
   assert count(model.weights) == int(row["all_model_variables"])
 
 
-@pytest.mark.parametrize("name, image_size", [
-    ("efficientnet-edgetpu-L", 48), ("efficientnet-condconv-b0-8e-depth", 33),
-    ("efficientnet-x-gpu-b2", 64), ("efficientnet-h-tpu-b5", 40)])
+@pytest.mark.parametrize("name, image_size",
+                         [("efficientnet-edgetpu-L", 48),
+                          ("efficientnet-condconv-b0-8e-depth", 33),
+                          ("efficientnet-x-gpu-b2", 64),
+                          ("efficientnet-h-tpu-b5", 40)])
 def test_spec_costs_equal_the_built_models(name, image_size):
   overrides = dict(width_coefficient=0.1, depth_coefficient=0.5)
-  model = build_model(name, num_classes=7, image_size=image_size,
-                      **overrides)
-  cost = flops.spec_cost(resolve_spec(name, resolution=image_size,
-                                      **overrides), num_classes=7)
+  model = build_model(name, num_classes=7, image_size=image_size, **overrides)
+  cost = flops.spec_cost(resolve_spec(name, resolution=image_size, **overrides),
+                         num_classes=7)
   assert cost.params == count(model.trainable_weights)
   assert cost.variables == count(model.weights)
   assert cost.flops == flops.count_flops(model)
@@ -83,13 +86,13 @@ def test_spec_costs_equal_the_built_models(name, image_size):
 def test_block_strings_parse_into_stages():
   block = specs.parse_block("r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1")
   assert (block.repeats, block.kernel_size, block.strides, block.expand_ratio,
-          block.input_filters, block.output_filters, block.se_ratio) == (
-              2, 3, 2, 6, 16, 24, 0.25)
-  assert (block.conv_type, block.space_to_depth, block.activation,
-          block.skip, block.condconv) == ("fused", 2, "swish", True, False)
+          block.input_filters, block.output_filters,
+          block.se_ratio) == (2, 3, 2, 6, 16, 24, 0.25)
+  assert (block.conv_type, block.space_to_depth, block.activation, block.skip,
+          block.condconv) == ("fused", 2, "swish", True, False)
   block = specs.parse_block("r1_k3_s11_e4_i24_o24_c1_noskip")
-  assert (block.conv_type, block.skip, block.se_ratio, block.activation) == (
-      "conv", False, 0.0, None)
+  assert (block.conv_type, block.skip, block.se_ratio,
+          block.activation) == ("conv", False, 0.0, None)
   block = specs.parse_block("r3_k5_s11_e6_i80_o112_se0.25_cc_a0")
   assert (block.condconv, block.activation) == (True, "relu")
 
@@ -122,8 +125,8 @@ def test_x_b0_blocks_follow_the_references_space_to_depth_rules():
   # width with kernel (3 + 1) // 2; its squeeze is int(128 * 0.25 * 4) / 4.
   assert (first.space_to_depth, first.kernel_size, first.strides,
           first.input_filters, first.expanded_filters, first.output_filters,
-          first.se_filters, first.activation, first.skip) == (
-              True, 2, 1, 128, 128, 64, 32, "relu", False)
+          first.se_filters, first.activation,
+          first.skip) == (True, 2, 1, 128, 128, 64, 32, "relu", False)
   # r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1: the first block runs at stride 1,
   # expanding its declared 16 (not its real 64) input channels.
   assert (second.conv_type, second.strides, second.kernel_size,
@@ -141,8 +144,8 @@ def test_edgetpu_blocks_are_conv_only_without_squeeze_excite():
           spec.local_pooling) == ("relu", "lite", 1001, True)
   # r1_k3_s11_e4_i24_o24_c1_noskip after a 32-filter stem: the expansion
   # multiplies the declared 24, not the stem's 32.
-  assert (blocks[0].conv_type, blocks[0].expanded_filters, blocks[0].skip) == (
-      "conv", 96, False)
+  assert (blocks[0].conv_type, blocks[0].expanded_filters,
+          blocks[0].skip) == ("conv", 96, False)
   assert not any(block.se_filters for block in blocks)
   assert [b.conv_type for b in blocks].count("conv") == 1 + 2 + 4
 
@@ -150,11 +153,11 @@ def test_edgetpu_blocks_are_conv_only_without_squeeze_excite():
 def test_local_pooling_averages_the_whole_map():
   model = build_model("efficientnet-edgetpu-S", width_coefficient=0.1,
                       depth_coefficient=0.5, image_size=64, num_classes=5)
-  assert isinstance(model.get_layer("avg_pool"),
-                    keras.layers.AveragePooling2D)
-  features = keras.Model(model.input, [model.get_layer("top_activation").output,
-                                       model.get_layer("avg_pool_flatten")
-                                       .output])
+  assert isinstance(model.get_layer("avg_pool"), keras.layers.AveragePooling2D)
+  features = keras.Model(model.input, [
+      model.get_layer("top_activation").output,
+      model.get_layer("avg_pool_flatten").output
+  ])
   images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3))
   maps, pooled = features(images.astype(np.float32))
   np.testing.assert_allclose(pooled, np.mean(maps, axis=(1, 2)), atol=1e-5)
@@ -175,8 +178,11 @@ def per_example_reference(x, routing, experts, kernel_shape, strides,
   return np.stack(outputs)
 
 
-@pytest.mark.parametrize("kernel_size, strides, depthwise", [
-    (1, 1, False), (3, 2, False), (5, 1, True), (3, 2, True), (2, 1, True)])
+@pytest.mark.parametrize("kernel_size, strides, depthwise", [(1, 1, False),
+                                                             (3, 2, False),
+                                                             (5, 1, True),
+                                                             (3, 2, True),
+                                                             (2, 1, True)])
 def test_condconv_convolves_each_example_with_its_mixed_kernel(
     kernel_size, strides, depthwise):
   rng = np.random.default_rng(kernel_size * 10 + strides)
@@ -192,8 +198,11 @@ def test_condconv_convolves_each_example_with_its_mixed_kernel(
   compiled = tf.function(lambda a, b: layer([a, b]), jit_compile=True)
   np.testing.assert_allclose(compiled(x, routing), expected, atol=1e-4)
   # An unknown batch size takes the tap-by-tap path.
-  unknown_batch = tf.function(lambda a, b: layer([a, b]), input_signature=[
-      tf.TensorSpec((None,) + x.shape[1:]), tf.TensorSpec((None, 5))])
+  unknown_batch = tf.function(
+      lambda a, b: layer([a, b]), input_signature=[
+          tf.TensorSpec((None,) + x.shape[1:]),
+          tf.TensorSpec((None, 5))
+      ])
   np.testing.assert_allclose(unknown_batch(x, routing), expected, atol=1e-4)
 
 
@@ -216,8 +225,8 @@ def test_condconv_block_trains_under_xla():
   def step():
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
-      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels, logits))
+      loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss, grads

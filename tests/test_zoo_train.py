@@ -42,11 +42,13 @@ def test_edgetpu_config_is_the_reference_recipe_at_1001_classes():
     gin.clear_config()
 
 
-@pytest.mark.parametrize("model_name, resize", [
-    ("efficientnet-b0", "tf1_bicubic"), ("efficientnet-lite0", "tf1_bilinear"),
-    ("efficientnet-edgetpu-M", "tf1_bilinear"),
-    ("efficientnet-condconv-b0-4e", "tf1_bicubic"),
-    ("efficientnet-x-b0", "tf1_bicubic"), ("efficientnet-h-b5", "tf1_bicubic")])
+@pytest.mark.parametrize("model_name, resize",
+                         [("efficientnet-b0", "tf1_bicubic"),
+                          ("efficientnet-lite0", "tf1_bilinear"),
+                          ("efficientnet-edgetpu-M", "tf1_bilinear"),
+                          ("efficientnet-condconv-b0-4e", "tf1_bicubic"),
+                          ("efficientnet-x-b0", "tf1_bicubic"),
+                          ("efficientnet-h-b5", "tf1_bicubic")])
 def test_each_variant_resizes_as_the_reference_unless_overridden(
     model_name, resize):
   configured(["b0_tpu.gin"], DATA + [f"MODEL_NAME = '{model_name}'"])
@@ -56,7 +58,8 @@ def test_each_variant_resizes_as_the_reference_unless_overridden(
     gin.clear_config()
   configured(["b0_tpu.gin"], DATA + [
       f"MODEL_NAME = '{model_name}'",
-      "effnet_gin.data.Preprocessing.resize_method = 'bilinear'"])
+      "effnet_gin.data.Preprocessing.resize_method = 'bilinear'"
+  ])
   try:
     assert configurables.Preprocessing().resize_method == "bilinear"
   finally:
@@ -69,16 +72,16 @@ def test_tf1_bilinear_is_the_references_resize():
   reference = tf.compat.v1.image.resize_bilinear(image[None], [16, 16])[0]
   np.testing.assert_allclose(ours, reference, atol=1e-4)
   # TF2's bilinear samples at half-pixel centres: another image.
-  assert np.abs(ours - data.preprocessing.resize(image, 16, "bilinear")
-                ).max() > 1.0
+  assert np.abs(ours -
+                data.preprocessing.resize(image, 16, "bilinear")).max() > 1.0
 
 
 def labels_of(num_classes, num_labels):
   source = data.RandomNoiseSource(num_train=8, num_eval=8, num_classes=4,
                                   image_size=8)
-  dataset = data.build_dataset(
-      split="eval", global_batch_size=8, image_size=8, source=source,
-      num_classes=num_classes, num_labels=num_labels)
+  dataset = data.build_dataset(split="eval", global_batch_size=8, image_size=8,
+                               source=source, num_classes=num_classes,
+                               num_labels=num_labels)
   (_, labels, _), = list(dataset)
   plain = data.build_dataset(split="eval", global_batch_size=8, image_size=8,
                              source=source, num_classes=4)
@@ -96,7 +99,8 @@ def test_a_model_with_a_background_class_gets_labels_shifted_by_one():
 
 @pytest.mark.parametrize("model_name", [
     "efficientnet-edgetpu-S", "efficientnet-condconv-b0-4e",
-    "efficientnet-x-b0", "efficientnet-h-b5"])
+    "efficientnet-x-b0", "efficientnet-h-b5"
+])
 def test_each_family_trains_two_steps(model_name, tmp_path):
   # smoke.gin shrinks the network.
   result = train_smoke(tmp_path, model_name)

@@ -38,15 +38,17 @@ def subprocess_env(**extra):
 
 
 def trainer_command(model_dir, *gin_params, gin_file="demo.gin"):
-  command = [sys.executable, os.path.join(BIN, "trainer"),
-             f"--gin_file={gin_file}", f"--model_dir={model_dir}"]
+  command = [
+      sys.executable,
+      os.path.join(BIN, "trainer"), f"--gin_file={gin_file}",
+      f"--model_dir={model_dir}"
+  ]
   command += [f"--gin_param={p}" for p in TINY_BINDINGS + list(gin_params)]
   return command
 
 
 def run_trainer(model_dir, *gin_params, timeout=300, env=None, **kwargs):
   """Runs bin/trainer to completion; returns the CompletedProcess."""
-  return subprocess.run(
-      trainer_command(model_dir, *gin_params, **kwargs),
-      env=env or subprocess_env(), capture_output=True, text=True,
-      timeout=timeout, check=False)
+  return subprocess.run(trainer_command(model_dir, *gin_params, **kwargs),
+                        env=env or subprocess_env(), capture_output=True,
+                        text=True, timeout=timeout, check=False)

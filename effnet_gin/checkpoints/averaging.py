@@ -41,10 +41,10 @@ def averaged_variables(model):
   Returns:
     A list of the model's variables, without duplicates.
   """
-  weights = [v for v in model.weights
-             if tf.as_dtype(v.dtype).is_floating]
-  is_statistic = [bool(_MOVING_STATISTIC.search(_variable_path(v)))
-                  for v in weights]
+  weights = [v for v in model.weights if tf.as_dtype(v.dtype).is_floating]
+  is_statistic = [
+      bool(_MOVING_STATISTIC.search(_variable_path(v))) for v in weights
+  ]
   return ([v for v, stat in zip(weights, is_statistic) if not stat] +
           [v for v, stat in zip(weights, is_statistic) if stat])
 
@@ -121,10 +121,9 @@ class ExponentialMovingAverage(tf.Module):
     # `update` writes every replica's copy itself (Keras's slot mechanism);
     # ONLY_FIRST_REPLICA additionally makes a plain `assign` from a replica
     # context legal and keeps the copies identical.
-    return tf.Variable(
-        lambda: tf.identity(source), trainable=False,
-        name=f"average_{index}_{name}",
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return tf.Variable(lambda: tf.identity(source), trainable=False,
+                       name=f"average_{index}_{name}",
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
   @property
   def averages(self):
@@ -155,10 +154,11 @@ class ExponentialMovingAverage(tf.Module):
         gradients).
     """
     decay = self.effective_decay(step)
-    pairs = list(zip(self._averages,
-                     [_tf_variable(v) for v in self._sources.value]))
+    pairs = list(
+        zip(self._averages, [_tf_variable(v) for v in self._sources.value]))
 
     def apply(strategy, decay, pairs):
+
       def move(average, value, decay):
         value = tf.cast(value, average.dtype)
         return average.assign_sub(
@@ -188,8 +188,9 @@ class ExponentialMovingAverage(tf.Module):
     Yields:
       None.
     """
-    raw = [tf.identity(_tf_variable(v).read_value())
-           for v in self._sources.value]
+    raw = [
+        tf.identity(_tf_variable(v).read_value()) for v in self._sources.value
+    ]
     self.copy_to_model()
     try:
       yield

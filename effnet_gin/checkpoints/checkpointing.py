@@ -42,8 +42,9 @@ def build_checkpoint(*, model, step=None, optimizer=None, ema=None):
   trained with `use_ema=False` has no EMA.
   """
   parts = dict(step=step, model=model, optimizer=optimizer, ema=ema)
-  return tf.train.Checkpoint(
-      **{name: part for name, part in parts.items() if part is not None})
+  return tf.train.Checkpoint(**{
+      name: part for name, part in parts.items() if part is not None
+  })
 
 
 class Manager:
@@ -72,9 +73,9 @@ class Manager:
     self._manager = self._new_manager()
 
   def _new_manager(self):
-    return tf.train.CheckpointManager(
-        self._checkpoint, self._write_dir, max_to_keep=self._max_to_keep,
-        checkpoint_name=run_dir.CHECKPOINT_PREFIX)
+    return tf.train.CheckpointManager(self._checkpoint, self._write_dir,
+                                      max_to_keep=self._max_to_keep,
+                                      checkpoint_name=run_dir.CHECKPOINT_PREFIX)
 
   @property
   def checkpoint(self):
@@ -107,13 +108,15 @@ class Manager:
       try:
         self._checkpoint.restore(path).assert_existing_objects_matched()
       except RESTORE_ERRORS as err:
-        logging.error("Checkpoint %s does not restore (%s); trying the one "
-                      "before it", path, describe_error(err))
+        logging.error(
+            "Checkpoint %s does not restore (%s); trying the one "
+            "before it", path, describe_error(err))
         failed.append(path)
         continue
       if failed:
-        logging.warning("Resuming from %s, the newest checkpoint that "
-                        "restores; unrestorable: %s", path, failed)
+        logging.warning(
+            "Resuming from %s, the newest checkpoint that "
+            "restores; unrestorable: %s", path, failed)
         if self._chief:
           self._set_aside(failed)
       return path
@@ -126,8 +129,8 @@ class Manager:
     """Moves unrestorable checkpoints to model_dir/unrestorable/."""
     state = tf.train.get_checkpoint_state(self._model_dir)
     paths = state.all_model_checkpoint_paths
-    timestamps = (state.all_model_checkpoint_timestamps
-                  or [time.time()] * len(paths))
+    timestamps = (state.all_model_checkpoint_timestamps or
+                  [time.time()] * len(paths))
     kept = [(path.rsplit("/", 1)[-1], timestamp)
             for path, timestamp in zip(paths, timestamps)
             if path not in failed]
@@ -140,9 +143,9 @@ class Manager:
         target = f"{directory}/{filename.rsplit('/', 1)[-1]}"
         tf.io.gfile.rename(filename, target)
       logging.warning("Moved the files of %s to %s", prefix, directory)
-    run_dir.write_checkpoint_state(
-        self._model_dir, [name for name, _ in kept],
-        [timestamp for _, timestamp in kept], state.last_preserved_timestamp)
+    run_dir.write_checkpoint_state(self._model_dir, [name for name, _ in kept],
+                                   [timestamp for _, timestamp in kept],
+                                   state.last_preserved_timestamp)
     self._manager = self._new_manager()  # It read the state file.
 
   def save(self, step):
@@ -174,8 +177,8 @@ def resolve_checkpoint(path):
 
 def has_ema(path):
   """Whether the checkpoint at prefix `path` holds EMA weights (`ema/...`)."""
-  return any(name.startswith("ema/")
-             for name, _ in tf.train.list_variables(path))
+  return any(
+      name.startswith("ema/") for name, _ in tf.train.list_variables(path))
 
 
 def checkpoint_num_classes(path):

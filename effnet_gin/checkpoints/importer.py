@@ -66,8 +66,8 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
                      "and, for non-standard shapes, --width_coefficient and "
                      "--depth_coefficient")
   if width_coefficient is None and depth_coefficient is None:
-    width_coefficient, depth_coefficient = infer_scaling(variant,
-                                                         info.signature)
+    width_coefficient, depth_coefficient = infer_scaling(
+        variant, info.signature)
   normalization = "advprop" if advprop else info.input_normalization
   if normalization is None:
     raise ValueError(f"{source!r} normalises its inputs in none of "
@@ -77,16 +77,15 @@ def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
                      "import into a new directory")
   model_kwargs = dict(
       variant=variant, num_classes=num_classes or info.num_classes,
-      width_coefficient=width_coefficient,
-      depth_coefficient=depth_coefficient,
+      width_coefficient=width_coefficient, depth_coefficient=depth_coefficient,
       image_size=image_size or specs.default_resolution(variant),
       input_normalization=normalization)
   model = build_model(**model_kwargs)
   try:
     result = pretrained.load_pretrained(
         model, source, use_ema=use_ema,
-        skip_mismatched_classifier=model_kwargs["num_classes"] !=
-        info.num_classes)
+        skip_mismatched_classifier=model_kwargs["num_classes"]
+        != info.num_classes)
   except ValueError as error:
     raise ValueError(f"{error} (a checkpoint of non-standard shapes needs "
                      "--width_coefficient and --depth_coefficient)") from None
@@ -123,9 +122,10 @@ def infer_scaling(variant, signature):
 
   def fits(**coefficients):
     scaled = spec_signature(dataclasses.replace(spec, **coefficients))
-    return all(getattr(scaled, field) == getattr(signature, field)
-               for field in (_DEPTH_FIELDS if "depth_coefficient" in
-                             coefficients else _WIDTH_FIELDS))
+    return all(
+        getattr(scaled, field) == getattr(signature, field)
+        for field in (_DEPTH_FIELDS if "depth_coefficient" in
+                      coefficients else _WIDTH_FIELDS))
 
   widths = [w for w in _COEFFICIENT_GRID if fits(width_coefficient=w)]
   depths = [d for d in _COEFFICIENT_GRID if fits(depth_coefficient=d)]

@@ -116,8 +116,8 @@ def load_pretrained(model, source, *, use_ema=True,
   source_format = checkpoint_format(source)
   label = source if isinstance(source, str) else f"Keras model {source.name!r}"
   if source_format == "reference":
-    weights = weight_sources.read_reference(
-        model, _resolve(source), use_ema=use_ema)
+    weights = weight_sources.read_reference(model, _resolve(source),
+                                            use_ema=use_ema)
   elif source_format == "keras":
     weights = weight_sources.read_keras(source)
     _check_input_normalization(model, weights, label)
@@ -126,9 +126,8 @@ def load_pretrained(model, source, *, use_ema=True,
   skipped = _assign(model, weights, label, skip_mismatched_classifier)
   classifier = weights.tensors.get("predictions/kernel")
   result = LoadResult(
-      source=label, source_format=source_format,
-      variant=weights.variant or weight_sources.variant_named_by(
-          weights.signature),
+      source=label, source_format=source_format, variant=weights.variant or
+      weight_sources.variant_named_by(weights.signature),
       num_classes=None if classifier is None else int(classifier.shape[-1]),
       tensors_mapped=len(model.weights) - len(skipped), ema=weights.ema,
       skipped=tuple(skipped))
@@ -175,8 +174,11 @@ def describe_source(source) -> SourceInfo:
     return SourceInfo("effnet_gin", None,
                       widths.pop() if len(widths) == 1 else None, None, None)
   prefix = weight_sources.reference_prefix(shapes, source)
-  bases = {n[len(prefix) + 1:].replace(weight_sources.EMA_SUFFIX, ""): s
-           for n, s in shapes.items() if n.startswith(prefix + "/")}
+  bases = {
+      n[len(prefix) + 1:].replace(weight_sources.EMA_SUFFIX, ""): s
+      for n, s in shapes.items()
+      if n.startswith(prefix + "/")
+  }
   default = (specs.VARIANTS[prefix].input_normalization
              if prefix in specs.VARIANTS else None)
   return SourceInfo("reference", prefix,
@@ -221,8 +223,9 @@ def _read_effnet_gin(model, path, *, use_ema):
     raise ValueError(f"effnet_gin checkpoint {path!r} does not fit the "
                      f"architecture of model {model.name!r}: {error}") from None
   tensors = {v.path: np.asarray(v.numpy()) for v in source.weights}
-  signature = weight_sources.signature_of(
-      {k: v.shape for k, v in tensors.items()})
+  signature = weight_sources.signature_of({
+      k: v.shape for k, v in tensors.items()
+  })
   return weight_sources.SourceWeights(
       "effnet_gin", tensors, ema=ema,
       variant=weight_sources.variant_named_by(signature), signature=signature)
@@ -244,12 +247,12 @@ def _check_input_normalization(model, weights, label):
   except ValueError:
     return
   theirs = weights.input_normalization
-  if theirs is None or np.allclose(theirs, (ours.mean, ours.stddev),
-                                   rtol=1e-4, atol=1e-3):
+  if theirs is None or np.allclose(theirs, (ours.mean, ours.stddev), rtol=1e-4,
+                                   atol=1e-3):
     return
   name = _normalization_name(theirs)
-  hint = (f"build the model with input_normalization={name!r}" if name else
-          "none of effnet_gin's input normalisations "
+  hint = (f"build the model with input_normalization={name!r}"
+          if name else "none of effnet_gin's input normalisations "
           f"{sorted(specs.INPUT_NORMALIZATIONS)} matches it")
   raise ValueError(
       f"{label} normalises its 0..255 inputs with mean "
@@ -270,14 +273,12 @@ def _assign(model, weights, label, skip_mismatched_classifier):
       skipped.append(key)
       continue
     name = weights.names.get(key, key)
-    problems.append(
-        f"{name} is missing (for {key})" if value is None else
-        f"{name} has shape {list(value.shape)}, the model's {key} "
-        f"{list(variable.shape)}")
-  unexpected = list(weights.unexpected) + sorted(
-      set(weights.tensors) - set(variables))
-  problems += [f"{name} has no counterpart in the model"
-               for name in unexpected]
+    problems.append(f"{name} is missing (for {key})" if value is None else
+                    f"{name} has shape {list(value.shape)}, the model's {key} "
+                    f"{list(variable.shape)}")
+  unexpected = list(
+      weights.unexpected) + sorted(set(weights.tensors) - set(variables))
+  problems += [f"{name} has no counterpart in the model" for name in unexpected]
   if problems:
     raise ValueError(_mismatch_message(model, weights, label, problems))
   for key, variable in variables.items():
@@ -344,9 +345,10 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
                              skip_mismatched_classifier=True)
     return sorted({key.split("/")[0] for key in result.skipped})
   path = checkpointing.resolve_checkpoint(path)
-  source, used_ema = checkpointing.restore_source(
-      path, model_builder=model_builder, use_ema=use_ema,
-      ema_factory=ema_factory)
+  source, used_ema = checkpointing.restore_source(path,
+                                                  model_builder=model_builder,
+                                                  use_ema=use_ema,
+                                                  ema_factory=ema_factory)
   skipped = []
   for layer in model.layers:
     try:

@@ -60,8 +60,8 @@ class SourceWeights:
   ema: bool = False
   variant: Optional[str] = None
   signature: Optional["Signature"] = None
-  input_normalization: Optional[Tuple[Tuple[float, ...],
-                                      Tuple[float, ...]]] = None
+  input_normalization: Optional[Tuple[Tuple[float, ...], Tuple[float,
+                                                               ...]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +105,19 @@ def signature_of(shapes) -> Optional[Signature]:
     head = shapes["top_conv/kernel"]
   except KeyError:
     return None
-  blocks = {m.group(1) for m in map(_BLOCK_LAYER.match,
-                                    (k.split("/")[0] for k in shapes)) if m}
-  experts = {int(s[-1]) for k, s in shapes.items()
-             if k.endswith("_routing/kernel")}
+  blocks = {
+      m.group(1) for m in map(_BLOCK_LAYER.match, (k.split("/")[0]
+                                                   for k in shapes)) if m
+  }
+  experts = {
+      int(s[-1]) for k, s in shapes.items() if k.endswith("_routing/kernel")
+  }
   return Signature(
       int(stem), int(head[-1]), len(blocks), int(head[-2]),
       any("_se_reduce/" in k for k in shapes), max(experts, default=0),
       any("_space_to_depth_conv/" in k for k in shapes),
-      any(k.endswith("_expand_conv/kernel") and len(s) == 4 and s[0] > 1
+      any(
+          k.endswith("_expand_conv/kernel") and len(s) == 4 and s[0] > 1
           for k, s in shapes.items()))
 
 
@@ -136,8 +140,11 @@ def reference_prefix(names, path):
   Raises:
     ValueError: if the checkpoint holds several models.
   """
-  prefixes = {n.split("/")[0] for n in names
-              if n.startswith("efficientnet") and "/stem/" in n}
+  prefixes = {
+      n.split("/")[0]
+      for n in names
+      if n.startswith("efficientnet") and "/stem/" in n
+  }
   if len(prefixes) > 1:
     raise ValueError(f"checkpoint {path!r} holds several models: "
                      f"{sorted(prefixes)}")
@@ -151,13 +158,15 @@ def reference_signature(shapes):
   except KeyError:
     return None
   blocks = {n.split("/")[0] for n in shapes if n.startswith("blocks_")}
-  experts = {int(s[0]) for n, s in shapes.items()
-             if n.endswith("condconv_kernel")}
+  experts = {
+      int(s[0]) for n, s in shapes.items() if n.endswith("condconv_kernel")
+  }
   return Signature(
       int(stem[-1]), int(head[-1]), len(blocks), int(head[-2]),
       any("/se/" in n for n in shapes), max(experts, default=0),
       any("/space2depth/" in n for n in shapes),
-      any(re.match(r"^blocks_\d+/conv2d(_\d+)?/kernel$", n) and s[0] > 1
+      any(
+          re.match(r"^blocks_\d+/conv2d(_\d+)?/kernel$", n) and s[0] > 1
           for n, s in shapes.items()))
 
 
@@ -192,14 +201,17 @@ def read_reference(model, path, *, use_ema):
   ema = bool(use_ema and shadows)
   available, suffix = (shadows, EMA_SUFFIX) if ema else (raw, "")
   batch_norm = ("tpu_batch_normalization"
-                if "stem/tpu_batch_normalization/gamma" in available
-                else "batch_normalization")
+                if "stem/tpu_batch_normalization/gamma" in available else
+                "batch_normalization")
   mapping = reference_names(model, batch_norm)
   names = {key: f"{prefix}/{base}{suffix}" for key, base in mapping.items()}
-  tensors = {key: reader.get_tensor(names[key])
-             for key, base in mapping.items() if base in available}
-  unexpected = sorted(f"{prefix}/{base}{suffix}" for base in
-                      set(available) - set(mapping.values()))
+  tensors = {
+      key: reader.get_tensor(names[key])
+      for key, base in mapping.items()
+      if base in available
+  }
+  unexpected = sorted(f"{prefix}/{base}{suffix}" for base in set(available) -
+                      set(mapping.values()))
   return SourceWeights("reference", tensors, names, tuple(unexpected), ema,
                        prefix, reference_signature(available))
 
@@ -224,9 +236,11 @@ def read_keras(source):
   if isinstance(source, keras.Model):
     # Keras' own input Normalization is measured, not mapped: effnet_gin's
     # InputNormalization holds constants.
-    tensors = {v.path: np.asarray(v.numpy()) for layer in source.layers
-               if not isinstance(layer, keras.layers.Normalization)
-               for v in layer.weights}
+    tensors = {
+        v.path: np.asarray(v.numpy()) for layer in source.layers
+        if not isinstance(layer, keras.layers.Normalization)
+        for v in layer.weights
+    }
     normalization = _probe_input_normalization(source)
   else:
     with _open_h5(source) as h5:
@@ -277,8 +291,8 @@ def _keras_application_for(path):
   """
   with _open_h5(path) as h5:
     layers = h5.get("layers", {})
-    num_blocks = sum(1 for name in layers
-                     if name.startswith("depthwise_conv2d"))
+    num_blocks = sum(
+        1 for name in layers if name.startswith("depthwise_conv2d"))
     dense = layers.get("dense")
     num_classes = dense["vars"]["0"].shape[1] if dense is not None else None
   tried = []

@@ -26,8 +26,7 @@ REFERENCE_TRAIN_SHARDS = 1024
 _SPLITS = ("train", "eval")
 
 
-def holdout_counts(*, num_train_images, num_eval_images,
-                   holdout_train_shards=0,
+def holdout_counts(*, num_train_images, num_eval_images, holdout_train_shards=0,
                    num_train_shards=REFERENCE_TRAIN_SHARDS):
   """(train images, eval images) once `holdout_train_shards` are held out.
 
@@ -47,8 +46,8 @@ def holdout_counts(*, num_train_images, num_eval_images,
       image or shard count.
   """
   for name, value in (("num_train_images", num_train_images),
-                      ("num_eval_images", num_eval_images),
-                      ("num_train_shards", num_train_shards)):
+                      ("num_eval_images", num_eval_images), ("num_train_shards",
+                                                             num_train_shards)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"{name} must be an int >= 1, got {value!r}")
   if not 0 <= holdout_train_shards < num_train_shards:
@@ -101,6 +100,5 @@ def images_after_holdout(split, *, num_train_images, num_eval_images,
                           holdout_train_shards=holdout_train_shards,
                           num_train_shards=num_train_shards)
   if holdout_train_shards:
-    _log_once(counts, num_train_images, holdout_train_shards,
-              num_train_shards)
+    _log_once(counts, num_train_images, holdout_train_shards, num_train_shards)
   return counts[_SPLITS.index(split)]

@@ -25,7 +25,7 @@ from effnet_gin.data.augment import mixing
 from effnet_gin.data.augment import policies
 from effnet_gin.data.sources import protocol
 
-AUGMENTATIONS = (None, 'autoaugment', 'randaugment')
+AUGMENTATIONS = (None, "autoaugment", "randaugment")
 # Keeps the mixup seeds apart from the per-example seeds.
 _MIXUP_SEED_SALT = 0x5EED
 
@@ -33,13 +33,14 @@ _MIXUP_SEED_SALT = 0x5EED
 def _replicas_per_pipeline(input_context):
   if input_context is None:
     return 1
-  return max(1, input_context.num_replicas_in_sync
-             // input_context.num_input_pipelines)
+  return max(
+      1,
+      input_context.num_replicas_in_sync // input_context.num_input_pipelines)
 
 
 def _per_replica_batch_size(input_context, global_batch_size):
   if global_batch_size < 1:
-    raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}')
+    raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
   if input_context is None:
     return global_batch_size
   return input_context.get_per_replica_batch_size(global_batch_size)
@@ -65,8 +66,8 @@ def eval_quotas(counts, num_eval_examples=None):
     return list(counts)
   total = sum(counts)
   if not 1 <= num_eval_examples <= total:
-    raise ValueError(f'num_eval_examples must be in [1, {total}] (the eval '
-                     f'split holds {total} examples), got {num_eval_examples}')
+    raise ValueError(f"num_eval_examples must be in [1, {total}] (the eval "
+                     f"split holds {total} examples), got {num_eval_examples}")
   quotas = [0] * len(counts)
   remaining = num_eval_examples
   by_count = sorted(range(len(counts)), key=lambda i: counts[i])
@@ -110,10 +111,10 @@ def num_eval_steps(source, *, global_batch_size, input_context=None,
 def _eval_plan(source, input_context, global_batch_size, num_eval_examples):
   """(per-pipeline eval quotas, eval steps); counts the source once."""
   num_pipelines, _ = protocol.pipeline_shard(input_context)
-  counts = source.examples_per_pipeline('eval', num_pipelines)
+  counts = source.examples_per_pipeline("eval", num_pipelines)
   quotas = eval_quotas(counts, num_eval_examples)
   if not sum(quotas):
-    raise ValueError(f'the eval split of {source!r} is empty')
+    raise ValueError(f"the eval split of {source!r} is empty")
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   replicas = _replicas_per_pipeline(input_context)
   return quotas, math.ceil(max(quotas) / (batch_size * replicas))
@@ -127,11 +128,11 @@ def _checked_labels(labels, num_classes):
   """
   labels = tf.cast(labels, tf.int32)
   out_of_range = (labels < 0) | (labels >= num_classes)
-  check = tf.debugging.Assert(
-      tf.logical_not(tf.reduce_any(out_of_range)),
-      [f'label out of range [0, {num_classes}) after subtracting the label '
-       'offset of the source; check num_classes and label_offset. Bad labels:',
-       tf.boolean_mask(labels, out_of_range)])
+  check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(out_of_range)), [
+      f"label out of range [0, {num_classes}) after subtracting the label "
+      "offset of the source; check num_classes and label_offset. Bad labels:",
+      tf.boolean_mask(labels, out_of_range)
+  ])
   with tf.control_dependencies([check]):
     return tf.identity(labels)
 
@@ -140,7 +141,7 @@ def _augment(image, augment, seed, randaugment_layers, randaugment_magnitude):
   """Applies AutoAugment/RandAugment in the uint8 domain to a float image."""
   # Bicubic resizing overshoots [0, 255] a little; the cast would wrap.
   pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
-  if augment == 'autoaugment':
+  if augment == "autoaugment":
     pixels = policies.autoaugment(pixels, seed)
   else:
     pixels = policies.randaugment(pixels, seed, randaugment_layers,
@@ -170,7 +171,7 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
                    seed, skip_corrupt, preprocessing, label_shift):
   """The infinite training pipeline; see `build_dataset`."""
   base_seed = _pipeline_seed(seed, input_context)
-  examples = source.examples('train', input_context, is_training=True,
+  examples = source.examples("train", input_context, is_training=True,
                              seed=seed)
   if cache:
     examples = examples.cache()
@@ -183,16 +184,18 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
   def preprocess(index, example):
     seed = tf.stack([tf.constant(base_seed, tf.int64), index])
     if augment is None:
-      image = preprocessing_lib.preprocess_for_train(
-          example['image'], image_size, seed, preprocessing)
+      image = preprocessing_lib.preprocess_for_train(example["image"],
+                                                     image_size, seed,
+                                                     preprocessing)
     else:
       crop_seed, augment_seed = tf.unstack(
           tf.random.experimental.stateless_split(seed, num=2))
-      image = preprocessing_lib.preprocess_for_train(
-          example['image'], image_size, crop_seed, preprocessing)
+      image = preprocessing_lib.preprocess_for_train(example["image"],
+                                                     image_size, crop_seed,
+                                                     preprocessing)
       image = _augment(image, augment, augment_seed, randaugment_layers,
                        randaugment_magnitude)
-    return image, example['label'] + label_shift
+    return image, example["label"] + label_shift
 
   dataset = examples.enumerate().map(preprocess,
                                      num_parallel_calls=tf.data.AUTOTUNE)
@@ -203,14 +206,14 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
   # A plain batch right after the map lets tf.data fuse them (map_and_batch
   # writes each image straight into the batch; a parallel batch copies it).
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  dataset = dataset.map(
-      lambda images, labels: (images, _checked_labels(labels, num_classes)))
+  dataset = dataset.map(lambda images, labels:
+                        (images, _checked_labels(labels, num_classes)))
   if mixup_alpha > 0:
     dataset = dataset.enumerate().map(
         lambda step, batch: mixing.mixup(
             *batch, num_classes, mixup_alpha,
-            tf.stack([tf.constant(base_seed ^ _MIXUP_SEED_SALT, tf.int64),
-                      step])),
+            tf.stack(
+                [tf.constant(base_seed ^ _MIXUP_SEED_SALT, tf.int64), step])),
         num_parallel_calls=tf.data.AUTOTUNE)
   return dataset
 
@@ -225,15 +228,15 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
                                  num_eval_examples)
   _, pipeline_id = protocol.pipeline_shard(input_context)
   num_batches = _replicas_per_pipeline(input_context) * num_steps
-  examples = source.examples('eval', input_context, is_training=False)
+  examples = source.examples("eval", input_context, is_training=False)
   examples = examples.take(quotas[pipeline_id])
   if cache:
     examples = examples.cache()
 
   def preprocess(example):
-    image = preprocessing_lib.preprocess_for_eval(example['image'], image_size,
+    image = preprocessing_lib.preprocess_for_eval(example["image"], image_size,
                                                   preprocessing)
-    label = tf.cast(example['label'], tf.int32) + label_shift
+    label = tf.cast(example["label"], tf.int32) + label_shift
     return image, label, tf.constant(1.0)
 
   dataset = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -242,21 +245,20 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
   # Weight-0 padding completes the last batch and evens out the pipelines;
   # `take` keeps the count exact even if corrupt examples were skipped.
   padding = tf.data.Dataset.from_tensors(
-      (tf.zeros([image_size, image_size, 3]), tf.constant(0),
-       tf.constant(0.0))).repeat()
+      (tf.zeros([image_size, image_size,
+                 3]), tf.constant(0), tf.constant(0.0))).repeat()
   dataset = dataset.concatenate(padding).take(num_batches * batch_size)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  return dataset.map(lambda images, labels, weights: (
-      images, _checked_labels(labels, num_classes), weights))
+  return dataset.map(lambda images, labels, weights:
+                     (images, _checked_labels(labels, num_classes), weights))
 
 
 def build_dataset(input_context=None, *, split, global_batch_size, image_size,
-                  source, num_classes=1000, augment=None,
-                  randaugment_layers=2, randaugment_magnitude=10,
-                  mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
-                  num_eval_examples=None, seed=None, skip_corrupt=False,
-                  private_threadpool_size=None, preprocessing=None,
-                  cutmix_alpha=0.0, random_erasing_prob=0.0,
+                  source, num_classes=1000, augment=None, randaugment_layers=2,
+                  randaugment_magnitude=10, mixup_alpha=0.0,
+                  shuffle_buffer=1024, cache=False, num_eval_examples=None,
+                  seed=None, skip_corrupt=False, private_threadpool_size=None,
+                  preprocessing=None, cutmix_alpha=0.0, random_erasing_prob=0.0,
                   num_labels=None):
   """Builds one input pipeline's batches of a split.
 
@@ -321,20 +323,20 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
   """
   protocol.check_split(split)
   if image_size < 1 or num_classes < 1:
-    raise ValueError(f'image_size and num_classes must be >= 1, got '
-                     f'image_size={image_size}, num_classes={num_classes}')
+    raise ValueError(f"image_size and num_classes must be >= 1, got "
+                     f"image_size={image_size}, num_classes={num_classes}")
   if augment not in AUGMENTATIONS:
-    raise ValueError(f'augment must be one of {AUGMENTATIONS}, got {augment!r}')
+    raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
   if mixup_alpha < 0:
-    raise ValueError(f'mixup_alpha must be >= 0, got {mixup_alpha}')
+    raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}")
   if mixup_alpha > 0 and cutmix_alpha > 0:
-    raise ValueError(f'mixup_alpha={mixup_alpha} and cutmix_alpha='
-                     f'{cutmix_alpha}: use one of mixup and CutMix')
+    raise ValueError(f"mixup_alpha={mixup_alpha} and cutmix_alpha="
+                     f"{cutmix_alpha}: use one of mixup and CutMix")
   label_shift = int(num_labels is not None and num_classes == num_labels + 1)
   batch_size = _per_replica_batch_size(input_context, global_batch_size)
   if preprocessing is None:
     preprocessing = preprocessing_lib.REFERENCE
-  if split == 'train':
+  if split == "train":
     dataset = _train_dataset(
         source, input_context, batch_size=batch_size, image_size=image_size,
         num_classes=num_classes, augment=augment,
@@ -343,10 +345,10 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
         skip_corrupt=skip_corrupt, preprocessing=preprocessing,
         label_shift=label_shift)
-    dataset = mixing.batch_augment(
-        dataset, num_classes=num_classes, cutmix_alpha=cutmix_alpha,
-        random_erasing_prob=random_erasing_prob,
-        seed=_pipeline_seed(seed, input_context))
+    dataset = mixing.batch_augment(dataset, num_classes=num_classes,
+                                   cutmix_alpha=cutmix_alpha,
+                                   random_erasing_prob=random_erasing_prob,
+                                   seed=_pipeline_seed(seed, input_context))
     deterministic = seed is not None
   else:
     dataset = _eval_dataset(

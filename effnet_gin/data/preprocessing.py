@@ -29,14 +29,14 @@ import tensorflow as tf
 # The reference's resize: TF1 `resize_bicubic` with align_corners=False and
 # half_pixel_centers=False. TF2's 'bicubic' samples at half-pixel centres
 # with another kernel: 1-5 levels apart on average on photographs.
-TF1_BICUBIC = 'tf1_bicubic'
+TF1_BICUBIC = "tf1_bicubic"
 # The reference's resize for EfficientNet-Lite and -EdgeTPU ("for easier
 # post-quantization"): TF1 `resize_bilinear`, likewise without half-pixel
 # centres.
-TF1_BILINEAR = 'tf1_bilinear'
-RESIZE_METHODS = (TF1_BICUBIC, TF1_BILINEAR, 'bicubic', 'bilinear', 'area',
-                  'lanczos3', 'lanczos5', 'gaussian', 'mitchellcubic',
-                  'nearest')
+TF1_BILINEAR = "tf1_bilinear"
+RESIZE_METHODS = (TF1_BICUBIC, TF1_BILINEAR, "bicubic", "bilinear", "area",
+                  "lanczos3", "lanczos5", "gaussian", "mitchellcubic",
+                  "nearest")
 
 
 def _check_range(name, value, low, high, *, open_low):
@@ -48,9 +48,9 @@ def _check_range(name, value, low, high, *, open_low):
   in_bounds = len(pair) == 2 and pair[0] <= pair[1] <= high and (
       pair[0] > low if open_low else pair[0] >= low)
   if not in_bounds:
-    bound = '<' if open_low else '<='
-    raise ValueError(f'Preprocessing.{name} must be a pair (min, max) with '
-                     f'{low} {bound} min <= max <= {high}, got {value!r}')
+    bound = "<" if open_low else "<="
+    raise ValueError(f"Preprocessing.{name} must be a pair (min, max) with "
+                     f"{low} {bound} min <= max <= {high}, got {value!r}")
   return pair
 
 
@@ -97,29 +97,31 @@ class Preprocessing:
 
   def __post_init__(self):
     # Gin gives lists; tuples keep instances hashable and comparable.
-    object.__setattr__(self, 'area_range', _check_range(
-        'area_range', self.area_range, 0.0, 1.0, open_low=True))
-    object.__setattr__(self, 'aspect_ratio_range', _check_range(
-        'aspect_ratio_range', self.aspect_ratio_range, 0.0, float('inf'),
-        open_low=True))
-    if not (_is_number(self.min_object_covered)
-            and 0 <= self.min_object_covered <= 1):
-      raise ValueError('Preprocessing.min_object_covered must be in [0, 1], '
-                       f'got {self.min_object_covered!r}')
-    for name in ('max_attempts', 'eval_crop_padding'):
-      value, minimum = getattr(self, name), int(name == 'max_attempts')
-      if not (isinstance(value, numbers.Integral)
-              and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f'Preprocessing.{name} must be an integer >= '
-                         f'{minimum}, got {value!r}')
+    object.__setattr__(
+        self, "area_range",
+        _check_range("area_range", self.area_range, 0.0, 1.0, open_low=True))
+    object.__setattr__(
+        self, "aspect_ratio_range",
+        _check_range("aspect_ratio_range", self.aspect_ratio_range, 0.0,
+                     float("inf"), open_low=True))
+    if not (_is_number(self.min_object_covered) and
+            0 <= self.min_object_covered <= 1):
+      raise ValueError("Preprocessing.min_object_covered must be in [0, 1], "
+                       f"got {self.min_object_covered!r}")
+    for name in ("max_attempts", "eval_crop_padding"):
+      value, minimum = getattr(self, name), int(name == "max_attempts")
+      if not (isinstance(value, numbers.Integral) and
+              not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"Preprocessing.{name} must be an integer >= "
+                         f"{minimum}, got {value!r}")
     fraction = self.eval_crop_fraction
-    if fraction is not None and not (_is_number(fraction)
-                                     and 0 < fraction <= 1):
-      raise ValueError('Preprocessing.eval_crop_fraction must be None or in '
-                       f'(0, 1], got {fraction!r}')
+    if fraction is not None and not (_is_number(fraction) and
+                                     0 < fraction <= 1):
+      raise ValueError("Preprocessing.eval_crop_fraction must be None or in "
+                       f"(0, 1], got {fraction!r}")
     if self.resize_method not in RESIZE_METHODS:
-      raise ValueError(f'Preprocessing.resize_method must be one of '
-                       f'{RESIZE_METHODS}, got {self.resize_method!r}')
+      raise ValueError(f"Preprocessing.resize_method must be one of "
+                       f"{RESIZE_METHODS}, got {self.resize_method!r}")
 
   def eval_crop_share(self, image_size):
     """The fraction of the short side the eval crop keeps at size S."""
@@ -147,8 +149,8 @@ def center_crop_window(shape, crop_share):
   """
   height_width = tf.cast(shape[:2], tf.int32)
   crop_size = tf.cast(
-      tf.constant(crop_share, tf.float32)
-      * tf.cast(tf.reduce_min(height_width), tf.float32), tf.int32)
+      tf.constant(crop_share, tf.float32) *
+      tf.cast(tf.reduce_min(height_width), tf.float32), tf.int32)
   # Images of a few pixels would otherwise get an empty crop.
   crop_size = tf.maximum(crop_size, 1)
   offsets = (height_width - crop_size + 1) // 2
@@ -168,13 +170,11 @@ def distorted_crop_window(shape, seed, options=REFERENCE):
     this is the whole image, which `train_crop_window` replaces.
   """
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.cast(shape, tf.int32),
-      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seed,
-      min_object_covered=options.min_object_covered,
+      tf.cast(shape,
+              tf.int32), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed, min_object_covered=options.min_object_covered,
       aspect_ratio_range=options.aspect_ratio_range,
-      area_range=options.area_range,
-      max_attempts=options.max_attempts,
+      area_range=options.area_range, max_attempts=options.max_attempts,
       use_image_if_no_bounding_boxes=True)
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
@@ -204,8 +204,8 @@ def train_crop_window(shape, image_size, seed, options=REFERENCE):
 def _to_rgb(image):
   """uint8 [H, W, 1 or 3] -> uint8 [H, W, 3]."""
   if image.shape.rank != 3 or image.shape[-1] not in (1, 3):
-    raise ValueError('decoded images must be uint8 [H, W, 1 or 3], got shape '
-                     f'{image.shape}')
+    raise ValueError("decoded images must be uint8 [H, W, 1 or 3], got shape "
+                     f"{image.shape}")
   if image.shape[-1] == 1:
     image = tf.image.grayscale_to_rgb(image)
   return image
@@ -251,6 +251,7 @@ def _crop_and_resize(image, image_size, crop_window_fn, resize_method):
   Returns:
     float32 [S, S, 3].
   """
+
   def crop_pixels(pixels):
     pixels = _to_rgb(pixels)
     window = crop_window_fn(tf.shape(pixels))
@@ -262,15 +263,15 @@ def _crop_and_resize(image, image_size, crop_window_fn, resize_method):
     return tf.image.decode_and_crop_jpeg(image, window, channels=3)
 
   def crop_other_format():
-    return crop_pixels(tf.io.decode_image(image, channels=3,
-                                          expand_animations=False))
+    return crop_pixels(
+        tf.io.decode_image(image, channels=3, expand_animations=False))
 
   if image.dtype == tf.string:
     cropped = tf.cond(tf.io.is_jpeg(image), crop_jpeg, crop_other_format)
   elif image.dtype == tf.uint8:
     cropped = crop_pixels(image)
   else:
-    raise ValueError(f'images must be tf.string or tf.uint8, got {image.dtype}')
+    raise ValueError(f"images must be tf.string or tf.uint8, got {image.dtype}")
   return resize(cropped, image_size, resize_method)
 
 
@@ -289,8 +290,8 @@ def preprocess_for_train(image, image_size, seed, options=REFERENCE):
   """
   # Stateless splits depend on the seed dtype: fix it so a Python list
   # seed (int32) and a tf.data seed (int64) give the same crops.
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
-      tf.cast(seed, tf.int64), num=2))
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2))
   image = _crop_and_resize(
       image, image_size,
       lambda shape: train_crop_window(shape, image_size, crop_seed, options),
@@ -310,7 +311,6 @@ def preprocess_for_eval(image, image_size, options=REFERENCE):
     float32 [S, S, 3] on the 0..255 scale.
   """
   crop_share = options.eval_crop_share(image_size)
-  return _crop_and_resize(
-      image, image_size, lambda shape: center_crop_window(shape, crop_share),
-      options.resize_method)
-
+  return _crop_and_resize(image, image_size,
+                          lambda shape: center_crop_window(shape, crop_share),
+                          options.resize_method)

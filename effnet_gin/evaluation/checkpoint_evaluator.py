@@ -44,12 +44,13 @@ class CheckpointEvaluator:
     self._recorder = recorder
     with strategy.scope():
       self._model = model_builder()
-      self._ema = (averaging.ExponentialMovingAverage(self._model) if use_ema
-                   else None)
+      self._ema = (averaging.ExponentialMovingAverage(self._model)
+                   if use_ema else None)
       self._step = tf.Variable(0, dtype=tf.int64, trainable=False,
                                name="global_step")
-    self.checkpoint = checkpointing.build_checkpoint(
-        step=self._step, model=self._model, ema=self._ema)
+    self.checkpoint = checkpointing.build_checkpoint(step=self._step,
+                                                     model=self._model,
+                                                     ema=self._ema)
     self._runner = EvalRunner(strategy=strategy, model=self._model,
                               eval_batch_size=eval_batch_size,
                               image_size=image_size, jit_compile=jit_compile,
@@ -76,8 +77,8 @@ class CheckpointEvaluator:
     """
     try:
       self._check_compatible(path)
-      self.checkpoint.read(path).assert_existing_objects_matched(
-      ).expect_partial()
+      self.checkpoint.read(
+          path).assert_existing_objects_matched().expect_partial()
     except checkpointing.RESTORE_ERRORS as err:
       if not tf.io.gfile.exists(path + ".index"):
         return False
@@ -99,9 +100,10 @@ class CheckpointEvaluator:
       UnrestorableCheckpointError: when its files do not restore.
     """
     if not self._restore(path):
-      logging.warning("Checkpoint %s was deleted before it could be "
-                      "evaluated (the trainer keeps only its newest "
-                      "checkpoints); skipping it", path)
+      logging.warning(
+          "Checkpoint %s was deleted before it could be "
+          "evaluated (the trainer keeps only its newest "
+          "checkpoints); skipping it", path)
       return None
     start = time.time()
     if self._ema is not None:
@@ -110,11 +112,9 @@ class CheckpointEvaluator:
     else:
       metrics = self._runner.run()
     result = dict(step=int(self._step.numpy()), checkpoint=path, **metrics)
-    logging.info("Evaluated %s (step %d%s) in %.1fs: %s", path,
-                 result["step"], ", EMA weights" if self._ema else "",
+    logging.info("Evaluated %s (step %d%s) in %.1fs: %s", path, result["step"],
+                 ", EMA weights" if self._ema else "",
                  time.time() - start, metrics)
     if self._recorder is not None:
       self._recorder(result, self.checkpoint)
     return result
-
-

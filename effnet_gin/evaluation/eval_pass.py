@@ -9,6 +9,7 @@ from effnet_gin.data import build_dataset
 from effnet_gin.evaluation import metrics
 from effnet_gin import distribute
 
+
 class EvalRunner:
   """Scores a model on the eval split; reusable across checkpoints.
 
@@ -84,11 +85,11 @@ class EvalRunner:
     Raises:
       ValueError: when the eval split yielded no examples.
     """
-    count, top_1, top_5, loss_sum = (
-        float(v) for v in self._eval_pass(distribute.distributed_dataset(
-            self._strategy, self._dataset_builder, split="eval",
-            global_batch_size=self._eval_batch_size,
-            image_size=self._image_size)).numpy())
+    count, top_1, top_5, loss_sum = (float(v) for v in self._eval_pass(
+        distribute.distributed_dataset(self._strategy, self._dataset_builder,
+                                       split="eval",
+                                       global_batch_size=self._eval_batch_size,
+                                       image_size=self._image_size)).numpy())
     if count <= 0:
       raise ValueError("the eval split yielded no examples; check the data "
                        "source's eval files and NUM_EVAL_IMAGES")

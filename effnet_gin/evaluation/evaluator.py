@@ -28,12 +28,13 @@ from effnet_gin.evaluation.checkpoint_evaluator import UnrestorableCheckpointErr
 
 def _final_train_steps(model_dir, train_steps, train_steps_from_run):
   """The configured train_steps, or the trainer's when asked and known."""
-  run_steps = (run_dir.run_train_steps(model_dir) if train_steps_from_run
-               else None)
+  run_steps = (run_dir.run_train_steps(model_dir)
+               if train_steps_from_run else None)
   if run_steps is not None:
-    logging.info("Following the trainer's train_steps=%d from %s/run.json "
-                 "(this evaluator's config says %s; pass --train_steps to "
-                 "override)", run_steps, model_dir, train_steps)
+    logging.info(
+        "Following the trainer's train_steps=%d from %s/run.json "
+        "(this evaluator's config says %s; pass --train_steps to "
+        "override)", run_steps, model_dir, train_steps)
     return run_steps
   if train_steps is None or train_steps <= 0:
     raise ValueError(f"evaluate.train_steps must be positive, got "
@@ -112,17 +113,18 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
   distribute.set_precision_policy(precision)
   strategy = strategy or distribute.build_strategy()
   recorder = records.Recorder(model_dir, distribute.is_chief(strategy))
-  evaluator = CheckpointEvaluator(
-      strategy=strategy, use_ema=use_ema, eval_batch_size=eval_batch_size,
-      image_size=image_size, jit_compile=jit_compile, recorder=recorder,
-      model_builder=model_builder, dataset_builder=dataset_builder)
+  evaluator = CheckpointEvaluator(strategy=strategy, use_ema=use_ema,
+                                  eval_batch_size=eval_batch_size,
+                                  image_size=image_size,
+                                  jit_compile=jit_compile, recorder=recorder,
+                                  model_builder=model_builder,
+                                  dataset_builder=dataset_builder)
   try:
     if checkpoint:
       return [evaluate_once(evaluator, checkpoint)]
-    return follow(
-        model_dir, evaluator, recorder, train_steps=train_steps,
-        newest_only=newest_only, min_interval_secs=min_interval_secs,
-        eval_timeout=eval_timeout)
+    return follow(model_dir, evaluator, recorder, train_steps=train_steps,
+                  newest_only=newest_only, min_interval_secs=min_interval_secs,
+                  eval_timeout=eval_timeout)
   finally:
     recorder.close()
 
@@ -147,8 +149,8 @@ def evaluate_once(evaluator, checkpoint):
   """
   if tf.io.gfile.isdir(checkpoint):
     checkpointing.resolve_checkpoint(checkpoint)  # Raises when empty.
-    return _evaluate_newest_restorable(
-        evaluator, run_dir.listed_checkpoints(checkpoint))
+    return _evaluate_newest_restorable(evaluator,
+                                       run_dir.listed_checkpoints(checkpoint))
   path = checkpointing.resolve_checkpoint(checkpoint)
   result = evaluator(path)
   if result is None:
@@ -206,18 +208,21 @@ def follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
   logged but not recorded.
   """
   if recorder.trainer_records():
-    logging.warning("The trainer of %s records its evaluations in process; "
-                    "this evaluator's results are logged, not recorded",
-                    model_dir)
+    logging.warning(
+        "The trainer of %s records its evaluations in process; "
+        "this evaluator's results are logged, not recorded", model_dir)
   done_steps = recorder.results_log.evaluated_steps()
   if done_steps:
-    logging.info("Already evaluated in %s: steps %s",
-                 recorder.results_log.path, sorted(done_steps))
+    logging.info("Already evaluated in %s: steps %s", recorder.results_log.path,
+                 sorted(done_steps))
   results = []
-  for _ in tf.train.checkpoints_iterator(
-      model_dir, min_interval_secs=min_interval_secs, timeout=eval_timeout):
-    pending = [p for p in run_dir.listed_checkpoints(model_dir)
-               if run_dir.checkpoint_step(p) not in done_steps]
+  for _ in tf.train.checkpoints_iterator(model_dir,
+                                         min_interval_secs=min_interval_secs,
+                                         timeout=eval_timeout):
+    pending = [
+        p for p in run_dir.listed_checkpoints(model_dir)
+        if run_dir.checkpoint_step(p) not in done_steps
+    ]
     # Newest first when only the newest counts; an unrestorable one falls
     # back to the one before it.
     for path in reversed(pending) if newest_only else pending:
@@ -230,11 +235,13 @@ def follow(model_dir, evaluator, recorder, *, train_steps, newest_only,
       if result is None:
         continue
       results.append(result)
-      skipped = [p for p in pending
-                 if run_dir.checkpoint_step(p) not in done_steps]
+      skipped = [
+          p for p in pending if run_dir.checkpoint_step(p) not in done_steps
+      ]
       if newest_only and skipped:
-        logging.warning("Skipped %s: the newer %s was evaluated instead "
-                        "(evaluate.newest_only)", skipped, path)
+        logging.warning(
+            "Skipped %s: the newer %s was evaluated instead "
+            "(evaluate.newest_only)", skipped, path)
         done_steps.update(run_dir.checkpoint_step(p) for p in skipped)
         break
     if max(done_steps, default=-1) >= train_steps:

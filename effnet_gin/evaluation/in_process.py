@@ -34,8 +34,8 @@ class InProcessEvaluator:
     dataset_builder: gives the eval split (see `EvalRunner`).
   """
 
-  def __init__(self, *, strategy, model, ema, model_dir, chief,
-               eval_batch_size, image_size, jit_compile, dataset_builder):
+  def __init__(self, *, strategy, model, ema, model_dir, chief, eval_batch_size,
+               image_size, jit_compile, dataset_builder):
     self._runner = EvalRunner(strategy=strategy, model=model,
                               eval_batch_size=eval_batch_size,
                               image_size=image_size, jit_compile=jit_compile,
@@ -55,8 +55,8 @@ class InProcessEvaluator:
       checkpoint: the `tf.train.Checkpoint` saved as model_dir/ckpt-<step>
         (best/ archives it when the result is the best).
     """
-    swap = (self._ema.averaged_weights() if self._ema is not None
-            else contextlib.nullcontext())
+    swap = (self._ema.averaged_weights()
+            if self._ema is not None else contextlib.nullcontext())
     with swap:
       metrics = self._runner.run()
     logging.info("eval at step %d: %s", step, json.dumps(metrics))
@@ -65,9 +65,10 @@ class InProcessEvaluator:
         summary_dir=run_dir.path(self._model_dir,
                                  run_dir.TRAIN_EVAL_SUMMARIES_DIR))
     try:
-      recorder(dict(step=step,
-                    checkpoint=run_dir.checkpoint_path(self._model_dir, step),
-                    **metrics), checkpoint)
+      recorder(
+          dict(step=step,
+               checkpoint=run_dir.checkpoint_path(self._model_dir,
+                                                  step), **metrics), checkpoint)
     finally:
       recorder.close()
     return metrics

@@ -119,16 +119,15 @@ class BestCheckpoint:
     prefix = f"{self.directory}/{source.rsplit('/', 1)[-1]}"
     tf.io.gfile.makedirs(self.directory)
     if not self._copy(source):
-      logging.warning("%s was deleted before it could be copied to %s; "
-                      "writing the restored weights instead", source,
-                      self.directory)
+      logging.warning(
+          "%s was deleted before it could be copied to %s; "
+          "writing the restored weights instead", source, self.directory)
       checkpoint.write(prefix)
-    run_dir.write_checkpoint_state(self.directory,
-                                   [prefix.rsplit("/", 1)[-1]])
+    run_dir.write_checkpoint_state(self.directory, [prefix.rsplit("/", 1)[-1]])
     run_dir.write_text(
         self.directory, run_dir.BEST_RESULT_FILE,
-        json.dumps(dict(result, source_checkpoint=source,
-                        checkpoint=prefix), indent=2) + "\n")
+        json.dumps(dict(result, source_checkpoint=source, checkpoint=prefix),
+                   indent=2) + "\n")
     if best is not None and best["checkpoint"] != prefix:
       for filename in tf.io.gfile.glob(best["checkpoint"] + ".*"):
         tf.io.gfile.remove(filename)
@@ -209,8 +208,7 @@ class Recorder:
     self._model_dir = model_dir
     self._chief = chief
     self._in_process = in_process
-    self._summary_dir = summary_dir or run_dir.path(model_dir,
-                                                    run_dir.EVAL_DIR)
+    self._summary_dir = summary_dir or run_dir.path(model_dir, run_dir.EVAL_DIR)
     if chief and in_process:
       _mark_recorded_in_process(model_dir)
     self.results_log = ResultsLog(model_dir)
@@ -226,17 +224,17 @@ class Recorder:
     self._counts.save_if_changed()
     if not run_dir.is_own_checkpoint(self._model_dir, result["checkpoint"]):
       self._other_log.record(result)
-      logging.info("%s is not one of the checkpoints the run wrote in %s: "
-                   "its result went to %s only (not results.jsonl, best/ or "
-                   "the TensorBoard scalars)", result["checkpoint"],
-                   self._model_dir, self._other_log.path)
+      logging.info(
+          "%s is not one of the checkpoints the run wrote in %s: "
+          "its result went to %s only (not results.jsonl, best/ or "
+          "the TensorBoard scalars)", result["checkpoint"], self._model_dir,
+          self._other_log.path)
       return
     if self.trainer_records():
       logging.warning(
           "Not recording %s: the trainer of %s evaluates in process "
           "(train.mode='train_and_eval') and is the one writer of its "
-          "eval/results.jsonl and best/", result["checkpoint"],
-          self._model_dir)
+          "eval/results.jsonl and best/", result["checkpoint"], self._model_dir)
       return
     if self._writer is None:
       self._writer = tf.summary.create_file_writer(self._summary_dir)
@@ -252,8 +250,9 @@ class Recorder:
     records its own evaluations (see the class docstring)."""
     if self._in_process or not self._chief:
       return False
-    return tf.io.gfile.exists(run_dir.path(
-        self._model_dir, run_dir.EVAL_DIR, run_dir.RECORDED_IN_PROCESS_FILE))
+    return tf.io.gfile.exists(
+        run_dir.path(self._model_dir, run_dir.EVAL_DIR,
+                     run_dir.RECORDED_IN_PROCESS_FILE))
 
   def close(self):
     if self._writer is not None:

@@ -21,4 +21,3 @@ from effnet_gin.model.specs import ModelSpec
 from effnet_gin.model.specs import round_filters
 from effnet_gin.model.specs import round_repeats
 from effnet_gin.model.specs import VARIANTS
-

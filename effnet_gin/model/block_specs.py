@@ -14,6 +14,7 @@ ACTIVATIONS = ("swish", "relu6", "relu")
 # and the conv-only block without depthwise or squeeze-excite (`c1`).
 CONV_TYPES = ("depthwise", "fused", "conv")
 
+
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
   """One stage of blocks: `repeats` blocks sharing a shape.
@@ -112,11 +113,11 @@ def parse_block(text: str) -> BlockSpec:
     return BlockSpec(
         int(options["r"]), int(options["k"]), int(strides[0]),
         int(options["e"]), int(options["i"]), int(options["o"]),
-        se_ratio=float(options.get("se", 0.0)), conv_type=conv_type,
-        skip="noskip" not in flags,
-        space_to_depth=int(options.get("d", 0)), condconv="cc" in flags,
-        activation=(_BLOCK_OPTION_ACTIVATIONS[options["a"]]
-                    if "a" in options else None))
+        se_ratio=float(options.get("se",
+                                   0.0)), conv_type=conv_type, skip="noskip"
+        not in flags, space_to_depth=int(options.get("d", 0)), condconv="cc"
+        in flags, activation=(_BLOCK_OPTION_ACTIVATIONS[options["a"]]
+                              if "a" in options else None))
   except KeyError as missing:
     raise ValueError(f"block string {text!r} lacks or misspells option "
                      f"{missing}") from None
@@ -185,24 +186,25 @@ def sequence(spec) -> Tuple[Block, ...]:
     for index in range(block.repeats):
       first = index == 0
       strides = block.strides if first and block.space_to_depth != 2 else 1
-      in_filters = factor * (block.input_filters if first
-                             else block.output_filters)
+      in_filters = factor * (block.input_filters
+                             if first else block.output_filters)
       out_filters = factor * block.output_filters
       s2d = first and factor == 4
       # Without expansion, the block works on its real input width.
       expanded = (in_filters * block.expand_ratio
-                  if block.expand_ratio != 1 or block.conv_type == "fused"
-                  else in_filters if s2d else channels)
+                  if block.expand_ratio != 1 or block.conv_type == "fused" else
+                  in_filters if s2d else channels)
       se_filters = 0
       if block.se_ratio > 0 and block.conv_type != "conv":
-        se_filters = max(1, int(in_filters * block.se_ratio *
-                                spec.se_coefficient) // (4 if s2d else 1))
-      blocks.append(Block(
-          stage, index, kernel, strides, in_filters, block.expand_ratio,
-          expanded, out_filters, se_filters,
-          block.conv_type,
-          block.skip and strides == 1 and not s2d and
-          channels == out_filters, s2d, block.condconv,
-          block.activation or spec.activation))
+        se_filters = max(
+            1,
+            int(in_filters * block.se_ratio * spec.se_coefficient) //
+            (4 if s2d else 1))
+      blocks.append(
+          Block(
+              stage, index, kernel, strides, in_filters, block.expand_ratio,
+              expanded, out_filters, se_filters, block.conv_type, block.skip and
+              strides == 1 and not s2d and channels == out_filters, s2d,
+              block.condconv, block.activation or spec.activation))
       channels = out_filters
   return tuple(blocks)

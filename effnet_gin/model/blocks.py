@@ -81,14 +81,13 @@ def efficientnet_block(inputs, block: specs.Block, *, name: str,
   act = block.activation
   if block.space_to_depth:
     # Not routed: the reference's space-to-depth convolution is a plain one.
-    x = layers.conv_bn_act(
-        x, block.input_filters, 2, 2, act,
-        name=f"{name}_space_to_depth_conv",
-        bn_name=f"{name}_space_to_depth_bn",
-        act_name=f"{name}_space_to_depth_activation",
-        batch_norm_momentum=batch_norm_momentum,
-        batch_norm_epsilon=batch_norm_epsilon,
-        batch_norm_group_size=batch_norm_group_size)
+    x = layers.conv_bn_act(x, block.input_filters, 2, 2, act,
+                           name=f"{name}_space_to_depth_conv",
+                           bn_name=f"{name}_space_to_depth_bn",
+                           act_name=f"{name}_space_to_depth_activation",
+                           batch_norm_momentum=batch_norm_momentum,
+                           batch_norm_epsilon=batch_norm_epsilon,
+                           batch_norm_group_size=batch_norm_group_size)
   if block.conv_type == "depthwise":
     if block.expand_ratio != 1:
       x = conv_bn(x, "expand_conv", "expand_bn", block.expanded_filters, 1,
@@ -110,13 +109,13 @@ def efficientnet_block(inputs, block: specs.Block, *, name: str,
   return x
 
 
-def _convolution(x, filters, kernel_size, strides, name, routing,
-                 num_experts, depthwise):
+def _convolution(x, filters, kernel_size, strides, name, routing, num_experts,
+                 depthwise):
   """A bias-free "same" convolution; a CondConv one when routed."""
   if routing is not None:
-    return condconv.CondConv(
-        filters or 1, kernel_size, num_experts=num_experts, strides=strides,
-        depthwise=depthwise, name=name)([x, routing])
+    return condconv.CondConv(filters or 1, kernel_size, num_experts=num_experts,
+                             strides=strides, depthwise=depthwise,
+                             name=name)([x, routing])
   if depthwise:
     return keras.layers.DepthwiseConv2D(
         kernel_size, strides=strides, padding="same", use_bias=False,

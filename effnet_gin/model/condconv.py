@@ -94,8 +94,7 @@ class CondConv(keras.layers.Layer):
     x, routing = inputs
     routing = tf.cast(routing, self.compute_dtype)
     experts = tf.cast(self.kernel, self.compute_dtype)
-    kernels = tf.reshape(tf.matmul(routing, experts),
-                         (-1,) + self.kernel_shape)
+    kernels = tf.reshape(tf.matmul(routing, experts), (-1,) + self.kernel_shape)
     if self.depthwise and x.shape[0] is not None:
       return self._depthwise_folded(x, kernels)
     x = _pad_same(x, self.kernel_size, self.strides)
@@ -122,19 +121,19 @@ class CondConv(keras.layers.Layer):
     batch, height, width, channels = x.shape
     folded = tf.reshape(tf.transpose(x, [1, 2, 0, 3]),
                         [1, height, width, batch * channels])
-    kernel = tf.reshape(tf.transpose(kernels[..., 0], [1, 2, 0, 3]),
-                        [self.kernel_size, self.kernel_size,
-                         batch * channels, 1])
+    kernel = tf.reshape(
+        tf.transpose(kernels[..., 0], [1, 2, 0, 3]),
+        [self.kernel_size, self.kernel_size, batch * channels, 1])
     outputs = tf.nn.depthwise_conv2d(folded, kernel,
-                                     [1, self.strides, self.strides, 1],
-                                     "SAME")
+                                     [1, self.strides, self.strides, 1], "SAME")
     out_h, out_w = outputs.shape[1:3]
     return tf.transpose(tf.reshape(outputs, [out_h, out_w, batch, channels]),
                         [2, 0, 1, 3])
 
   def _output_size(self, padded_shape):
-    return tuple((int(padded_shape[axis]) - self.kernel_size) // self.strides
-                 + 1 for axis in (1, 2))
+    return tuple(
+        (int(padded_shape[axis]) - self.kernel_size) // self.strides + 1
+        for axis in (1, 2))
 
   def compute_output_shape(self, input_shape):
     inputs_shape, _ = input_shape
@@ -144,9 +143,13 @@ class CondConv(keras.layers.Layer):
             -(-width // self.strides), out)
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "kernel_size": self.kernel_size, "num_experts": self.num_experts,
-            "strides": self.strides, "depthwise": self.depthwise}
+    return {
+        **super().get_config(), "filters": self.filters,
+        "kernel_size": self.kernel_size,
+        "num_experts": self.num_experts,
+        "strides": self.strides,
+        "depthwise": self.depthwise
+    }
 
 
 def _pad_same(x, kernel_size, strides):

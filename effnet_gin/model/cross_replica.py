@@ -77,8 +77,7 @@ def parse_distributed(group_size):
   Raises:
     ValueError: for a malformed 'distributed:…' setting.
   """
-  if not (isinstance(group_size, str) and
-          group_size.startswith(_DISTRIBUTED)):
+  if not (isinstance(group_size, str) and group_size.startswith(_DISTRIBUTED)):
     return None
   parts = group_size.split(":")[1:]
   try:
@@ -129,8 +128,8 @@ def validate_group_size(group_size):
     return
   if parse_distributed(group_size):
     return
-  if isinstance(group_size, bool) or not isinstance(group_size, int) or (
-      group_size < 1):
+  if isinstance(group_size,
+                bool) or not isinstance(group_size, int) or (group_size < 1):
     raise ValueError(f"batch-norm group_size must be 'auto', 'all', an int "
                      f">= 1 or 'distributed:B[:T]', got {group_size!r}.")
 
@@ -211,8 +210,10 @@ def replicas_per_group(group_size, per_replica_batch=None):
 
 def group_assignment(num_replicas, group_size):
   """Consecutive replicas in groups: [[0..size-1], [size..2·size-1], …]."""
-  return [list(range(start, start + group_size))
-          for start in range(0, num_replicas, group_size)]
+  return [
+      list(range(start, start + group_size))
+      for start in range(0, num_replicas, group_size)
+  ]
 
 
 def _group_mean(values, group_size):
@@ -263,8 +264,9 @@ def synchronized_moments(x, group_size):
   """
   x = tf.cast(x, tf.float32)
   axes = [0, 1, 2]
-  local = tf.stack([tf.reduce_mean(x, axes),
-                    tf.reduce_mean(tf.square(x), axes)])
+  local = tf.stack(
+      [tf.reduce_mean(x, axes),
+       tf.reduce_mean(tf.square(x), axes)])
   mean, mean_of_squares = tf.unstack(_group_mean(local, group_size))
   # E[x²] − E[x]² can dip below 0 by rounding; a variance cannot.
   variance = tf.maximum(mean_of_squares - tf.square(mean), 0.0)

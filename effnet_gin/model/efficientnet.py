@@ -26,8 +26,8 @@ _OVERRIDES = ("width_coefficient", "depth_coefficient", "resolution",
               "dropout_rate", "survival_prob", "input_normalization")
 
 
-def resolve_spec(variant: str = "efficientnet-b0", **overrides
-                 ) -> specs.ModelSpec:
+def resolve_spec(variant: str = "efficientnet-b0",
+                 **overrides) -> specs.ModelSpec:
   """A variant's spec with the non-None `overrides` replacing its fields.
 
   Args:
@@ -84,9 +84,10 @@ def _report_resolution(variant: str, resolution: int) -> None:
   own = specs.default_resolution(variant)
   if resolution != own and (variant, resolution) not in _REPORTED_RESOLUTIONS:
     _REPORTED_RESOLUTIONS.add((variant, resolution))
-    logging.warning("%s runs at %dx%d pixels, not its own %dx%d (IMAGE_SIZE "
-                    "overrides the variant table)", variant, resolution,
-                    resolution, own, own)
+    logging.warning(
+        "%s runs at %dx%d pixels, not its own %dx%d (IMAGE_SIZE "
+        "overrides the variant table)", variant, resolution, resolution, own,
+        own)
 
 
 def _image_size_of(image_size, resolution):
@@ -134,12 +135,9 @@ def build_model(variant: str = "efficientnet-b0",
                 survival_prob: Optional[float] = None,
                 input_normalization: Optional[str] = None,
                 batch_norm_momentum: float = 0.99,
-                batch_norm_epsilon: float = 1e-3,
-                batch_norm_group_size="auto",
-                include_top: bool = True,
-                return_endpoints: bool = False,
-                freeze_backbone: bool = False,
-                name: Optional[str] = None,
+                batch_norm_epsilon: float = 1e-3, batch_norm_group_size="auto",
+                include_top: bool = True, return_endpoints: bool = False,
+                freeze_backbone: bool = False, name: Optional[str] = None,
                 resolution: Optional[int] = None) -> keras.Model:
   """Builds an EfficientNet as a Keras functional model.
 
@@ -189,14 +187,13 @@ def build_model(variant: str = "efficientnet-b0",
   """
   if num_classes is None:
     num_classes = specs.get_variant(variant).num_classes
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or (
-      num_classes < 1):
+  if isinstance(num_classes,
+                bool) or not isinstance(num_classes, int) or (num_classes < 1):
     raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")
   spec = resolve_spec(variant, width_coefficient=width_coefficient,
                       depth_coefficient=depth_coefficient,
                       resolution=_image_size_of(image_size, resolution),
-                      dropout_rate=dropout_rate,
-                      survival_prob=survival_prob,
+                      dropout_rate=dropout_rate, survival_prob=survival_prob,
                       input_normalization=input_normalization)
   _report_resolution(variant, spec.resolution)
   bn_args = dict(batch_norm_momentum=batch_norm_momentum,
@@ -260,7 +257,7 @@ def _blocks(x, spec: specs.ModelSpec, bn_args):
     drop_fraction = (1.0 - spec.survival_prob) * index / len(sequence)
     x = blocks.efficientnet_block(
         x, block, name=block_name(block.stage, block.index_in_stage),
-        survival_prob=1.0 - drop_fraction,
-        num_experts=spec.condconv_experts, **bn_args)
+        survival_prob=1.0 - drop_fraction, num_experts=spec.condconv_experts,
+        **bn_args)
   endpoints[f"reduction_{len(endpoints) + 1}"] = x
   return x, endpoints

@@ -36,8 +36,8 @@ class Cost(NamedTuple):
   variables: int = 0
 
 
-def count_flops(model_or_variant: Union[keras.Model, str, specs.ModelSpec],
-                *, resolution: Optional[int] = None,
+def count_flops(model_or_variant: Union[keras.Model, str, specs.ModelSpec], *,
+                resolution: Optional[int] = None,
                 num_classes: Optional[int] = None) -> int:
   """Multiply-adds of one image's forward pass.
 
@@ -85,11 +85,11 @@ def _model_flops(model: keras.Model) -> int:
   return int(total)
 
 
-def _conv(height, width, kernel_size, in_filters, out_filters,
-          depthwise=False, experts=0):
+def _conv(height, width, kernel_size, in_filters, out_filters, depthwise=False,
+          experts=0):
   """A convolution; with `experts`, a CondConv one (kernels mixed first)."""
-  weights = kernel_size * kernel_size * in_filters * (
-      1 if depthwise else out_filters)
+  weights = kernel_size * kernel_size * in_filters * (1 if depthwise else
+                                                      out_filters)
   if experts:
     return Cost(experts * weights, (height * width + experts) * weights,
                 experts * weights)
@@ -114,26 +114,41 @@ def _block(size, channels, block, experts):
   parts = [_dense(channels, experts)] if experts else []
   if block.space_to_depth:
     size = math.ceil(size / 2)
-    parts += [_conv(size, size, 2, channels, block.input_filters),
-              _batch_norm(block.input_filters)]
+    parts += [
+        _conv(size, size, 2, channels, block.input_filters),
+        _batch_norm(block.input_filters)
+    ]
   expanded, out_filters = block.expanded_filters, block.output_filters
   out_size = math.ceil(size / block.strides)  # "same" padding.
   if block.conv_type == "depthwise":
     if block.expand_ratio != 1:
-      parts += [_conv(size, size, 1, channels, expanded, experts=experts),
-                _batch_norm(expanded)]
-    parts += [_conv(out_size, out_size, block.kernel_size, expanded,
-                    expanded, depthwise=True, experts=experts),
-              _batch_norm(expanded)]
+      parts += [
+          _conv(size, size, 1, channels, expanded, experts=experts),
+          _batch_norm(expanded)
+      ]
+    parts += [
+        _conv(out_size, out_size, block.kernel_size, expanded, expanded,
+              depthwise=True, experts=experts),
+        _batch_norm(expanded)
+    ]
   elif block.expand_ratio != 1 or block.conv_type == "fused":
-    parts += [_conv(out_size, out_size, block.kernel_size, channels,
-                    expanded, experts=experts), _batch_norm(expanded)]
+    parts += [
+        _conv(out_size, out_size, block.kernel_size, channels, expanded,
+              experts=experts),
+        _batch_norm(expanded)
+    ]
   if block.se_filters:
     reduced = block.se_filters
-    parts += [_conv(1, 1, 1, expanded, reduced), Cost(reduced, 0, reduced),
-              _conv(1, 1, 1, reduced, expanded), Cost(expanded, 0, expanded)]
-  parts += [_conv(out_size, out_size, 1, expanded, out_filters,
-                  experts=experts), _batch_norm(out_filters)]
+    parts += [
+        _conv(1, 1, 1, expanded, reduced),
+        Cost(reduced, 0, reduced),
+        _conv(1, 1, 1, reduced, expanded),
+        Cost(expanded, 0, expanded)
+    ]
+  parts += [
+      _conv(out_size, out_size, 1, expanded, out_filters, experts=experts),
+      _batch_norm(out_filters)
+  ]
   return _sum(*parts), out_size
 
 
@@ -157,8 +172,8 @@ def spec_cost(variant: Union[str, specs.ModelSpec], *,
     ValueError: for an unknown variant name, a resolution < 1 or
       num_classes < 1.
   """
-  spec = (efficientnet.resolve_spec(variant) if isinstance(variant, str)
-          else variant)
+  spec = (efficientnet.resolve_spec(variant)
+          if isinstance(variant, str) else variant)
   resolution = spec.resolution if resolution is None else resolution
   num_classes = spec.num_classes if num_classes is None else num_classes
   if resolution < 1:
@@ -166,16 +181,20 @@ def spec_cost(variant: Union[str, specs.ModelSpec], *,
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes!r}.")
   size = math.ceil(resolution / 2)
-  parts = [_conv(size, size, 3, 3, spec.stem_filters),
-           _batch_norm(spec.stem_filters)]
+  parts = [
+      _conv(size, size, 3, 3, spec.stem_filters),
+      _batch_norm(spec.stem_filters)
+  ]
   filters = spec.stem_filters
   for block in spec.block_sequence():
     cost, size = _block(size, filters, block, spec.condconv_experts)
     parts.append(cost)
     filters = block.output_filters
-  parts += [_conv(size, size, 1, filters, spec.head_filters),
-            _batch_norm(spec.head_filters),
-            _dense(spec.head_filters, num_classes)]
+  parts += [
+      _conv(size, size, 1, filters, spec.head_filters),
+      _batch_norm(spec.head_filters),
+      _dense(spec.head_filters, num_classes)
+  ]
   return _sum(*parts)
 
 
@@ -194,8 +213,10 @@ def cost_table(variants: Sequence[str], *, num_classes: Optional[int] = None,
   Raises:
     ValueError: for an unknown variant name or a bad size.
   """
-  lines = [f"{'variant':<34} {'resolution':>10} {'classes':>7} "
-           f"{'params':>13} {'FLOPs (madds)':>16}"]
+  lines = [
+      f"{'variant':<34} {'resolution':>10} {'classes':>7} "
+      f"{'params':>13} {'FLOPs (madds)':>16}"
+  ]
   for name in variants:
     size = resolution or specs.default_resolution(name)
     classes = num_classes or specs.get_variant(name).num_classes

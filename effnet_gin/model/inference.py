@@ -30,17 +30,17 @@ def plain_swish(x):
 
 _SWISHES = (activations.fused_swish, keras.activations.silu,
             keras.activations.swish)
-_TRAINING_ONLY = (layers.Dropout, layers.StochasticDepth,
-                  keras.layers.Dropout)
+_TRAINING_ONLY = (layers.Dropout, layers.StochasticDepth, keras.layers.Dropout)
 _CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 
 
 def _is_batch_norm(layer):
   # Duck-typed, so effnet_gin's BatchNorm, Keras' BatchNormalization and any
   # cross-replica variant with the same four statistics all fold.
-  return all(hasattr(layer, name) for name in
-             ("moving_mean", "moving_variance", "epsilon")) and (
-                 not isinstance(layer, _CONVOLUTIONS))
+  return all(
+      hasattr(layer, name)
+      for name in ("moving_mean", "moving_variance",
+                   "epsilon")) and (not isinstance(layer, _CONVOLUTIONS))
 
 
 def _producer(layer):
@@ -71,10 +71,10 @@ def _foldable_pairs(model):
     if not _is_batch_norm(layer):
       continue
     conv = _producer(layer)
-    linear = getattr(conv, "activation", None) in (None,
-                                                   keras.activations.linear)
-    if (isinstance(conv, _CONVOLUTIONS) and linear
-        and consumers.get(conv.name) == 1):
+    linear = getattr(conv, "activation",
+                     None) in (None, keras.activations.linear)
+    if (isinstance(conv, _CONVOLUTIONS) and linear and
+        consumers.get(conv.name) == 1):
       pairs[conv.name] = layer
   return pairs
 
@@ -82,8 +82,8 @@ def _foldable_pairs(model):
 def _float32_config(layer):
   config = layer.get_config()
   config["dtype"] = "float32"
-  if config.get("activation") is not None and (
-      getattr(layer, "activation", None) in _SWISHES):
+  if config.get("activation") is not None and (getattr(layer, "activation",
+                                                       None) in _SWISHES):
     config["activation"] = plain_swish
   return config
 
@@ -97,8 +97,8 @@ def _clone_layer(layer, pairs):
   config = _float32_config(layer)
   if layer.name in pairs:
     config["use_bias"] = True
-  if isinstance(layer, keras.layers.Activation) and (
-      layer.activation in _SWISHES):
+  if isinstance(layer, keras.layers.Activation) and (layer.activation
+                                                     in _SWISHES):
     config["activation"] = plain_swish
   return layer.__class__.from_config(config)
 
@@ -153,8 +153,8 @@ def inference_model(model: keras.Model) -> keras.Model:
   clone = keras.models.clone_model(
       model, clone_function=lambda layer: _clone_layer(layer, pairs))
   for layer in model.layers:
-    if not layer.weights or _is_batch_norm(layer) and (
-        _producer(layer).name in pairs):
+    if not layer.weights or _is_batch_norm(layer) and (_producer(layer).name
+                                                       in pairs):
       continue
     target = clone.get_layer(layer.name)
     if layer.name in pairs:

@@ -40,15 +40,15 @@ def conv_kernel_initializer() -> keras.initializers.Initializer:
   For depthwise kernels [kh, kw, in, multiplier] Keras' fan_out is
   kh * kw * multiplier, i.e. out_channels = 1 as the reference has it.
   """
-  return keras.initializers.VarianceScaling(
-      scale=2.0, mode="fan_out", distribution="untruncated_normal")
+  return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out",
+                                            distribution="untruncated_normal")
 
 
 def dense_kernel_initializer() -> keras.initializers.Initializer:
   """uniform(-1/sqrt(units), 1/sqrt(units)), as the reference."""
   # VarianceScaling's uniform limit is sqrt(3 * scale / fan_out).
-  return keras.initializers.VarianceScaling(
-      scale=1.0 / 3.0, mode="fan_out", distribution="uniform")
+  return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_out",
+                                            distribution="uniform")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -109,10 +109,9 @@ class BatchNorm(keras.layers.Layer):
     channels = (input_shape[-1],)
 
     def stat(name, initializer, trainable):
-      return self.add_weight(
-          name=name, shape=channels, initializer=initializer,
-          trainable=trainable, autocast=False,
-          aggregation="none" if trainable else "mean")
+      return self.add_weight(name=name, shape=channels, initializer=initializer,
+                             trainable=trainable, autocast=False,
+                             aggregation="none" if trainable else "mean")
 
     self.gamma = stat("gamma", "ones", trainable=True)
     self.beta = stat("beta", "zeros", trainable=True)
@@ -123,35 +122,39 @@ class BatchNorm(keras.layers.Layer):
     # A frozen (non-trainable) layer normalises with its moving statistics
     # even in training, as Keras' BatchNormalization does for fine-tuning.
     if not (training and self.trainable):
-      return tf.raw_ops.FusedBatchNormV3(
-          x=inputs, scale=self.gamma.value, offset=self.beta.value,
-          mean=self.moving_mean.value, variance=self.moving_variance.value,
-          epsilon=self.epsilon, is_training=False)[0]
+      return tf.raw_ops.FusedBatchNormV3(x=inputs, scale=self.gamma.value,
+                                         offset=self.beta.value,
+                                         mean=self.moving_mean.value,
+                                         variance=self.moving_variance.value,
+                                         epsilon=self.epsilon,
+                                         is_training=False)[0]
     group_size = cross_replica.replicas_per_group(self.group_size,
                                                   inputs.shape[0])
     if group_size is None:
       empty = tf.constant([], dtype=tf.float32)
       outputs, batch_mean, batch_variance = tf.raw_ops.FusedBatchNormV3(
-          x=inputs, scale=self.gamma.value, offset=self.beta.value,
-          mean=empty, variance=empty, epsilon=self.epsilon,
-          is_training=True)[:3]
+          x=inputs, scale=self.gamma.value, offset=self.beta.value, mean=empty,
+          variance=empty, epsilon=self.epsilon, is_training=True)[:3]
     else:
       outputs, batch_mean, batch_variance = cross_replica.batch_norm(
           inputs, self.gamma.value, self.beta.value, self.epsilon, group_size,
           bessel=not cross_replica.is_distributed(self.group_size))
-    for moving, batch in ((self.moving_mean, batch_mean),
-                          (self.moving_variance, batch_variance)):
+    for moving, batch in ((self.moving_mean, batch_mean), (self.moving_variance,
+                                                           batch_variance)):
       batch = tf.stop_gradient(batch)
-      moving.assign(moving.value * self.momentum +
-                    batch * (1.0 - self.momentum))
+      moving.assign(moving.value * self.momentum + batch *
+                    (1.0 - self.momentum))
     return outputs
 
   def compute_output_shape(self, input_shape):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "momentum": self.momentum,
-            "epsilon": self.epsilon, "group_size": self.group_size}
+    return {
+        **super().get_config(), "momentum": self.momentum,
+        "epsilon": self.epsilon,
+        "group_size": self.group_size
+    }
 
 
 def _keep_mask(shape, keep_prob, dtype):
@@ -182,8 +185,7 @@ class Dropout(keras.layers.Layer):
   def call(self, inputs, training=False):
     if not training or self.rate == 0.0:
       return inputs
-    return inputs * _keep_mask(tf.shape(inputs), 1.0 - self.rate,
-                               inputs.dtype)
+    return inputs * _keep_mask(tf.shape(inputs), 1.0 - self.rate, inputs.dtype)
 
   def compute_output_shape(self, input_shape):
     return input_shape
@@ -220,8 +222,9 @@ class StochasticDepth(keras.layers.Layer):
     if not training or self.survival_prob == 1.0:
       return inputs
     rank = len(inputs.shape)
-    mask_shape = tf.concat([tf.shape(inputs)[:1], tf.ones([rank - 1],
-                                                          tf.int32)], 0)
+    mask_shape = tf.concat(
+        [tf.shape(inputs)[:1],
+         tf.ones([rank - 1], tf.int32)], 0)
     return inputs * _keep_mask(mask_shape, self.survival_prob, inputs.dtype)
 
   def compute_output_shape(self, input_shape):
@@ -240,8 +243,7 @@ class InputNormalization(keras.layers.Layer):
   the compute dtype.
   """
 
-  def __init__(self, mean: Sequence[float], stddev: Sequence[float],
-               **kwargs):
+  def __init__(self, mean: Sequence[float], stddev: Sequence[float], **kwargs):
     """Creates the layer.
 
     Args:
@@ -274,8 +276,7 @@ class InputNormalization(keras.layers.Layer):
     return {**super().get_config(), "mean": self.mean, "stddev": self.stddev}
 
 
-def squeeze_excite(inputs, reduced_filters: int, activation: str,
-                   name: str):
+def squeeze_excite(inputs, reduced_filters: int, activation: str, name: str):
   """Squeeze-and-excitation (Hu et al. 2018) on a symbolic NHWC tensor.
 
   Global average pool, 1x1 conv to `reduced_filters` with `activation`, 1x1
@@ -292,16 +293,14 @@ def squeeze_excite(inputs, reduced_filters: int, activation: str,
     The gated tensor, shaped as `inputs`.
   """
   filters = inputs.shape[-1]
-  x = keras.layers.GlobalAveragePooling2D(
-      keepdims=True, name=f"{name}_se_squeeze")(inputs)
-  x = keras.layers.Conv2D(
-      reduced_filters, 1, activation=activation,
-      kernel_initializer=conv_kernel_initializer(),
-      name=f"{name}_se_reduce")(x)
-  x = keras.layers.Conv2D(
-      filters, 1, activation="sigmoid",
-      kernel_initializer=conv_kernel_initializer(),
-      name=f"{name}_se_expand")(x)
+  x = keras.layers.GlobalAveragePooling2D(keepdims=True,
+                                          name=f"{name}_se_squeeze")(inputs)
+  x = keras.layers.Conv2D(reduced_filters, 1, activation=activation,
+                          kernel_initializer=conv_kernel_initializer(),
+                          name=f"{name}_se_reduce")(x)
+  x = keras.layers.Conv2D(filters, 1, activation="sigmoid",
+                          kernel_initializer=conv_kernel_initializer(),
+                          name=f"{name}_se_expand")(x)
   return keras.layers.Multiply(name=f"{name}_se_excite")([inputs, x])
 
 
@@ -328,13 +327,13 @@ def conv_bn_act(inputs, filters: int, kernel_size: int, strides: int,
   Returns:
     The output tensor.
   """
-  x = keras.layers.Conv2D(
-      filters, kernel_size, strides=strides, padding="same", use_bias=False,
-      kernel_initializer=conv_kernel_initializer(), name=name)(inputs)
+  x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                          use_bias=False,
+                          kernel_initializer=conv_kernel_initializer(),
+                          name=name)(inputs)
   x = BatchNorm(batch_norm_momentum, batch_norm_epsilon,
                 group_size=batch_norm_group_size, name=bn_name)(x)
   if activation is not None:
     x = keras.layers.Activation(activation_function(activation),
                                 name=act_name)(x)
   return x
-

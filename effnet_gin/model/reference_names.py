@@ -13,9 +13,12 @@ from effnet_gin.model import condconv
 
 _BLOCK_LAYER = re.compile(r"^(block\d+[a-z]+)_(.+)$")
 _STEM_AND_HEAD = {
-    "stem_conv": "stem/conv2d", "stem_bn": "stem/{bn}",
-    "top_conv": "head/conv2d", "top_bn": "head/{bn}",
-    "predictions": "head/dense"}
+    "stem_conv": "stem/conv2d",
+    "stem_bn": "stem/{bn}",
+    "top_conv": "head/conv2d",
+    "top_bn": "head/{bn}",
+    "predictions": "head/dense"
+}
 
 
 def reference_names(model, batch_norm="tpu_batch_normalization"):
@@ -52,8 +55,9 @@ def reference_names(model, batch_norm="tpu_batch_normalization"):
   # Blocks are numbered over the whole network, in creation order.
   for index, block in enumerate(blocks):
     parts = [part for part in _BLOCK_PARTS if f"{block}_{part}" in by_name]
-    table.update(_block_reference_names(
-        f"blocks_{index}", block, parts, by_name, counters))
+    table.update(
+        _block_reference_names(f"blocks_{index}", block, parts, by_name,
+                               counters))
   names = {}
   for layer in model.layers:
     if not layer.weights:
@@ -65,8 +69,8 @@ def reference_names(model, batch_norm="tpu_batch_normalization"):
     for variable in layer.weights:
       weight = variable.path.rsplit("/", 1)[-1]
       if isinstance(layer, condconv.CondConv):
-        weight = ("depthwise_condconv_kernel" if layer.depthwise
-                  else "condconv_kernel")
+        weight = ("depthwise_condconv_kernel"
+                  if layer.depthwise else "condconv_kernel")
       elif isinstance(layer, keras.layers.DepthwiseConv2D):
         weight = "depthwise_kernel"
       names[variable.path] = f"{scope}/{weight}"
@@ -88,8 +92,11 @@ def _block_reference_names(scope, block, parts, layers, counters):
     if part.startswith("space_to_depth"):
       ref = "space2depth/" + ("conv2d" if part.endswith("conv") else "{bn}")
     elif part in ("routing", "se_reduce", "se_expand"):
-      ref = {"routing": "dense", "se_reduce": "se/conv2d",
-             "se_expand": "se/conv2d_1"}[part]
+      ref = {
+          "routing": "dense",
+          "se_reduce": "se/conv2d",
+          "se_expand": "se/conv2d_1"
+      }[part]
     elif isinstance(layer, condconv.CondConv):
       kind = "depthwise_cond_conv2d" if layer.depthwise else "cond_conv2d"
       if layer.depthwise:

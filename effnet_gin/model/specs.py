@@ -31,22 +31,22 @@ from effnet_gin.model.block_specs import parse_block
 FILTER_DIVISOR = 8
 
 # Input normalisations, as (mean_rgb, stddev_rgb) on the 0-255 scale.
-INPUT_NORMALIZATIONS: Mapping[str, Tuple[Tuple[float, ...],
-                                         Tuple[float, ...]]] = {
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255),
-                 (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    # EfficientNet-Lite maps 0..255 to about -1..1 so it quantises well.
-    "lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
-    # AdvProp checkpoints were trained on 0..255 mapped to exactly [-1, 1]
-    # (the reference's `advprop_preprocessing`).
-    "advprop": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-}
+INPUT_NORMALIZATIONS: Mapping[str, Tuple[Tuple[float, ...], Tuple[
+    float, ...]]] = {
+        "imagenet": ((0.485 * 255, 0.456 * 255,
+                      0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
+                    ),
+        # EfficientNet-Lite maps 0..255 to about -1..1 so it quantises well.
+        "lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+        # AdvProp checkpoints were trained on 0..255 mapped to exactly [-1, 1]
+        # (the reference's `advprop_preprocessing`).
+        "advprop": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    }
 
 # How images are resized in the input pipeline and exports (names of
 # effnet_gin.data's resize methods): TF1 bicubic, or TF1 bilinear, which the
 # reference trains Lite and EdgeTPU with (easier post-quantisation).
 RESIZE_METHODS = ("tf1_bicubic", "tf1_bilinear")
-
 
 # EfficientNet-B0 (paper Table 1), the base every variant scales.
 B0_BLOCKS: Tuple[BlockSpec, ...] = (
@@ -154,13 +154,13 @@ class ModelSpec:
     scaled = []
     for index, block in enumerate(self.blocks):
       fixed_repeats = self.fix_first_last_repeats and index in (0, last)
-      scaled.append(dataclasses.replace(
-          block,
-          repeats=(block.repeats if fixed_repeats else
-                   round_repeats(block.repeats, self.depth_coefficient)),
-          input_filters=self.round_filters(block.input_filters),
-          output_filters=self.round_filters(block.output_filters),
-          se_ratio=block.se_ratio if self.use_se else 0.0))
+      scaled.append(
+          dataclasses.replace(
+              block, repeats=(block.repeats if fixed_repeats else round_repeats(
+                  block.repeats, self.depth_coefficient)),
+              input_filters=self.round_filters(block.input_filters),
+              output_filters=self.round_filters(block.output_filters),
+              se_ratio=block.se_ratio if self.use_se else 0.0))
     return tuple(scaled)
 
   @property
@@ -201,51 +201,54 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
 
 
 def _lite(width, depth, resolution, dropout_rate):
-  return ModelSpec(width, depth, resolution, dropout_rate,
-                   activation="relu6", use_se=False, fix_stem_and_head=True,
+  return ModelSpec(width, depth, resolution, dropout_rate, activation="relu6",
+                   use_se=False, fix_stem_and_head=True,
                    fix_first_last_repeats=True, input_normalization="lite",
                    resize_method="tf1_bilinear")
 
 
-EDGETPU_BLOCKS = tuple(map(parse_block, (
-    "r1_k3_s11_e4_i24_o24_c1_noskip",
-    "r2_k3_s22_e8_i24_o32_c1",
-    "r4_k3_s22_e8_i32_o48_c1",
-    "r5_k5_s22_e8_i48_o96",
-    "r4_k5_s11_e8_i96_o144",
-    "r2_k5_s22_e8_i144_o192",
-)))
+EDGETPU_BLOCKS = tuple(
+    map(parse_block, (
+        "r1_k3_s11_e4_i24_o24_c1_noskip",
+        "r2_k3_s22_e8_i24_o32_c1",
+        "r4_k3_s22_e8_i32_o48_c1",
+        "r5_k5_s22_e8_i48_o96",
+        "r4_k5_s11_e8_i96_o144",
+        "r2_k5_s22_e8_i144_o192",
+    )))
 
-CONDCONV_BLOCKS = tuple(map(parse_block, (
-    "r1_k3_s11_e1_i32_o16_se0.25",
-    "r2_k3_s22_e6_i16_o24_se0.25",
-    "r2_k5_s22_e6_i24_o40_se0.25",
-    "r3_k3_s22_e6_i40_o80_se0.25",
-    "r3_k5_s11_e6_i80_o112_se0.25_cc",
-    "r4_k5_s22_e6_i112_o192_se0.25_cc",
-    "r1_k3_s11_e6_i192_o320_se0.25_cc",
-)))
+CONDCONV_BLOCKS = tuple(
+    map(parse_block, (
+        "r1_k3_s11_e1_i32_o16_se0.25",
+        "r2_k3_s22_e6_i16_o24_se0.25",
+        "r2_k5_s22_e6_i24_o40_se0.25",
+        "r3_k3_s22_e6_i40_o80_se0.25",
+        "r3_k5_s11_e6_i80_o112_se0.25_cc",
+        "r4_k5_s22_e6_i112_o192_se0.25_cc",
+        "r1_k3_s11_e6_i192_o320_se0.25_cc",
+    )))
 
 # EfficientNet-X (version 1); -H (version 2) expands stages 2-4 by 4, not 6.
-X_BLOCKS = tuple(map(parse_block, (
-    "r1_k3_s11_e1_i32_o16_se0.25_d1_a0",
-    "r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1",
-    "r2_k5_s22_e6_i24_o40_se0.25_f1_a1",
-    "r3_k3_s22_e6_i40_o80_se0.25_a0",
-    "r3_k5_s11_e6_i80_o112_se0.25_a0",
-    "r4_k5_s22_e6_i112_o192_se0.25_a0",
-    "r1_k3_s11_e6_i192_o320_se0.25_a0",
-)))
+X_BLOCKS = tuple(
+    map(parse_block, (
+        "r1_k3_s11_e1_i32_o16_se0.25_d1_a0",
+        "r2_k3_s22_e6_i16_o24_se0.25_f1_d2_a1",
+        "r2_k5_s22_e6_i24_o40_se0.25_f1_a1",
+        "r3_k3_s22_e6_i40_o80_se0.25_a0",
+        "r3_k5_s11_e6_i80_o112_se0.25_a0",
+        "r4_k5_s22_e6_i112_o192_se0.25_a0",
+        "r1_k3_s11_e6_i192_o320_se0.25_a0",
+    )))
 H_BLOCKS = X_BLOCKS[:1] + tuple(
-    dataclasses.replace(block, expand_ratio=4) for block in X_BLOCKS[1:4]
-) + X_BLOCKS[4:]
+    dataclasses.replace(block, expand_ratio=4)
+    for block in X_BLOCKS[1:4]) + X_BLOCKS[4:]
 
 
 def _edgetpu(width, depth, resolution, dropout_rate):
   return ModelSpec(width, depth, resolution, dropout_rate, activation="relu",
                    use_se=False, input_normalization="lite",
-                   blocks=EDGETPU_BLOCKS, local_pooling=True,
-                   num_classes=1001, resize_method="tf1_bilinear")
+                   blocks=EDGETPU_BLOCKS, local_pooling=True, num_classes=1001,
+                   resize_method="tf1_bilinear")
 
 
 def _condconv(depth, experts):
@@ -263,19 +266,21 @@ def _h(width, depth, resolution, dropout_rate):
 
 
 FAMILIES: Mapping[str, Tuple[str, ...]] = {
-    "EfficientNet": tuple(f"efficientnet-b{i}" for i in range(9)) + (
-        "efficientnet-l2",),
-    "EfficientNet-Lite": tuple(f"efficientnet-lite{i}" for i in range(5)),
-    "EfficientNet-EdgeTPU": tuple(f"efficientnet-edgetpu-{size}"
-                                  for size in "SML"),
-    "EfficientNet-CondConv": ("efficientnet-condconv-b0-4e",
-                              "efficientnet-condconv-b0-8e",
-                              "efficientnet-condconv-b0-8e-depth"),
-    "EfficientNet-X": tuple(f"efficientnet-x{kind}-b{i}"
-                            for kind in ("", "-tpu", "-gpu")
-                            for i in range(8)),
-    "EfficientNet-H": tuple(f"efficientnet-h{kind}-b{i}"
-                            for kind in ("", "-tpu") for i in range(5, 8)),
+    "EfficientNet":
+        tuple(f"efficientnet-b{i}" for i in range(9)) + ("efficientnet-l2",),
+    "EfficientNet-Lite":
+        tuple(f"efficientnet-lite{i}" for i in range(5)),
+    "EfficientNet-EdgeTPU":
+        tuple(f"efficientnet-edgetpu-{size}" for size in "SML"),
+    "EfficientNet-CondConv":
+        ("efficientnet-condconv-b0-4e", "efficientnet-condconv-b0-8e",
+         "efficientnet-condconv-b0-8e-depth"),
+    "EfficientNet-X":
+        tuple(f"efficientnet-x{kind}-b{i}" for kind in ("", "-tpu", "-gpu")
+              for i in range(8)),
+    "EfficientNet-H":
+        tuple(f"efficientnet-h{kind}-b{i}" for kind in ("", "-tpu")
+              for i in range(5, 8)),
 }
 
 VARIANTS: Mapping[str, ModelSpec] = {
@@ -356,8 +361,8 @@ def get_variant(name: str) -> ModelSpec:
 
 def describe_families() -> str:
   """Every family and its variant names, for messages."""
-  return "; ".join(f"{family}: {', '.join(names)}"
-                   for family, names in FAMILIES.items())
+  return "; ".join(
+      f"{family}: {', '.join(names)}" for family, names in FAMILIES.items())
 
 
 def default_resize_method(name: str) -> str:

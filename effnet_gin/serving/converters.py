@@ -101,8 +101,7 @@ def calibration_batches(*, image_size, batch_size, num_images,
   padding = (-len(images)) % batch_size
   images = np.concatenate([images, images[:padding]])
   logging.info("Calibrating int8 on %d eval images", len(images) - padding)
-  return [images[i:i + batch_size] for i in range(0, len(images),
-                                                  batch_size)]
+  return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
 
 
 # ---------------------------------------------------------------------------
@@ -169,8 +168,8 @@ def check_against_keras(classifier, model, format_name):
       Keras logit, exceeds the format's tolerance.
   """
   size = classifier.image_size
-  images = tf.random.stateless_uniform(
-      [classifier.batch_size, size, size, 3], [0, 1], maxval=255.0).numpy()
+  images = tf.random.stateless_uniform([classifier.batch_size, size, size, 3],
+                                       [0, 1], maxval=255.0).numpy()
   expected = np.asarray(model(images, training=False))
   error = (np.max(np.abs(classifier.logits(images) - expected)) /
            max(np.max(np.abs(expected)), 1e-6))
@@ -182,8 +181,7 @@ def check_against_keras(classifier, model, format_name):
                format_name, error)
 
 
-def compare_int8(model, classifier, *, max_drop,
-                 dataset_builder=build_dataset):
+def compare_int8(model, classifier, *, max_drop, dataset_builder=build_dataset):
   """Scores the float network and the int8 model on the eval split.
 
   Returns:
@@ -193,18 +191,22 @@ def compare_int8(model, classifier, *, max_drop,
   float_metrics = runtimes.evaluate_classifier(
       runtimes.KerasClassifier(model, image_size=classifier.image_size),
       dataset_builder=dataset_builder)
-  int8_metrics = runtimes.evaluate_classifier(
-      classifier, dataset_builder=dataset_builder)
+  int8_metrics = runtimes.evaluate_classifier(classifier,
+                                              dataset_builder=dataset_builder)
   drop = 100.0 * (float_metrics["top_1_accuracy"] -
                   int8_metrics["top_1_accuracy"])
-  comparison = {"float": float_metrics, "int8": int8_metrics,
-                "top_1_drop_points": drop}
+  comparison = {
+      "float": float_metrics,
+      "int8": int8_metrics,
+      "top_1_drop_points": drop
+  }
   logging.info("int8 vs float on %d eval images: %s",
-               int8_metrics["num_examples"], formats.format_comparison(comparison))
+               int8_metrics["num_examples"],
+               formats.format_comparison(comparison))
   if drop > max_drop:
-    logging.warning("int8 loses %.2f points of top-1 (more than "
-                    "max_int8_drop=%.2f). %s", drop, max_drop,
-                    _int8_advice(model))
+    logging.warning(
+        "int8 loses %.2f points of top-1 (more than "
+        "max_int8_drop=%.2f). %s", drop, max_drop, _int8_advice(model))
   return comparison
 
 
@@ -256,8 +258,8 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
   if format_name == formats.SAVED_MODEL:
     raise ValueError("export_lite writes TFLite and ONNX; a SavedModel is "
                      "written by export")
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
-      batch_size < 1):
+  if isinstance(batch_size,
+                bool) or not isinstance(batch_size, int) or (batch_size < 1):
     raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
   size = image_size or int(model.input_shape[1])
   if format_name == "onnx":
@@ -266,8 +268,7 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
   else:
     calibration = None
     if format_name == "tflite_int8":
-      calibration = calibration_batches(image_size=size,
-                                        batch_size=batch_size,
+      calibration = calibration_batches(image_size=size, batch_size=batch_size,
                                         num_images=calibration_images,
                                         dataset_builder=dataset_builder)
     content = convert_tflite(model, format_name, batch_size=batch_size,
@@ -276,8 +277,11 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(content)
   classifier = runtimes.load_classifier(path, num_threads=num_threads)
-  extra = {"model_file": formats.model_file(format_name), "size_bytes": len(content),
-           **tensor_metadata(classifier, format_name)}
+  extra = {
+      "model_file": formats.model_file(format_name),
+      "size_bytes": len(content),
+      **tensor_metadata(classifier, format_name)
+  }
   if format_name in _TOLERANCE:
     check_against_keras(classifier, model, format_name)
   elif compare_on_eval:
@@ -289,22 +293,31 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
 
 def tensor_metadata(classifier, format_name):
   """The input and output tensors' shapes, types and quantization."""
-  shape = [classifier.batch_size, classifier.image_size,
-           classifier.image_size, 3]
-  entry = {"input": {"name": "images", "shape": shape, "layout": "NHWC, RGB",
-                     "dtype": "float32", "range": [0, 255]},
-           "output": {"name": "logits",
-                      "shape": [classifier.batch_size,
-                                classifier.num_classes],
-                      "dtype": "float32"}}
+  shape = [
+      classifier.batch_size, classifier.image_size, classifier.image_size, 3
+  ]
+  entry = {
+      "input": {
+          "name": "images",
+          "shape": shape,
+          "layout": "NHWC, RGB",
+          "dtype": "float32",
+          "range": [0, 255]
+      },
+      "output": {
+          "name": "logits",
+          "shape": [classifier.batch_size, classifier.num_classes],
+          "dtype": "float32"
+      }
+  }
   if format_name == "tflite_int8":
     # pylint: disable=protected-access
-    for key, details in (("input", classifier._input),
-                         ("output", classifier._output)):
+    for key, details in (("input", classifier._input), ("output",
+                                                        classifier._output)):
       scale, zero_point = details["quantization"]
-      entry[key].update(dtype=np.dtype(details["dtype"]).name,
-                        quantization={"scale": float(scale),
-                                      "zero_point": int(zero_point)})
+      entry[key].update(
+          dtype=np.dtype(details["dtype"]).name, quantization={
+              "scale": float(scale),
+              "zero_point": int(zero_point)
+          })
   return entry
-
-

@@ -61,8 +61,9 @@ def _sibling(export_dir, tag):
 
 def _move_contents(source_dir, target_dir):
   names = tf.io.gfile.listdir(source_dir)
-  clashes = [n for n in names
-             if tf.io.gfile.exists(f"{target_dir}/{n.rstrip('/')}")]
+  clashes = [
+      n for n in names if tf.io.gfile.exists(f"{target_dir}/{n.rstrip('/')}")
+  ]
   if clashes:
     raise FileExistsError(f"{target_dir!r} already has {sorted(clashes)}; "
                           "choose a new export_dir")

@@ -62,26 +62,30 @@ class ServingModule(tf.Module):
         self._serve_image_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     self.serve_images = tf.function(
-        self._classify,
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3],
-                                       tf.float32, name="images")])
+        self._classify, input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                          name="images")
+        ])
 
   def signatures(self):
     """The signatures to save, keyed by signature name."""
-    return {SERVING_DEFAULT: self.serve_image_bytes,
-            SERVING_IMAGES: self.serve_images}
+    return {
+        SERVING_DEFAULT: self.serve_image_bytes,
+        SERVING_IMAGES: self.serve_images
+    }
 
   def _classify(self, images):
     logits = tf.cast(self.model(images, training=False), tf.float32)
-    return {"classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
-            "probabilities": tf.nn.softmax(logits)}
+    return {
+        "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
+        "probabilities": tf.nn.softmax(logits)
+    }
 
   def _preprocess_image_bytes(self, image_bytes):
     size = self.image_size
     return tf.map_fn(
         lambda encoded: preprocessing_lib.preprocess_for_eval(
-            encoded, size, self.preprocessing),
-        image_bytes,
+            encoded, size, self.preprocessing), image_bytes,
         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
   def _serve_image_bytes(self, image_bytes):
@@ -146,10 +150,12 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None,
   if use_ema and checkpointing.has_ema(path):
     ema = averaging.ExponentialMovingAverage(model)
   elif use_ema:
-    logging.warning("Checkpoint %s has no EMA weights; serving its raw "
-                    "weights", path)
-  checkpointing.build_checkpoint(model=model, ema=ema).read(
-      path).assert_existing_objects_matched().expect_partial()
+    logging.warning(
+        "Checkpoint %s has no EMA weights; serving its raw "
+        "weights", path)
+  checkpointing.build_checkpoint(
+      model=model,
+      ema=ema).read(path).assert_existing_objects_matched().expect_partial()
   if ema is not None:
     ema.copy_to_model()
   logging.info("Restored %s%s for serving", path,
@@ -157,8 +163,8 @@ def restore_for_serving(path, *, use_ema=True, num_classes=None,
   return model
 
 
-def load_serving_module(*, model_dir=None, checkpoint="latest",
-                        image_size=None, use_ema=True, num_classes=None,
+def load_serving_module(*, model_dir=None, checkpoint="latest", image_size=None,
+                        use_ema=True, num_classes=None,
                         model_builder=build_model, preprocessing=None):
   """Restores a checkpoint into a `ServingModule`.
 
@@ -184,11 +190,21 @@ def load_serving_module(*, model_dir=None, checkpoint="latest",
   return ServingModule(model, image_size, preprocessing), path
 
 
-def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
-           use_ema=True, num_classes=None, overwrite=False,
-           format="saved_model", batch_size=1, labels_file=None,  # pylint: disable=redefined-builtin
-           model_builder=build_model, preprocessing=None,
-           lite_exporter=converters.export_lite):
+def export(
+    *,
+    model_dir,
+    export_dir,
+    image_size=None,
+    checkpoint="latest",
+    use_ema=True,
+    num_classes=None,
+    overwrite=False,
+    format="saved_model",
+    batch_size=1,
+    labels_file=None,  # pylint: disable=redefined-builtin
+    model_builder=build_model,
+    preprocessing=None,
+    lite_exporter=converters.export_lite):
   """Exports a checkpoint of a run for serving or for a device.
 
   Every format exports the inference graph (`inference_model`: batch norm
@@ -230,10 +246,11 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
   """
   formats.check_format(format)
   export_dirs.check_destination(export_dir, overwrite)
-  module, path = load_serving_module(
-      model_dir=model_dir, checkpoint=checkpoint, image_size=image_size,
-      use_ema=use_ema, num_classes=num_classes, model_builder=model_builder,
-      preprocessing=preprocessing)
+  module, path = load_serving_module(model_dir=model_dir, checkpoint=checkpoint,
+                                     image_size=image_size, use_ema=use_ema,
+                                     num_classes=num_classes,
+                                     model_builder=model_builder,
+                                     preprocessing=preprocessing)
   model = inference_model(module.model)
   names = labels.checked_labels(labels_file, model.output_shape[-1])
   with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
@@ -242,18 +259,16 @@ def export(*, model_dir, export_dir, image_size=None, checkpoint="latest",
       module = ServingModule(model, module.image_size, module.preprocessing)
       tf.saved_model.save(module, staging, signatures=module.signatures())
     else:
-      extra = lite_exporter(
-          model, format_name=format, output_dir=staging,
-          image_size=module.image_size, batch_size=batch_size)
-    formats.write_metadata(staging, formats.build_metadata(
-        model, format_name=format, image_size=module.image_size,
-        checkpoint=path, labels=names,
-        resize_method=module.preprocessing.resize_method,
-        ema=use_ema and checkpointing.has_ema(path), extra=extra))
+      extra = lite_exporter(model, format_name=format, output_dir=staging,
+                            image_size=module.image_size, batch_size=batch_size)
+    formats.write_metadata(
+        staging,
+        formats.build_metadata(model, format_name=format,
+                               image_size=module.image_size, checkpoint=path,
+                               labels=names,
+                               resize_method=module.preprocessing.resize_method,
+                               ema=use_ema and checkpointing.has_ema(path),
+                               extra=extra))
   logging.info("Exported %s as %s (%dx%d) in %s", path, format,
                module.image_size, module.image_size, export_dir)
   return export_dir
-
-
-
-

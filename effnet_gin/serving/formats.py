@@ -12,9 +12,13 @@ SAVED_MODEL = "saved_model"
 FORMATS = (SAVED_MODEL, "tflite", "tflite_float16", "tflite_int8", "onnx")
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
-MODEL_FILES = {SAVED_MODEL: "saved_model.pb", "tflite": TFLITE_FILE,
-               "tflite_float16": TFLITE_FILE, "tflite_int8": TFLITE_FILE,
-               "onnx": ONNX_FILE}
+MODEL_FILES = {
+    SAVED_MODEL: "saved_model.pb",
+    "tflite": TFLITE_FILE,
+    "tflite_float16": TFLITE_FILE,
+    "tflite_int8": TFLITE_FILE,
+    "onnx": ONNX_FILE
+}
 METADATA_FILE = "metadata.json"
 
 
@@ -60,9 +64,11 @@ def build_metadata(model, *, format_name, image_size, checkpoint, ema,
       "image_size": int(image_size),
       "num_classes": int(model.output_shape[-1]),
       "labels": labels,
-      "normalization": {"mean": list(normalization.mean),
-                        "stddev": list(normalization.stddev),
-                        "inside_model": True},
+      "normalization": {
+          "mean": list(normalization.mean),
+          "stddev": list(normalization.stddev),
+          "inside_model": True
+      },
       "preprocessing": ("decode, center crop of S / (S + 32) of the shorter "
                         f"side, {resize_method} resize to S x S; RGB 0-255"),
       "checkpoint": checkpoint,
@@ -92,9 +98,11 @@ def describe_export(export_dir):
   metadata = read_metadata(export_dir)
   if metadata is None:
     return f"{export_dir}: no {METADATA_FILE}"
-  lines = [f"{export_dir}: {metadata['format']} of {metadata['variant']} "
-           f"at {metadata['image_size']}x{metadata['image_size']}, "
-           f"{metadata['num_classes']} classes"]
+  lines = [
+      f"{export_dir}: {metadata['format']} of {metadata['variant']} "
+      f"at {metadata['image_size']}x{metadata['image_size']}, "
+      f"{metadata['num_classes']} classes"
+  ]
   if "size_bytes" in metadata:
     lines.append(f"  {metadata['model_file']}: "
                  f"{metadata['size_bytes'] / 2**20:.2f} MiB")

@@ -51,11 +51,14 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
   if saved_model_dir:
     if not tf.io.gfile.exists(f"{saved_model_dir}/saved_model.pb"):
       raise FileNotFoundError(f"no SavedModel in {saved_model_dir!r}")
-    serve = tf.saved_model.load(saved_model_dir).signatures[exporter.SERVING_DEFAULT]
+    serve = tf.saved_model.load(saved_model_dir).signatures[
+        exporter.SERVING_DEFAULT]
   elif model_dir or checkpoint not in (None, "latest", "best"):
-    module, _ = exporter.load_serving_module(
-        model_dir=model_dir, checkpoint=checkpoint, use_ema=use_ema,
-        model_builder=model_builder, preprocessing=preprocessing)
+    module, _ = exporter.load_serving_module(model_dir=model_dir,
+                                             checkpoint=checkpoint,
+                                             use_ema=use_ema,
+                                             model_builder=model_builder,
+                                             preprocessing=preprocessing)
     serve = module.serve_image_bytes
   else:
     raise ValueError("give a SavedModel directory or a model_dir to restore "
@@ -75,8 +78,9 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
   results = []
   for path, probs in zip(image_files, probabilities):
     top = probs.argsort()[::-1][:top_k]
-    results.append((path, [(int(c), names[c] if names else None,
-                            float(probs[c])) for c in top]))
+    results.append((path, [
+        (int(c), names[c] if names else None, float(probs[c])) for c in top
+    ]))
   return results
 
 
@@ -109,13 +113,14 @@ def classify_files(classifier, image_files, *, names=None, top_k=5,
   results = []
   for path in image_files:
     image = preprocessing_lib.preprocess_for_eval(
-        _read_image(path), classifier.image_size,
-        preprocessing or preprocessing_lib.REFERENCE)
+        _read_image(path), classifier.image_size, preprocessing or
+        preprocessing_lib.REFERENCE)
     logits = classifier.logits(image.numpy()[None])[0]
     probabilities = tf.nn.softmax(logits).numpy()
     top = np.argsort(-probabilities, kind="stable")[:top_k]
-    results.append((path, [(int(c), names[c] if names else None,
-                            float(probabilities[c])) for c in top]))
+    results.append(
+        (path, [(int(c), names[c] if names else None, float(probabilities[c]))
+                for c in top]))
   return results
 
 

@@ -49,8 +49,11 @@ class _Classifier:
     outputs = []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
-      padded = np.concatenate([chunk, np.zeros(
-          (self.batch_size - len(chunk),) + chunk.shape[1:], np.float32)])
+      padded = np.concatenate([
+          chunk,
+          np.zeros((self.batch_size - len(chunk),) + chunk.shape[1:],
+                   np.float32)
+      ])
       outputs.append(self._run(padded)[:len(chunk)])
     return np.concatenate(outputs).astype(np.float32)
 
@@ -72,8 +75,8 @@ class TFLiteClassifier(_Classifier):
     self._interpreter.allocate_tensors()
     self._input = self._interpreter.get_input_details()[0]
     self._output = self._interpreter.get_output_details()[0]
-    self.batch_size, self.image_size = (int(d) for d in
-                                        self._input["shape"][:2])
+    self.batch_size, self.image_size = (
+        int(d) for d in self._input["shape"][:2])
     self.num_classes = int(self._output["shape"][-1])
     self.input_dtype = np.dtype(self._input["dtype"])
 
@@ -106,8 +109,7 @@ class ONNXClassifier(_Classifier):
     self._session = onnxruntime.InferenceSession(
         _read_bytes(path), options, providers=["CPUExecutionProvider"])
     self._input = self._session.get_inputs()[0]
-    self.batch_size, self.image_size = (int(d) for d in
-                                        self._input.shape[:2])
+    self.batch_size, self.image_size = (int(d) for d in self._input.shape[:2])
     self.num_classes = int(self._session.get_outputs()[0].shape[-1])
 
   def _run(self, batch):
@@ -170,7 +172,8 @@ def evaluate_classifier(classifier, *, num_examples=None,
     ValueError: when the eval split yields no image.
   """
   overrides = {} if num_examples is None else {
-      "num_eval_examples": num_examples}
+      "num_eval_examples": num_examples
+  }
   dataset = dataset_builder(split="eval", global_batch_size=32,
                             image_size=classifier.image_size, **overrides)
   count = top_1 = top_5 = 0
@@ -189,5 +192,3 @@ def evaluate_classifier(classifier, *, num_examples=None,
                      "source's eval files and NUM_EVAL_IMAGES")
   return dict(top_1_accuracy=top_1 / count, top_5_accuracy=top_5 / count,
               num_examples=count)
-
-

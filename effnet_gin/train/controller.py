@@ -89,8 +89,9 @@ class Controller:
         if steps_run < num_steps:
           if saved_step != current:
             self.manager.save(current)
-          logging.warning("Stopped by SIGTERM at step %d; rerun with the "
-                          "same model_dir to resume", current)
+          logging.warning(
+              "Stopped by SIGTERM at step %d; rerun with the "
+              "same model_dir to resume", current)
           return dict(start_step=start_step, step=current, loss=last_loss,
                       preempted=True, eval=last_eval)
         if current >= next_checkpoint or current >= train_steps:
@@ -130,8 +131,8 @@ class Controller:
     reached = int(self.step.numpy())
     loss = None
     if steps_run:
-      loss = self.progress.log(reached, steps_run, loss_sum,
-                                float(correct_sum), elapsed)
+      loss = self.progress.log(reached, steps_run, loss_sum, float(correct_sum),
+                               elapsed)
     return reached, steps_run, loss
 
   def _write_operative_config(self, current):
@@ -139,10 +140,8 @@ class Controller:
     if not self.chief or self.operative_config_text is None:
       return
     operative = self.operative_config_text()
-    run_dir.write_text(self.model_dir, run_dir.OPERATIVE_CONFIG_FILE,
-                       operative)
-    tf.summary.text("operative_config", markdown_code(operative),
-                    step=current)
+    run_dir.write_text(self.model_dir, run_dir.OPERATIVE_CONFIG_FILE, operative)
+    tf.summary.text("operative_config", markdown_code(operative), step=current)
 
 
 def next_multiple(value, period):

@@ -18,7 +18,6 @@ import dataclasses
 from typing import Optional
 
 
-
 def steps_per_epoch(num_train_images, global_batch_size):
   """Steps in one pass over the training set (not rounded), as the reference.
 
@@ -27,8 +26,8 @@ def steps_per_epoch(num_train_images, global_batch_size):
   """
   for name, value in (("num_train_images", num_train_images),
                       ("global_batch_size", global_batch_size)):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        value <= 0):
+    if isinstance(value, bool) or not isinstance(value,
+                                                 (int, float)) or (value <= 0):
       raise ValueError(f"{name} must be a positive number, got {value!r}")
   return num_train_images / global_batch_size
 
@@ -52,8 +51,8 @@ def steps_for_epochs(*, epochs, num_train_images, global_batch_size):
     ValueError: for a non-positive value.
   """
   per_epoch = steps_per_epoch(num_train_images, global_batch_size)
-  if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or (
-      epochs <= 0):
+  if isinstance(epochs, bool) or not isinstance(epochs,
+                                                (int, float)) or (epochs <= 0):
     raise ValueError(f"steps_for_epochs.epochs must be a positive number, got "
                      f"{epochs!r}")
   return max(1, int(epochs * per_epoch))
@@ -86,11 +85,13 @@ class Durations:
 
   def describe(self):
     """One log line with every count and its length in epochs."""
-    parts = [f"{self.train_steps} train steps "
-             f"({self.epochs(self.train_steps):.2f} epochs of "
-             f"{self.steps_per_epoch:.2f} steps)",
-             f"warm-up {self.warmup_steps} steps "
-             f"({self.epochs(self.warmup_steps):.2f} epochs)"]
+    parts = [
+        f"{self.train_steps} train steps "
+        f"({self.epochs(self.train_steps):.2f} epochs of "
+        f"{self.steps_per_epoch:.2f} steps)",
+        f"warm-up {self.warmup_steps} steps "
+        f"({self.epochs(self.warmup_steps):.2f} epochs)"
+    ]
     if self.decay_steps:
       parts.append(f"decay every {self.decay_steps:.2f} steps "
                    f"({self.epochs(self.decay_steps):.2f} epochs)")
@@ -103,9 +104,8 @@ class Durations:
     return "; ".join(parts)
 
 
-def durations_of(*, train_steps, num_train_images, global_batch_size,
-                 schedule, steps_per_eval, checkpoint_every_steps,
-                 steps_per_loop):
+def durations_of(*, train_steps, num_train_images, global_batch_size, schedule,
+                 steps_per_eval, checkpoint_every_steps, steps_per_loop):
   """Collects a run's durations; `schedule` is a `WarmupDecaySchedule`.
 
   `checkpoint_every_steps=None` means every loop, as in `train`.

@@ -27,8 +27,8 @@ class LARS(keras.optimizers.Optimizer):
   """LARS with momentum and weight decay inside, as the reference's."""
 
   def __init__(self, learning_rate=0.1, momentum=0.9, weight_decay=1e-5,
-               eeta=0.001, epsilon=0.0, exclude_from_adaptation=DEFAULT_EXCLUDED,
-               name="LARS", **kwargs):
+               eeta=0.001, epsilon=0.0,
+               exclude_from_adaptation=DEFAULT_EXCLUDED, name="LARS", **kwargs):
     """Initializes the optimizer.
 
     Args:
@@ -63,8 +63,9 @@ class LARS(keras.optimizers.Optimizer):
     if self.built:
       return
     super().build(var_list)
-    self._momenta = [self.add_variable_from_reference(v, "momentum")
-                     for v in var_list]
+    self._momenta = [
+        self.add_variable_from_reference(v, "momentum") for v in var_list
+    ]
 
   def adapts(self, variable):
     """Whether `variable` gets the trust ratio and the weight decay."""
@@ -78,8 +79,8 @@ class LARS(keras.optimizers.Optimizer):
       weights = tf.convert_to_tensor(variable)
       w_norm = tf.norm(weights)
       g_norm = tf.norm(gradient)
-      ratio = self.eeta * w_norm / (
-          g_norm + self.lars_weight_decay * w_norm + self.epsilon)
+      ratio = self.eeta * w_norm / (g_norm + self.lars_weight_decay * w_norm +
+                                    self.epsilon)
       trust = tf.where(tf.logical_and(w_norm > 0, g_norm > 0), ratio, 1.0)
       learning_rate = learning_rate * trust
       gradient = gradient + self.lars_weight_decay * weights

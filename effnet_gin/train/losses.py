@@ -67,8 +67,8 @@ def classification_loss(labels, logits, *, global_batch_size,
                      f"soft labels, got shape {labels.shape}.")
   if label_smoothing:
     targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  per_example = tf.nn.softmax_cross_entropy_with_logits(
-      labels=targets, logits=logits)
+  per_example = tf.nn.softmax_cross_entropy_with_logits(labels=targets,
+                                                        logits=logits)
   return tf.reduce_sum(per_example) / float(global_batch_size)
 
 
@@ -94,8 +94,10 @@ def _batch_norm_variable_ids(model):
   # Keras itself uses (summary, weights) and covers nested layers.
   # pylint: disable-next=protected-access
   layers = model._flatten_layers(include_self=True, recursive=True)
-  return {id(v) for layer in layers if isinstance(layer, _BATCH_NORM_TYPES)
-          for v in layer.weights}
+  return {
+      id(v) for layer in layers if isinstance(layer, _BATCH_NORM_TYPES)
+      for v in layer.weights
+  }
 
 
 def regularized_variables(model):
@@ -154,6 +156,6 @@ def weight_decay_loss(model, weight_decay=1e-5):
     return tf.constant(0.0, tf.float32)
   total = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])
   replica_context = tf.distribute.get_replica_context()
-  num_replicas = (replica_context.num_replicas_in_sync if replica_context
-                  else 1)
+  num_replicas = (replica_context.num_replicas_in_sync
+                  if replica_context else 1)
   return weight_decay * total / float(num_replicas)

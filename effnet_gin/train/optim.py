@@ -81,10 +81,11 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
                        f"{_SCHEDULE_KINDS}.")
     if warmup_steps < 0:
       raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}.")
-    needed = {"exponential": dict(decay_steps=decay_steps,
-                                  decay_factor=decay_factor),
-              "cosine": dict(train_steps=train_steps),
-              "polynomial": dict(train_steps=train_steps)}.get(kind, {})
+    needed = {
+        "exponential": dict(decay_steps=decay_steps, decay_factor=decay_factor),
+        "cosine": dict(train_steps=train_steps),
+        "polynomial": dict(train_steps=train_steps)
+    }.get(kind, {})
     for name, value in needed.items():
       if not (value and value > 0):
         raise ValueError(f"{kind.capitalize()} decay needs {name} > 0, got "
@@ -103,8 +104,8 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
     peak = tf.constant(self.peak_learning_rate, tf.float32)
     if self.kind == "exponential":
       exponent = tf.floor(step / self.decay_steps)
-      learning_rate = peak * tf.pow(
-          tf.constant(self.decay_factor, tf.float32), exponent)
+      learning_rate = peak * tf.pow(tf.constant(self.decay_factor, tf.float32),
+                                    exponent)
     elif self.kind == "cosine":
       # Clamped so that steps past `train_steps` stay at 0 instead of rising.
       progress = tf.minimum(step, float(self.train_steps)) / self.train_steps
@@ -143,9 +144,9 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def build_schedule(*, global_batch_size, num_train_images,
-                   base_learning_rate=0.016, warmup_epochs=5,
-                   decay_epochs=2.4, decay_factor=0.97, kind="exponential",
-                   train_steps=None, end_learning_rate=0.1, power=2.0):
+                   base_learning_rate=0.016, warmup_epochs=5, decay_epochs=2.4,
+                   decay_factor=0.97, kind="exponential", train_steps=None,
+                   end_learning_rate=0.1, power=2.0):
   """Builds the reference learning-rate schedule for a global batch size.
 
   peak = base_learning_rate * global_batch_size / 256;
@@ -196,12 +197,9 @@ def build_schedule(*, global_batch_size, num_train_images,
   steps_per_epoch = num_train_images / global_batch_size
   return WarmupDecaySchedule(
       peak_learning_rate=base_learning_rate * global_batch_size / 256,
-      warmup_steps=int(warmup_epochs * steps_per_epoch),
-      kind=kind,
-      decay_steps=decay_epochs * steps_per_epoch,
-      decay_factor=decay_factor,
-      train_steps=train_steps, end_learning_rate=end_learning_rate,
-      power=power)
+      warmup_steps=int(warmup_epochs * steps_per_epoch), kind=kind,
+      decay_steps=decay_epochs * steps_per_epoch, decay_factor=decay_factor,
+      train_steps=train_steps, end_learning_rate=end_learning_rate, power=power)
 
 
 # ---------------------------------------------------------------------------
@@ -252,9 +250,11 @@ class TF1RMSProp(keras.optimizers.Optimizer):
     super().build(var_list)
     self._mean_squares = [
         self.add_variable_from_reference(v, "rms", initializer="ones")
-        for v in var_list]
-    self._momenta = [self.add_variable_from_reference(v, "momentum")
-                     for v in var_list]
+        for v in var_list
+    ]
+    self._momenta = [
+        self.add_variable_from_reference(v, "momentum") for v in var_list
+    ]
 
   def update_step(self, gradient, variable, learning_rate):
     gradient = _dense(gradient, variable)
@@ -264,10 +264,9 @@ class TF1RMSProp(keras.optimizers.Optimizer):
     momentum = self._momenta[index]
     self.assign_add(mean_square,
                     (tf.square(gradient) - mean_square) * (1.0 - self.rho))
-    self.assign(momentum,
-                self.momentum * momentum
-                + learning_rate * gradient / tf.sqrt(mean_square
-                                                     + self.epsilon))
+    self.assign(
+        momentum, self.momentum * momentum +
+        learning_rate * gradient / tf.sqrt(mean_square + self.epsilon))
     self.assign_sub(variable, momentum)
 
   def get_config(self):
@@ -303,8 +302,9 @@ class TF1Momentum(keras.optimizers.Optimizer):
     if self.built:
       return
     super().build(var_list)
-    self._accumulators = [self.add_variable_from_reference(v, "momentum")
-                          for v in var_list]
+    self._accumulators = [
+        self.add_variable_from_reference(v, "momentum") for v in var_list
+    ]
 
   def update_step(self, gradient, variable, learning_rate):
     gradient = _dense(gradient, variable)
@@ -321,8 +321,7 @@ class TF1Momentum(keras.optimizers.Optimizer):
 
 def build_optimizer(learning_rate, *, name="rmsprop", rho=0.9, momentum=0.9,
                     epsilon=1e-3, beta_1=0.9, beta_2=0.999,
-                    lars_weight_decay=1e-5, lars_eeta=0.001,
-                    lars_epsilon=0.0):
+                    lars_weight_decay=1e-5, lars_eeta=0.001, lars_epsilon=0.0):
   """Builds the training optimizer.
 
   Under a `mixed_float16` global policy the optimizer is wrapped in

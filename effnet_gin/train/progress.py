@@ -16,11 +16,11 @@ class LoopProgress:
   """
 
   def __init__(self, start_step, train_steps, global_batch_size,
-               steps_per_epoch, learning_rate):
+               num_train_images, learning_rate):
     self._start_step = start_step
     self._train_steps = train_steps
     self._batch = global_batch_size
-    self._steps_per_epoch = steps_per_epoch
+    self._steps_per_epoch = num_train_images / global_batch_size
     self._learning_rate = learning_rate
     self._start_time = time.time()
 
@@ -42,8 +42,8 @@ class LoopProgress:
     tf.summary.scalar("step_time_sec", elapsed / num_steps, step=current)
     # No update yet (mixed_float16 may skip the first steps): no ETA.
     eta = "?" if current == self._start_step else format_seconds(
-        (time.time() - self._start_time) / (current - self._start_step)
-        * (self._train_steps - current))
+        (time.time() - self._start_time) / (current - self._start_step) *
+        (self._train_steps - current))
     logging.info("step %d/%d  loss %.4f  lr %.5f  %.1f images/sec  ETA %s",
                  current, self._train_steps, loss, lr, images_per_sec, eta)
     return loss

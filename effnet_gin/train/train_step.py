@@ -12,9 +12,9 @@ from effnet_gin.evaluation import metrics
 from effnet_gin.train import losses
 
 
-def build_host_loop(*, strategy, model, optimizer, ema,
-                    global_batch_size, label_smoothing, weight_decay,
-                    jit_compile, stop_request=None, log_every_steps=None):
+def build_host_loop(*, strategy, model, optimizer, ema, global_batch_size,
+                    label_smoothing, weight_decay, jit_compile,
+                    stop_request=None, log_every_steps=None):
   """Builds the compiled host loop that runs `num_steps` training steps.
 
   One counter is the global step: `optimizer.iterations`, the number of
@@ -56,9 +56,9 @@ def build_host_loop(*, strategy, model, optimizer, ema,
       logits = model(images, training=True)
       # Dividing by the global batch (not the replica's) makes the sum over
       # replicas, which the optimizer's all-reduce takes, the global mean.
-      loss = losses.classification_loss(
-          labels, logits, label_smoothing=label_smoothing,
-          global_batch_size=global_batch_size)
+      loss = losses.classification_loss(labels, logits,
+                                        label_smoothing=label_smoothing,
+                                        global_batch_size=global_batch_size)
       # Inside a replica this is already the replica's 1/num_replicas share,
       # so the optimizer's sum over replicas counts the decay once.
       loss += losses.weight_decay_loss(model, weight_decay)

@@ -32,13 +32,12 @@ from effnet_gin.train.controller import NonFiniteLossError  # noqa: F401
 from effnet_gin.train import durations
 from effnet_gin.train import preemption
 from effnet_gin.checkpoints import run_dir
-from effnet_gin.train import progress as progress_lib
+from effnet_gin.train.progress import LoopProgress
 from effnet_gin import distribute
 
 # Exit status of a trainer that saved a checkpoint on SIGTERM and stopped
 # early: EX_TEMPFAIL, "try again" — rerunning with the same model_dir resumes.
 PREEMPTED_EXIT_CODE = 75
-
 
 MODES = ("train", "train_and_eval")
 
@@ -51,8 +50,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
           init_checkpoint=None, init_from_ema=True, seed=None,
           log_every_steps=None, command=None, config_text=None,
           operative_config_text=None, model_builder=build_model,
-          dataset_builder=build_dataset,
-          schedule_builder=optim.build_schedule,
+          dataset_builder=build_dataset, schedule_builder=optim.build_schedule,
           optimizer_builder=optim.build_optimizer,
           ema_builder=averaging.ExponentialMovingAverage, strategy=None,
           schedule=None):
@@ -129,11 +127,12 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
   """
-  mode = _checked_mode(
-      mode, schedule, train_steps=train_steps, image_size=image_size,
-      train_batch_size=train_batch_size, num_train_images=num_train_images,
-      steps_per_loop=steps_per_loop, eval_batch_size=eval_batch_size,
-      steps_per_eval=steps_per_eval)
+  mode = _checked_mode(mode, schedule, train_steps=train_steps,
+                       image_size=image_size, train_batch_size=train_batch_size,
+                       num_train_images=num_train_images,
+                       steps_per_loop=steps_per_loop,
+                       eval_batch_size=eval_batch_size,
+                       steps_per_eval=steps_per_eval)
 
   # --- Strategy and precision -------------------------------------------
   strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
@@ -151,18 +150,19 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
 
   # --- Checkpoint: resume, or initialise for fine-tuning -------------------
   ema, manager, start_step, resumed = _restore_or_initialize(
-      model_dir, strategy=strategy, model=model, optimizer=optimizer,
-      step=step, ema_builder=ema_builder if use_ema else None,
-      model_builder=model_builder, init_checkpoint=init_checkpoint,
-      init_from_ema=init_from_ema, keep_checkpoints=keep_checkpoints)
+      model_dir, strategy=strategy, model=model, optimizer=optimizer, step=step,
+      ema_builder=ema_builder if use_ema else None, model_builder=model_builder,
+      init_checkpoint=init_checkpoint, init_from_ema=init_from_ema,
+      keep_checkpoints=keep_checkpoints)
   if start_step >= train_steps:
     return _nothing_to_do(model_dir, start_step, train_steps)
 
   # --- Input pipeline -----------------------------------------------------
-  iterator = iter(distribute.distributed_dataset(
-      strategy, dataset_builder, split="train",
-      global_batch_size=train_batch_size, image_size=image_size,
-      **({} if seed is None else {"seed": seed})))
+  seeded = {} if seed is None else {"seed": seed}
+  dataset = distribute.distributed_dataset(strategy, dataset_builder,
+                                           split="train",
+                                           global_batch_size=train_batch_size,
+                                           image_size=image_size, **seeded)
 
   # --- The compiled step and host loop ------------------------------------
   stop_request = preemption.StopRequest()
@@ -174,21 +174,19 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
 
   # --- The outer loop: log, summarise, evaluate, checkpoint --------------
   evaluate_at = None if mode == "train" else InProcessEvaluator(
-      strategy=strategy, model=model, ema=ema, model_dir=model_dir,
-      chief=chief, eval_batch_size=eval_batch_size, image_size=image_size,
+      strategy=strategy, model=model, ema=ema, model_dir=model_dir, chief=chief,
+      eval_batch_size=eval_batch_size, image_size=image_size,
       jit_compile=jit_compile, dataset_builder=dataset_builder)
-  progress = progress_lib.LoopProgress(start_step, train_steps,
-                                      train_batch_size, num_train_images /
-                                      train_batch_size, learning_rate)
+  progress = LoopProgress(start_step, train_steps, train_batch_size,
+                          num_train_images, learning_rate)
   return controller.Controller(
-      host_loop=host_loop, iterator=iterator, step=step, manager=manager,
+      host_loop=host_loop, iterator=iter(dataset), step=step, manager=manager,
       progress=progress, model_dir=model_dir, chief=chief,
       operative_config_text=operative_config_text).run(
           start_step=start_step, train_steps=train_steps,
           steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
           checkpoint_every=checkpoint_every_steps or steps_per_loop,
-          evaluate_at=evaluate_at, resumed=resumed,
-          stop_request=stop_request)
+          evaluate_at=evaluate_at, resumed=resumed, stop_request=stop_request)
 
 
 def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
@@ -215,9 +213,9 @@ def _build_model_and_optimizer(strategy, *, model_builder, schedule_builder,
   """
   with strategy.scope():
     model = model_builder()
-    learning_rate = schedule_builder(
-        global_batch_size=train_batch_size, num_train_images=num_train_images,
-        train_steps=train_steps)
+    learning_rate = schedule_builder(global_batch_size=train_batch_size,
+                                     num_train_images=num_train_images,
+                                     train_steps=train_steps)
     optimizer = optimizer_builder(learning_rate)
     # Keras 3 optimizers create their slots lazily; inside strategy.run that
     # fails, so build them here, under the strategy's scope.
@@ -230,12 +228,14 @@ def _log_durations(schedule, mode, train_steps, num_train_images,
                    global_batch_size, steps_per_loop, steps_per_eval,
                    checkpoint_every_steps):
   """Logs the run's length in steps and epochs (see `durations.durations_of`)."""
-  logging.info("Durations: %s", durations.durations_of(
-      train_steps=train_steps, num_train_images=num_train_images,
-      global_batch_size=global_batch_size, schedule=schedule,
-      steps_per_eval=steps_per_eval if mode == "train_and_eval" else None,
-      checkpoint_every_steps=checkpoint_every_steps,
-      steps_per_loop=steps_per_loop).describe())
+  logging.info(
+      "Durations: %s",
+      durations.durations_of(
+          train_steps=train_steps, num_train_images=num_train_images,
+          global_batch_size=global_batch_size, schedule=schedule,
+          steps_per_eval=steps_per_eval if mode == "train_and_eval" else None,
+          checkpoint_every_steps=checkpoint_every_steps,
+          steps_per_loop=steps_per_loop).describe())
 
 
 def _checked_mode(mode, schedule, *, eval_batch_size, steps_per_eval,
@@ -301,21 +301,20 @@ def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
   """
   if init_checkpoint and tf.train.latest_checkpoint(model_dir) is None:
     pretrained.initialize_from(
-        model, init_checkpoint, use_ema=init_from_ema,
-        model_builder=lambda num_classes: model_builder(num_classes=num_classes),
+        model, init_checkpoint, use_ema=init_from_ema, model_builder=lambda
+        num_classes: model_builder(num_classes=num_classes),
         ema_factory=ema_builder or averaging.ExponentialMovingAverage)
   with strategy.scope():
     # Created after any initialisation, so the averages start from it.
     ema = ema_builder(model) if ema_builder else None
   manager = checkpointing.Manager(
       checkpointing.build_checkpoint(step=step, model=model,
-                                     optimizer=optimizer, ema=ema),
-      model_dir, max_to_keep=keep_checkpoints,
-      chief=distribute.is_chief(strategy), worker_id=_worker_id(strategy))
+                                     optimizer=optimizer, ema=ema), model_dir,
+      max_to_keep=keep_checkpoints, chief=distribute.is_chief(strategy),
+      worker_id=_worker_id(strategy))
   resumed_from = manager.restore_latest()
   if resumed_from:
-    logging.info("Resumed from %s at step %d", resumed_from,
-                 int(step.numpy()))
+    logging.info("Resumed from %s at step %d", resumed_from, int(step.numpy()))
   return ema, manager, int(step.numpy()), bool(resumed_from)
 
 

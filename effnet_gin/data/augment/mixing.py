@@ -39,11 +39,10 @@ def _box_masks(height, width, box_h, box_w, seed):
   centre_x = tf.random.stateless_uniform([batch], x_seed, 0.0,
                                          tf.cast(width, tf.float32))
   top = tf.clip_by_value(tf.round(centre_y - box_h / 2), 0.0, 1e9)
-  bottom = tf.minimum(tf.round(centre_y + box_h / 2), tf.cast(height,
-                                                              tf.float32))
+  bottom = tf.minimum(tf.round(centre_y + box_h / 2),
+                      tf.cast(height, tf.float32))
   left = tf.clip_by_value(tf.round(centre_x - box_w / 2), 0.0, 1e9)
-  right = tf.minimum(tf.round(centre_x + box_w / 2), tf.cast(width,
-                                                             tf.float32))
+  right = tf.minimum(tf.round(centre_x + box_w / 2), tf.cast(width, tf.float32))
   rows = tf.range(tf.cast(height, tf.float32))[None, :, None]
   cols = tf.range(tf.cast(width, tf.float32))[None, None, :]
   inside = ((rows >= top[:, None, None]) & (rows < bottom[:, None, None]) &
@@ -75,10 +74,10 @@ def mixup(images, labels, num_classes, alpha, seed):
   weight = gamma1 / (gamma1 + gamma2)
   weight = tf.maximum(weight, 1.0 - weight)
   one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-  mixed_images = (images * weight[:, None, None, None]
-                  + images[::-1] * (1.0 - weight[:, None, None, None]))
-  mixed_labels = (one_hot * weight[:, None]
-                  + one_hot[::-1] * (1.0 - weight[:, None]))
+  mixed_images = (images * weight[:, None, None, None] + images[::-1] *
+                  (1.0 - weight[:, None, None, None]))
+  mixed_labels = (one_hot * weight[:, None] + one_hot[::-1] *
+                  (1.0 - weight[:, None]))
   return mixed_images, mixed_labels
 
 
@@ -104,8 +103,8 @@ def cutmix(images, labels, num_classes, alpha, seed):
   mixed = images * (1.0 - mask) + images[::-1] * mask
   pasted = tf.reduce_mean(mask, axis=[1, 2, 3])
   one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-  mixed_labels = (one_hot * (1.0 - pasted)[:, None]
-                  + one_hot[::-1] * pasted[:, None])
+  mixed_labels = (one_hot * (1.0 - pasted)[:, None] +
+                  one_hot[::-1] * pasted[:, None])
   return mixed, mixed_labels
 
 
@@ -127,11 +126,11 @@ def random_erasing(images, probability, seed, area_range=(0.02, 1.0 / 3.0),
   shape = tf.shape(images)
   batch, height, width = shape[0], shape[1], shape[2]
   apply_seed, area_seed, aspect_seed, box_seed, noise_seed = _seeds(seed, 5)
-  area = tf.random.stateless_uniform([batch], area_seed, *area_range) * (
-      tf.cast(height * width, tf.float32))
-  log_aspect = tf.random.stateless_uniform(
-      [batch], aspect_seed, math.log(aspect_range[0]),
-      math.log(aspect_range[1]))
+  area = tf.random.stateless_uniform(
+      [batch], area_seed, *area_range) * (tf.cast(height * width, tf.float32))
+  log_aspect = tf.random.stateless_uniform([batch], aspect_seed,
+                                           math.log(aspect_range[0]),
+                                           math.log(aspect_range[1]))
   aspect = tf.exp(log_aspect)
   box_h = tf.minimum(tf.sqrt(area * aspect), tf.cast(height, tf.float32))
   box_w = tf.minimum(tf.sqrt(area / aspect), tf.cast(width, tf.float32))

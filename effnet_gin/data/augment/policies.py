@@ -23,40 +23,40 @@ _FILL_VALUE = 128
 
 # Policy v0 of the reference: 25 sub-policies of two (op, probability, level).
 POLICY_V0 = (
-    (('Equalize', 0.8, 1), ('ShearY', 0.8, 4)),
-    (('Color', 0.4, 9), ('Equalize', 0.6, 3)),
-    (('Color', 0.4, 1), ('Rotate', 0.6, 8)),
-    (('Solarize', 0.8, 3), ('Equalize', 0.4, 7)),
-    (('Solarize', 0.4, 2), ('Solarize', 0.6, 2)),
-    (('Color', 0.2, 0), ('Equalize', 0.8, 8)),
-    (('Equalize', 0.4, 8), ('SolarizeAdd', 0.8, 3)),
-    (('ShearX', 0.2, 9), ('Rotate', 0.6, 8)),
-    (('Color', 0.6, 1), ('Equalize', 1.0, 2)),
-    (('Invert', 0.4, 9), ('Rotate', 0.6, 0)),
-    (('Equalize', 1.0, 9), ('ShearY', 0.6, 3)),
-    (('Color', 0.4, 7), ('Equalize', 0.6, 0)),
-    (('Posterize', 0.4, 6), ('AutoContrast', 0.4, 7)),
-    (('Solarize', 0.6, 8), ('Color', 0.6, 9)),
-    (('Solarize', 0.2, 4), ('Rotate', 0.8, 9)),
-    (('Rotate', 1.0, 7), ('TranslateY', 0.8, 9)),
-    (('ShearX', 0.0, 0), ('Solarize', 0.8, 4)),
-    (('ShearY', 0.8, 0), ('Color', 0.6, 4)),
-    (('Color', 1.0, 0), ('Rotate', 0.6, 2)),
-    (('Equalize', 0.8, 4), ('Equalize', 0.0, 8)),
-    (('Equalize', 1.0, 4), ('AutoContrast', 0.6, 2)),
-    (('ShearY', 0.4, 7), ('SolarizeAdd', 0.6, 7)),
-    (('Posterize', 0.8, 2), ('Solarize', 0.6, 10)),
-    (('Solarize', 0.6, 8), ('Equalize', 0.6, 1)),
-    (('Color', 0.8, 6), ('Rotate', 0.4, 5)),
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
 
-RANDAUGMENT_OPS = (
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-    'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
-    'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
-
+RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize",
+                   "Solarize", "Color", "Contrast", "Brightness", "Sharpness",
+                   "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout",
+                   "SolarizeAdd")
 
 # --- Pixel ops: uint8 [H, W, 3] -> uint8 [H, W, 3] ---------------------------
+
 
 def blend(image1, image2, factor):
   """image1 + factor * (image2 - image1) as uint8; factor may exceed 1.
@@ -126,8 +126,9 @@ def sharpness(image, factor):
   """Blends with a smoothed image; border pixels keep their value."""
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, tf.newaxis, tf.newaxis], [1, 1, 3, 1])
-  smooth = tf.nn.depthwise_conv2d(tf.cast(image, tf.float32)[tf.newaxis],
-                                  kernel, [1, 1, 1, 1], padding='VALID')[0]
+  smooth = tf.nn.depthwise_conv2d(
+      tf.cast(image, tf.float32)[tf.newaxis], kernel, [1, 1, 1, 1],
+      padding="VALID")[0]
   smooth = tf.cast(tf.clip_by_value(tf.round(smooth), 0.0, 255.0), tf.uint8)
   # Put the unsmoothed 1-pixel border back around the VALID convolution.
   padded = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
@@ -137,6 +138,7 @@ def sharpness(image, factor):
 
 def equalize(image):
   """Histogram-equalizes each channel as PIL's ImageOps.equalize does."""
+
   def equalize_channel(channel):
     channel = tf.cast(channel, tf.int32)
     histogram = tf.math.bincount(channel, minlength=256, maxlength=256)
@@ -148,32 +150,31 @@ def equalize(image):
     equalized = tf.gather(lut, channel)
     # One dominant level (step 0): PIL leaves the channel unchanged.
     return tf.cast(tf.where(step > 0, equalized, channel), tf.uint8)
+
   return tf.stack([equalize_channel(image[..., c]) for c in range(3)], axis=-1)
 
 
 def cutout(image, pad_size, seed, replace=_FILL_VALUE):
   """Fills a (2 * pad_size)^2 square at a random centre with `replace`."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]
-  centre = tf.random.stateless_uniform(
-      [2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32) % tf.stack(
-          [height, width])
+  centre = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max,
+                                       dtype=tf.int32) % tf.stack(
+                                           [height, width])
   y = tf.range(height)[:, tf.newaxis]
   x = tf.range(width)[tf.newaxis, :]
-  inside = ((tf.abs(y - centre[0]) < pad_size)
-            & (tf.abs(x - centre[1]) < pad_size))
-  return tf.where(inside[..., tf.newaxis],
-                  tf.cast(replace, image.dtype), image)
+  inside = ((tf.abs(y - centre[0]) < pad_size) &
+            (tf.abs(x - centre[1]) < pad_size))
+  return tf.where(inside[..., tf.newaxis], tf.cast(replace, image.dtype), image)
 
 
 def _transform(image, transform):
   """Applies a projective transform [a0..a7] (output -> input coordinates)."""
   transformed = tf.raw_ops.ImageProjectiveTransformV3(
       images=image[tf.newaxis],
-      transforms=tf.cast(tf.reshape(transform, [1, 8]), tf.float32),
-      output_shape=tf.shape(image)[:2],
-      fill_value=tf.constant(_FILL_VALUE, tf.float32),
-      interpolation='NEAREST',
-      fill_mode='CONSTANT')
+      transforms=tf.cast(tf.reshape(transform, [1, 8]),
+                         tf.float32), output_shape=tf.shape(image)[:2],
+      fill_value=tf.constant(_FILL_VALUE, tf.float32), interpolation="NEAREST",
+      fill_mode="CONSTANT")
   return transformed[0]
 
 
@@ -185,31 +186,40 @@ def rotate(image, degrees):
   cos, sin = tf.cos(radians), tf.sin(radians)
   offset_x = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
   offset_y = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
-  return _transform(image, tf.stack(
-      [cos, -sin, offset_x, sin, cos, offset_y, 0.0, 0.0]))
+  return _transform(
+      image, tf.stack([cos, -sin, offset_x, sin, cos, offset_y, 0.0, 0.0]))
 
 
 def translate_x(image, pixels):
-  return _transform(image, tf.stack(
-      [1.0, 0.0, -tf.cast(pixels, tf.float32), 0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+      image,
+      tf.stack(
+          [1.0, 0.0, -tf.cast(pixels, tf.float32), 0.0, 1.0, 0.0, 0.0, 0.0]))
 
 
 def translate_y(image, pixels):
-  return _transform(image, tf.stack(
-      [1.0, 0.0, 0.0, 0.0, 1.0, -tf.cast(pixels, tf.float32), 0.0, 0.0]))
+  return _transform(
+      image,
+      tf.stack(
+          [1.0, 0.0, 0.0, 0.0, 1.0, -tf.cast(pixels, tf.float32), 0.0, 0.0]))
 
 
 def shear_x(image, level):
-  return _transform(image, tf.stack(
-      [1.0, tf.cast(level, tf.float32), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+      image,
+      tf.stack([1.0,
+                tf.cast(level, tf.float32), 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
 
 
 def shear_y(image, level):
-  return _transform(image, tf.stack(
-      [1.0, 0.0, 0.0, tf.cast(level, tf.float32), 1.0, 0.0, 0.0, 0.0]))
+  return _transform(
+      image,
+      tf.stack([1.0, 0.0, 0.0,
+                tf.cast(level, tf.float32), 1.0, 0.0, 0.0, 0.0]))
 
 
 # --- Levels to op arguments, as the reference maps them --------------------
+
 
 def _random_sign(value, seed):
   """`value` negated with probability 1/2."""
@@ -234,27 +244,43 @@ def _apply_op(image, name, level, seed, *, cutout_const, translate_const):
   fraction = level / _MAX_LEVEL
   enhance = fraction * 1.8 + 0.1
   ops = {
-      'AutoContrast': lambda: autocontrast(image),
-      'Equalize': lambda: equalize(image),
-      'Invert': lambda: invert(image),
-      'Rotate': lambda: rotate(image, _random_sign(fraction * 30.0, seed)),
-      'Posterize': lambda: posterize(image, int(fraction * 4)),
-      'Solarize': lambda: solarize(image, int(fraction * 256)),
-      'SolarizeAdd': lambda: solarize_add(image, int(fraction * 110)),
-      'Color': lambda: color(image, enhance),
-      'Contrast': lambda: contrast(image, enhance),
-      'Brightness': lambda: brightness(image, enhance),
-      'Sharpness': lambda: sharpness(image, enhance),
-      'ShearX': lambda: shear_x(image, _random_sign(fraction * 0.3, seed)),
-      'ShearY': lambda: shear_y(image, _random_sign(fraction * 0.3, seed)),
-      'TranslateX': lambda: translate_x(
-          image, _random_sign(fraction * translate_const, seed)),
-      'TranslateY': lambda: translate_y(
-          image, _random_sign(fraction * translate_const, seed)),
-      'Cutout': lambda: cutout(image, int(fraction * cutout_const), seed),
+      "AutoContrast":
+          lambda: autocontrast(image),
+      "Equalize":
+          lambda: equalize(image),
+      "Invert":
+          lambda: invert(image),
+      "Rotate":
+          lambda: rotate(image, _random_sign(fraction * 30.0, seed)),
+      "Posterize":
+          lambda: posterize(image, int(fraction * 4)),
+      "Solarize":
+          lambda: solarize(image, int(fraction * 256)),
+      "SolarizeAdd":
+          lambda: solarize_add(image, int(fraction * 110)),
+      "Color":
+          lambda: color(image, enhance),
+      "Contrast":
+          lambda: contrast(image, enhance),
+      "Brightness":
+          lambda: brightness(image, enhance),
+      "Sharpness":
+          lambda: sharpness(image, enhance),
+      "ShearX":
+          lambda: shear_x(image, _random_sign(fraction * 0.3, seed)),
+      "ShearY":
+          lambda: shear_y(image, _random_sign(fraction * 0.3, seed)),
+      "TranslateX":
+          lambda: translate_x(image,
+                              _random_sign(fraction * translate_const, seed)),
+      "TranslateY":
+          lambda: translate_y(image,
+                              _random_sign(fraction * translate_const, seed)),
+      "Cutout":
+          lambda: cutout(image, int(fraction * cutout_const), seed),
   }
   if name not in ops:
-    raise ValueError(f'unknown augmentation op {name!r}')
+    raise ValueError(f"unknown augmentation op {name!r}")
   return tf.ensure_shape(ops[name](), image.shape)
 
 
@@ -266,8 +292,8 @@ def _as_seed(seed):
 
 def _check_uint8(image):
   if image.dtype != tf.uint8 or image.shape.rank != 3:
-    raise ValueError('augmentations take uint8 [H, W, 3] images, got '
-                     f'{image.dtype.name} {image.shape}')
+    raise ValueError("augmentations take uint8 [H, W, 3] images, got "
+                     f"{image.dtype.name} {image.shape}")
 
 
 def autoaugment(image, seed, policy=POLICY_V0):
@@ -290,10 +316,11 @@ def autoaugment(image, seed, policy=POLICY_V0):
                                        dtype=tf.int32)
 
   def sub_policy_fn(sub_policy):
+
     def apply_sub_policy():
       result = image
-      op_seeds = tf.random.experimental.stateless_split(
-          seeds[1], num=2 * len(sub_policy))
+      op_seeds = tf.random.experimental.stateless_split(seeds[1],
+                                                        num=2 * len(sub_policy))
       for i, (name, probability, level) in enumerate(sub_policy):
         apply = tf.random.stateless_uniform([], op_seeds[2 * i]) < probability
         # Bind the current image; lambdas would otherwise see the last one.
@@ -303,6 +330,7 @@ def autoaugment(image, seed, policy=POLICY_V0):
                 r, n, float(l), s, cutout_const=100, translate_const=250),
             lambda r=result: r)
       return result
+
     return apply_sub_policy
 
   return tf.switch_case(chosen, [sub_policy_fn(p) for p in policy])
@@ -326,12 +354,12 @@ def randaugment(image, seed, num_layers=2, magnitude=10):
   for layer in range(num_layers):
     choice_seed, op_seed = tf.unstack(
         tf.random.experimental.stateless_split(layer_seeds[layer], num=2))
-    chosen = tf.random.stateless_uniform(
-        [], choice_seed, maxval=len(RANDAUGMENT_OPS), dtype=tf.int32)
+    chosen = tf.random.stateless_uniform([], choice_seed,
+                                         maxval=len(RANDAUGMENT_OPS),
+                                         dtype=tf.int32)
     image = tf.switch_case(chosen, [
-        lambda r=image, n=name: _apply_op(
-            r, n, float(magnitude), op_seed, cutout_const=40,
-            translate_const=100)
-        for name in RANDAUGMENT_OPS])
+        lambda r=image, n=name: _apply_op(r, n, float(magnitude), op_seed,
+                                          cutout_const=40, translate_const=100)
+        for name in RANDAUGMENT_OPS
+    ])
   return image
-

@@ -29,13 +29,12 @@ from effnet_gin.data.sources import protocol
 class BigtableSource(protocol.Source):
   """ImageNet tf.Examples stored one per row in a Cloud Bigtable table."""
 
-  def __init__(self, project, instance, *,
-               table='imagenet', train_prefix='train_',
-               eval_prefix='validation_', column_family='tfexample',
-               column_qualifier='example', label_offset=1,
-               num_parallel_scans=8, ranges_per_scan=4, app_profile_id=None,
-               connect_timeout=20.0, scan_attempt_timeout=600.0,
-               max_scan_retries=5):
+  def __init__(self, project, instance, *, table="imagenet",
+               train_prefix="train_", eval_prefix="validation_",
+               column_family="tfexample", column_qualifier="example",
+               label_offset=1, num_parallel_scans=8, ranges_per_scan=4,
+               app_profile_id=None, connect_timeout=20.0,
+               scan_attempt_timeout=600.0, max_scan_retries=5):
     """Stores the table coordinates; nothing is contacted until a read.
 
     Args:
@@ -61,19 +60,19 @@ class BigtableSource(protocol.Source):
     Raises:
       ValueError: an empty id or prefix, or a non-positive count.
     """
-    for name, value in (('project', project), ('instance', instance),
-                        ('table', table), ('train_prefix', train_prefix),
-                        ('eval_prefix', eval_prefix)):
+    for name, value in (("project", project), ("instance", instance),
+                        ("table", table), ("train_prefix", train_prefix),
+                        ("eval_prefix", eval_prefix)):
       if not isinstance(value, str) or not value:
-        raise ValueError(f'BigtableSource {name} must be a non-empty string, '
-                         f'got {value!r}')
-    for name, value in (('num_parallel_scans', num_parallel_scans),
-                        ('ranges_per_scan', ranges_per_scan)):
+        raise ValueError(f"BigtableSource {name} must be a non-empty string, "
+                         f"got {value!r}")
+    for name, value in (("num_parallel_scans", num_parallel_scans),
+                        ("ranges_per_scan", ranges_per_scan)):
       if value < 1:
-        raise ValueError(f'BigtableSource {name} must be >= 1, got {value}')
+        raise ValueError(f"BigtableSource {name} must be >= 1, got {value}")
     self.table_ref = bigtable_rows.TableRef(project, instance, table,
                                             app_profile_id)
-    self.prefixes = {'train': train_prefix, 'eval': eval_prefix}
+    self.prefixes = {"train": train_prefix, "eval": eval_prefix}
     self.column_family = column_family
     self.column_qualifier = column_qualifier.encode()
     self.label_offset = label_offset
@@ -104,33 +103,35 @@ class BigtableSource(protocol.Source):
     protocol.check_split(split)
     prefix = self.prefixes[split]
     start, end = prefix.encode(), bigtable_rows.prefix_end(prefix.encode())
-    wanted = (num_input_pipelines * self.num_parallel_scans
-              * self.ranges_per_scan)
-    with self.table_ref.clear_errors(f'looking up {prefix!r} rows'), \
+    wanted = (num_input_pipelines * self.num_parallel_scans *
+              self.ranges_per_scan)
+    with self.table_ref.clear_errors(f"looking up {prefix!r} rows"), \
         self.table_ref.open() as table:
-      first = bigtable_rows.first_key(table, start, end,
-                                      self.connect_timeout)
+      first = bigtable_rows.first_key(table, start, end, self.connect_timeout)
       if first is None:
-        raise ValueError(f'No rows with prefix {prefix!r} (the {split!r} split)'
-                         f' in {self.table_ref.describe()}')
+        raise ValueError(f"No rows with prefix {prefix!r} (the {split!r} split)"
+                         f" in {self.table_ref.describe()}")
       digits = len(first) - len(start)
       first_index = bigtable_rows.parse_row_index(first, start, digits)
       if first_index is not None:
         last = bigtable_rows.last_index(table, prefix, first_index, digits,
                                         self.connect_timeout)
         if last is not None:
-          return tuple(bigtable_rows.split_index_range(
-              start, first_index, last, wanted, digits))
+          return tuple(
+              bigtable_rows.split_index_range(start, first_index, last, wanted,
+                                              digits))
       if num_input_pipelines > 1:
         raise ValueError(
-            f'Row keys of {self.table_ref.describe()} such as {first!r} are '
-            f'not {prefix!r} + a zero-filled index, so '
-            f'{num_input_pipelines} input pipelines cannot agree on disjoint '
-            'key ranges; rewrite the table with bin/tfrecords_to_bigtable')
+            f"Row keys of {self.table_ref.describe()} such as {first!r} are "
+            f"not {prefix!r} + a zero-filled index, so "
+            f"{num_input_pipelines} input pipelines cannot agree on disjoint "
+            "key ranges; rewrite the table with bin/tfrecords_to_bigtable")
       # One pipeline may split on the table's sample keys; they vary between
       # calls, so pipelines could not share them.
-      samples = sorted({key for key, _ in table.sample_row_keys(
-          operation_timeout=self.connect_timeout) if start < key < end})
+      samples = sorted({
+          key for key, _ in table.sample_row_keys(
+              operation_timeout=self.connect_timeout) if start < key < end
+      })
       bounds = [start] + samples + [end]
       return tuple(zip(bounds[:-1], bounds[1:]))
 
@@ -152,19 +153,19 @@ class BigtableSource(protocol.Source):
     if not ranges and is_training:
       num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
       raise ValueError(
-          f'Input pipeline {pipeline_id} of {num_pipelines} has no '
-          f'{split!r} rows in {self.table_ref.describe()}: fewer rows than '
-          'input pipelines')
+          f"Input pipeline {pipeline_id} of {num_pipelines} has no "
+          f"{split!r} rows in {self.table_ref.describe()}: fewer rows than "
+          "input pipelines")
     starts, ends = zip(*ranges) if ranges else ((), ())
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(starts, tf.string), tf.constant(ends, tf.string)))
     if is_training:
       dataset = dataset.shuffle(len(ranges), seed=seed,
                                 reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        self._scan_dataset, cycle_length=self.num_parallel_scans,
-        num_parallel_calls=self.num_parallel_scans,
-        deterministic=not is_training)
+    dataset = dataset.interleave(self._scan_dataset,
+                                 cycle_length=self.num_parallel_scans,
+                                 num_parallel_calls=self.num_parallel_scans,
+                                 deterministic=not is_training)
     return dataset.map(
         functools.partial(imagenet_example.parse_imagenet_example,
                           label_offset=self.label_offset),
@@ -186,18 +187,20 @@ class BigtableSource(protocol.Source):
       for row in bigtable_rows.read_range(
           table, start, end, row_filter=bigtable_rows.LATEST_CELLS,
           attempt_timeout=self.scan_attempt_timeout,
-          max_retries=self.max_scan_retries,
-          describe=self.table_ref.describe):
-        cells = [cell for cell in row.cells
-                 if cell.family == self.column_family
-                 and cell.qualifier == self.column_qualifier]
+          max_retries=self.max_scan_retries, describe=self.table_ref.describe):
+        cells = [
+            cell for cell in row.cells if cell.family == self.column_family and
+            cell.qualifier == self.column_qualifier
+        ]
         if not cells:
-          columns = sorted({f'{c.family}:{c.qualifier.decode(errors="replace")}'
-                            for c in row.cells})
+          columns = sorted({
+              f'{c.family}:{c.qualifier.decode(errors="replace")}'
+              for c in row.cells
+          })
           raise ValueError(
-              f'Row {row.row_key!r} of {self.table_ref.describe()} has no '
-              f'{self.column_family}:{self.column_qualifier.decode()} cell '
-              f'(columns: {columns})')
+              f"Row {row.row_key!r} of {self.table_ref.describe()} has no "
+              f"{self.column_family}:{self.column_qualifier.decode()} cell "
+              f"(columns: {columns})")
         yield cells[0].value
 
   # Counting.
@@ -209,23 +212,25 @@ class BigtableSource(protocol.Source):
     scan of ImageNet's 1.28M training rows is not cheap.
     """
     protocol.check_split(split)
-    if split == 'train':
+    if split == "train":
       return None
     return sum(self.examples_per_pipeline(split, 1))
 
   @functools.lru_cache(maxsize=None)
   def _count_range(self, start, end):
-    with self.table_ref.clear_errors(f'counting rows [{start!r}, {end!r})'), \
+    with self.table_ref.clear_errors(f"counting rows [{start!r}, {end!r})"), \
         self.table_ref.open() as table:
       return sum(1 for _ in bigtable_rows.read_range(
           table, start, end, row_filter=bigtable_rows.KEYS_ONLY,
           attempt_timeout=self.scan_attempt_timeout,
-          max_retries=self.max_scan_retries,
-          describe=self.table_ref.describe))
+          max_retries=self.max_scan_retries, describe=self.table_ref.describe))
 
   def examples_per_pipeline(self, split, num_input_pipelines):
     """Keys-only row counts of each pipeline's key ranges (cached)."""
     ranges = self.key_ranges(split, num_input_pipelines)
-    return [sum(self._count_range(*key_range)
-                for key_range in ranges[pipeline::num_input_pipelines])
-            for pipeline in range(num_input_pipelines)]
+    return [
+        sum(
+            self._count_range(*key_range)
+            for key_range in ranges[pipeline::num_input_pipelines])
+        for pipeline in range(num_input_pipelines)
+    ]

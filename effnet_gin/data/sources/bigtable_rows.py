@@ -23,7 +23,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.bigtable import data as bigtable_data
 from google.cloud.bigtable.data import row_filters
 
-EMULATOR_ENV = 'BIGTABLE_EMULATOR_HOST'
+EMULATOR_ENV = "BIGTABLE_EMULATOR_HOST"
 INDEX_DIGITS = 10
 
 # Errors after which a scan is resumed; anything else fails the scan.
@@ -41,23 +41,23 @@ KEYS_ONLY = row_filters.RowFilterChain(filters=[
 
 def row_key(prefix, index, digits=INDEX_DIGITS):
   """The reference row key: `row_key('train_', 3892)` is b'train_0000003892'."""
-  return f'{prefix}{index:0{digits}d}'.encode()
+  return f"{prefix}{index:0{digits}d}".encode()
 
 
 def parse_row_index(key, prefix, digits):
   """The index in `key` (bytes) if it is prefix + `digits` digits, else None."""
   suffix = key[len(prefix):]
-  if (not key.startswith(prefix) or len(suffix) != digits
-      or not suffix.isdigit()):
+  if (not key.startswith(prefix) or len(suffix) != digits or
+      not suffix.isdigit()):
     return None
   return int(suffix)
 
 
 def prefix_end(prefix):
   """The smallest key after every key starting with `prefix` (b'' = no end)."""
-  stripped = prefix.rstrip(b'\xff')
+  stripped = prefix.rstrip(b"\xff")
   if not stripped:
-    return b''
+    return b""
   return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
@@ -80,8 +80,10 @@ def split_index_range(prefix, first_index, last_index, num_ranges, digits):
   """
   span = last_index - first_index + 1
   num_ranges = max(1, min(num_ranges, span))
-  inner = [row_key(prefix.decode(), first_index + span * i // num_ranges,
-                   digits) for i in range(1, num_ranges)]
+  inner = [
+      row_key(prefix.decode(), first_index + span * i // num_ranges, digits)
+      for i in range(1, num_ranges)
+  ]
   bounds = [prefix] + inner + [prefix_end(prefix)]
   return list(zip(bounds[:-1], bounds[1:]))
 
@@ -97,10 +99,10 @@ class TableRef:
   def describe(self):
     """E.g. "table 'imagenet' of instance 'i' in project 'p' at HOST"."""
     emulator = os.environ.get(EMULATOR_ENV)
-    host = (f'{emulator} ({EMULATOR_ENV})' if emulator
-            else 'bigtable.googleapis.com')
-    return (f'table {self.table!r} of Bigtable instance {self.instance!r} in '
-            f'project {self.project!r} at {host}')
+    host = (f"{emulator} ({EMULATOR_ENV})"
+            if emulator else "bigtable.googleapis.com")
+    return (f"table {self.table!r} of Bigtable instance {self.instance!r} in "
+            f"project {self.project!r} at {host}")
 
   @contextlib.contextmanager
   def open(self):
@@ -122,21 +124,21 @@ class TableRef:
     try:
       yield
     except api_exceptions.NotFound as e:
-      raise ValueError(f'Not found while {action}: {self.describe()} does not '
-                       f'exist ({e.message})') from e
+      raise ValueError(f"Not found while {action}: {self.describe()} does not "
+                       f"exist ({e.message})") from e
     except api_exceptions.PermissionDenied as e:
-      raise PermissionError(f'Permission denied while {action} on '
-                            f'{self.describe()}: {e.message}') from e
+      raise PermissionError(f"Permission denied while {action} on "
+                            f"{self.describe()}: {e.message}") from e
     except (*TRANSIENT_ERRORS, api_exceptions.RetryError) as e:
-      raise ConnectionError(f'Cannot reach {self.describe()} while {action}: '
-                            f'{_last_error(e)}') from e
+      raise ConnectionError(f"Cannot reach {self.describe()} while {action}: "
+                            f"{_last_error(e)}") from e
 
 
 def _last_error(error):
   """The most telling message of a (possibly retried) client error."""
   group = error.__cause__
-  attempts = getattr(group, 'exceptions', None)
-  return f'{error}; last attempt: {attempts[-1]}' if attempts else str(error)
+  attempts = getattr(group, "exceptions", None)
+  return f"{error}; last attempt: {attempts[-1]}" if attempts else str(error)
 
 
 def first_key(table, start, end, timeout):
@@ -161,7 +163,7 @@ def last_index(table, prefix, first_index, digits, timeout):
   Returns:
     The index, or None if a key at or above some index is not prefix + digits.
   """
-  end = f'{prefix}:'.encode()  # ':' follows '9': keys with a digit first.
+  end = f"{prefix}:".encode()  # ':' follows '9': keys with a digit first.
   low, high = first_index, 10**digits - 1  # Key `low` exists, none above high.
   while low < high:
     middle = (low + high + 1) // 2
@@ -201,13 +203,13 @@ def read_range(table, start, end, *, row_filter, attempt_timeout, max_retries,
   last_key, failures = None, 0
   while True:
     query = bigtable_data.ReadRowsQuery(
-        row_ranges=bigtable_data.RowRange(
-            start_key=last_key or start, end_key=end,
-            start_is_inclusive=last_key is None),
+        row_ranges=bigtable_data.RowRange(start_key=last_key or start,
+                                          end_key=end,
+                                          start_is_inclusive=last_key is None),
         row_filter=row_filter)
-    stream = table.read_rows_stream(
-        query, operation_timeout=attempt_timeout,
-        attempt_timeout=attempt_timeout, retryable_errors=())
+    stream = table.read_rows_stream(query, operation_timeout=attempt_timeout,
+                                    attempt_timeout=attempt_timeout,
+                                    retryable_errors=())
     try:
       for row in stream:
         failures = 0
@@ -218,11 +220,12 @@ def read_range(table, start, end, *, row_filter, attempt_timeout, max_retries,
       failures += 1
       if failures > max_retries:
         raise ConnectionError(
-            f'Reading rows [{start!r}, {end!r}) of {describe()} failed '
-            f'{failures} times in a row; last row read: {last_key!r}: '
-            f'{e}') from e
-      logging.warning('Bigtable scan of [%r, %r) interrupted after row %r '
-                      '(%s); resuming.', start, end, last_key, e)
+            f"Reading rows [{start!r}, {end!r}) of {describe()} failed "
+            f"{failures} times in a row; last row read: {last_key!r}: "
+            f"{e}") from e
+      logging.warning(
+          "Bigtable scan of [%r, %r) interrupted after row %r "
+          "(%s); resuming.", start, end, last_key, e)
       time.sleep(min(0.1 * 2**failures, 5.0))
     finally:
       stream.close()

@@ -23,38 +23,41 @@ import tensorflow as tf
 from effnet_gin.data.sources import protocol
 
 NUM_SHAPES = 8
-PALETTE = np.array([
-    (220, 40, 40),    # red
-    (40, 190, 60),    # green
-    (50, 80, 230),    # blue
-    (230, 220, 50),   # yellow
-    (200, 50, 210),   # magenta
-    (50, 210, 220),   # cyan
-    (245, 140, 30),   # orange
-    (240, 240, 240),  # white
-], np.float32)
+PALETTE = np.array(
+    [
+        (220, 40, 40),  # red
+        (40, 190, 60),  # green
+        (50, 80, 230),  # blue
+        (230, 220, 50),  # yellow
+        (200, 50, 210),  # magenta
+        (50, 210, 220),  # cyan
+        (245, 140, 30),  # orange
+        (240, 240, 240),  # white
+    ],
+    np.float32)
 MAX_LEARNABLE_CLASSES = NUM_SHAPES * len(PALETTE)
-KINDS = ('random', 'learnable')
+KINDS = ("random", "learnable")
 
 # Salts that make the train and eval splits different images.
-_SPLIT_SALT = {'train': 1, 'eval': 2}
+_SPLIT_SALT = {"train": 1, "eval": 2}
 
 
 def check_kind(kind, num_classes):
   """Raises ValueError for an unknown kind or a bad class count."""
   if kind not in KINDS:
-    raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   if num_classes < 1:
-    raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-  if kind == 'learnable' and num_classes > MAX_LEARNABLE_CLASSES:
-    raise ValueError(f'the learnable kind has at most {MAX_LEARNABLE_CLASSES} '
-                     f'classes, got num_classes={num_classes}')
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+  if kind == "learnable" and num_classes > MAX_LEARNABLE_CLASSES:
+    raise ValueError(f"the learnable kind has at most {MAX_LEARNABLE_CLASSES} "
+                     f"classes, got num_classes={num_classes}")
 
 
 def random_image(seed, height, width):
   """Uniform noise, uint8 [height, width, 3]."""
-  return tf.cast(tf.random.stateless_uniform(
-      [height, width, 3], seed, maxval=256, dtype=tf.int32), tf.uint8)
+  return tf.cast(
+      tf.random.stateless_uniform([height, width, 3], seed, maxval=256,
+                                  dtype=tf.int32), tf.uint8)
 
 
 def _shape_mask(shape_id, u, v):
@@ -62,15 +65,15 @@ def _shape_mask(shape_id, u, v):
   radius = tf.sqrt(u * u + v * v)
   box = tf.maximum(tf.abs(u), tf.abs(v))
   masks = [
-      radius < 1.0,                                             # disk
-      box < 0.8,                                                # square
-      (v < 0.5) & (v > -1.0 + math.sqrt(3.0) * tf.abs(u)),      # triangle
-      (radius > 0.55) & (radius < 1.0),                         # ring
-      ((tf.abs(u) < 0.3) & (tf.abs(v) < 1.0))
-      | ((tf.abs(v) < 0.3) & (tf.abs(u) < 1.0)),                # plus
-      tf.abs(u) + tf.abs(v) < 1.0,                              # diamond
-      u * u + (v / 0.45) ** 2 < 1.0,                            # bar
-      (box > 0.5) & (box < 0.85),                               # frame
+      radius < 1.0,  # disk
+      box < 0.8,  # square
+      (v < 0.5) & (v > -1.0 + math.sqrt(3.0) * tf.abs(u)),  # triangle
+      (radius > 0.55) & (radius < 1.0),  # ring
+      ((tf.abs(u) < 0.3) & (tf.abs(v) < 1.0)) | ((tf.abs(v) < 0.3) &
+                                                 (tf.abs(u) < 1.0)),  # plus
+      tf.abs(u) + tf.abs(v) < 1.0,  # diamond
+      u * u + (v / 0.45)**2 < 1.0,  # bar
+      (box > 0.5) & (box < 0.85),  # frame
   ]
   return tf.gather(tf.stack(masks), shape_id)
 
@@ -87,8 +90,7 @@ def learnable_image(label, seed, height, width):
   Returns:
     uint8 [height, width, 3].
   """
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64),
-                                                 num=4)
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
   size = float(min(height, width))
   # centre_y, centre_x, radius, angle, brightness: one uniform draw each.
   params = tf.random.stateless_uniform([5], seeds[0])
@@ -97,24 +99,24 @@ def learnable_image(label, seed, height, width):
   radius = (0.14 + 0.12 * params[2]) * size
   angle = (params[3] - 0.5) * 0.6
   brightness = 0.75 + 0.35 * params[4]
-  y, x = tf.meshgrid(tf.range(height, dtype=tf.float32) + 0.5,
-                     tf.range(width, dtype=tf.float32) + 0.5, indexing='ij')
+  y, x = tf.meshgrid(
+      tf.range(height, dtype=tf.float32) + 0.5,
+      tf.range(width, dtype=tf.float32) + 0.5, indexing="ij")
   dy, dx = (y - centre_y) / radius, (x - centre_x) / radius
   u = dx * tf.cos(angle) + dy * tf.sin(angle)
   v = -dx * tf.sin(angle) + dy * tf.cos(angle)
   mask = _shape_mask(label % NUM_SHAPES, u, v)
 
   colour_id = (label + label // NUM_SHAPES) % len(PALETTE)
-  colour = (tf.gather(tf.constant(PALETTE), colour_id)
-            + tf.random.stateless_uniform([3], seeds[1], -25.0, 25.0))
+  colour = (tf.gather(tf.constant(PALETTE), colour_id) +
+            tf.random.stateless_uniform([3], seeds[1], -25.0, 25.0))
   colour *= brightness
   # A dim background with a gradient between two random colours.
   corners = tf.random.stateless_uniform([2, 3], seeds[2], 0.0, 120.0)
   ramp = (y / height)[..., tf.newaxis]
   background = corners[0] * (1.0 - ramp) + corners[1] * ramp
   image = tf.where(mask[..., tf.newaxis], colour, background)
-  image += tf.random.stateless_normal([height, width, 3], seeds[3],
-                                      stddev=12.0)
+  image += tf.random.stateless_normal([height, width, 3], seeds[3], stddev=12.0)
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
@@ -136,16 +138,17 @@ def generated_example(index, *, split, kind, num_classes, height, width,
   """
   example_seed = tf.stack([
       tf.constant(seed * 10 + _SPLIT_SALT[split], tf.int64),
-      tf.cast(index, tf.int64)])
+      tf.cast(index, tf.int64)
+  ])
   label_seed, image_seed = tf.unstack(
       tf.random.experimental.stateless_split(example_seed, num=2))
   label = tf.random.stateless_uniform([], label_seed, maxval=num_classes,
                                       dtype=tf.int32)
-  if kind == 'random':
+  if kind == "random":
     image = random_image(image_seed, height, width)
   else:
     image = learnable_image(label, image_seed, height, width)
-  return {'image': image, 'label': label}
+  return {"image": image, "label": label}
 
 
 class _GeneratedSource(protocol.Source):
@@ -155,7 +158,7 @@ class _GeneratedSource(protocol.Source):
 
   def __init__(self, *, num_train, num_eval, num_classes, image_size, seed):
     check_kind(self.kind, num_classes)
-    self.sizes = {'train': num_train, 'eval': num_eval}
+    self.sizes = {"train": num_train, "eval": num_eval}
     self.num_classes = num_classes
     self.image_size = image_size
     self.seed = seed
@@ -188,10 +191,10 @@ class RandomNoiseSource(_GeneratedSource):
   `write_fake_imagenet(kind='random')` writes the same images as TFRecords.
   """
 
-  kind = 'random'
+  kind = "random"
 
-  def __init__(self, *, num_train=1_281_167, num_eval=50_000,
-               num_classes=1000, image_size=256, seed=0):
+  def __init__(self, *, num_train=1_281_167, num_eval=50_000, num_classes=1000,
+               image_size=256, seed=0):
     """Args: split sizes, label range, square image side and dataset seed."""
     super().__init__(num_train=num_train, num_eval=num_eval,
                      num_classes=num_classes, image_size=image_size, seed=seed)
@@ -203,7 +206,7 @@ class LearnableShapesSource(_GeneratedSource):
   `write_fake_imagenet(kind='learnable')` writes the same images as TFRecords.
   """
 
-  kind = 'learnable'
+  kind = "learnable"
 
   def __init__(self, *, num_train=2000, num_eval=500, num_classes=10,
                image_size=64, seed=0):
@@ -223,24 +226,27 @@ def _deprecated_init(new_class, old_name):
   It wraps `new_class.__init__`, so gin still checks bound parameter names
   against the new class's signature.
   """
+
   @functools.wraps(new_class.__init__)
   def __init__(self, **kwargs):
     if old_name not in _WARNED_ALIASES:
       _WARNED_ALIASES.add(old_name)
-      logging.warning('%s is deprecated and goes in effnet_gin 0.3.0; use '
-                      '%s (gin: effnet_gin.data.%s) instead.',
-                      old_name, new_class.__name__, new_class.__name__)
+      logging.warning(
+          "%s is deprecated and goes in effnet_gin 0.3.0; use "
+          "%s (gin: effnet_gin.data.%s) instead.", old_name, new_class.__name__,
+          new_class.__name__)
     new_class.__init__(self, **kwargs)
+
   return __init__
 
 
 class FakeSource(RandomNoiseSource):
   """Deprecated name of `RandomNoiseSource`."""
 
-  __init__ = _deprecated_init(RandomNoiseSource, 'FakeSource')
+  __init__ = _deprecated_init(RandomNoiseSource, "FakeSource")
 
 
 class SyntheticSource(LearnableShapesSource):
   """Deprecated name of `LearnableShapesSource`."""
 
-  __init__ = _deprecated_init(LearnableShapesSource, 'SyntheticSource')
+  __init__ = _deprecated_init(LearnableShapesSource, "SyntheticSource")

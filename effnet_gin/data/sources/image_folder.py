@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from effnet_gin.data.sources import protocol
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def class_names(root):
@@ -21,12 +21,13 @@ def class_names(root):
     FileNotFoundError: `root` is missing or has no sub-folders.
   """
   if not tf.io.gfile.isdir(root):
-    raise FileNotFoundError(f'image folder does not exist: {root!r}')
-  names = sorted(name.rstrip('/') for name in tf.io.gfile.listdir(root)
-                 if tf.io.gfile.isdir(os.path.join(root, name)))
+    raise FileNotFoundError(f"image folder does not exist: {root!r}")
+  names = sorted(
+      name.rstrip("/")
+      for name in tf.io.gfile.listdir(root)
+      if tf.io.gfile.isdir(os.path.join(root, name)))
   if not names:
-    raise FileNotFoundError(
-        f'image folder {root!r} has no class sub-folders')
+    raise FileNotFoundError(f"image folder {root!r} has no class sub-folders")
   return names
 
 
@@ -49,17 +50,16 @@ def list_images(root, names):
   images = []
   for name in class_names(root):
     if name not in label_of:
-      raise ValueError(f'class folder {name!r} in {root!r} is not one of the '
-                       f'{len(names)} known classes')
+      raise ValueError(f"class folder {name!r} in {root!r} is not one of the "
+                       f"{len(names)} known classes")
     folder = os.path.join(root, name)
-    images.extend(
-        (os.path.join(folder, file_name), label_of[name])
-        for file_name in sorted(tf.io.gfile.listdir(folder))
-        if file_name.lower().endswith(IMAGE_EXTENSIONS))
+    images.extend((os.path.join(folder, file_name), label_of[name])
+                  for file_name in sorted(tf.io.gfile.listdir(folder))
+                  if file_name.lower().endswith(IMAGE_EXTENSIONS))
   if not images:
     raise FileNotFoundError(
         f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
-        f'{root!r}')
+        f"{root!r}")
   return images
 
 
@@ -80,17 +80,17 @@ class ImageFolderSource(protocol.Source):
       ValueError: `eval_root` has a class that `root` lacks.
     """
     self.class_names = class_names(root)
-    self._images = {'train': list_images(root, self.class_names)}
+    self._images = {"train": list_images(root, self.class_names)}
     if eval_root is not None:
-      self._images['eval'] = list_images(eval_root, self.class_names)
+      self._images["eval"] = list_images(eval_root, self.class_names)
     self.root = root
     self.eval_root = eval_root
 
   def _split_images(self, split):
     protocol.check_split(split)
     if split not in self._images:
-      raise ValueError(f'ImageFolderSource({self.root!r}) has no eval split; '
-                       'set eval_root')
+      raise ValueError(f"ImageFolderSource({self.root!r}) has no eval split; "
+                       "set eval_root")
     return self._images[split]
 
   def examples(self, split, input_context=None, *, is_training, seed=None):
@@ -106,8 +106,10 @@ class ImageFolderSource(protocol.Source):
       dataset = dataset.shuffle(max(1, len(paths)), seed=seed,
                                 reshuffle_each_iteration=True)
     return dataset.map(
-        lambda path, label: {'image': tf.io.read_file(path), 'label': label},
-        num_parallel_calls=tf.data.AUTOTUNE)
+        lambda path, label: {
+            "image": tf.io.read_file(path),
+            "label": label
+        }, num_parallel_calls=tf.data.AUTOTUNE)
 
   def num_examples(self, split):
     return len(self._split_images(split))

@@ -11,8 +11,8 @@ and the descriptive features that script adds (`image/class/synset`,
 import tensorflow as tf
 
 _IMAGENET_FEATURES = {
-    'image/encoded': tf.io.FixedLenFeature([], tf.string),
-    'image/class/label': tf.io.FixedLenFeature([], tf.int64),
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
@@ -30,8 +30,8 @@ def parse_imagenet_example(serialized, *, label_offset=1):
      'label': tf.int32 scalar}.
   """
   features = tf.io.parse_single_example(serialized, _IMAGENET_FEATURES)
-  label = tf.cast(features['image/class/label'], tf.int32) - label_offset
-  return {'image': features['image/encoded'], 'label': label}
+  label = tf.cast(features["image/class/label"], tf.int32) - label_offset
+  return {"image": features["image/encoded"], "label": label}
 
 
 def _bytes(value):
@@ -66,21 +66,23 @@ def serialize_imagenet_example(encoded_image, label, *, synset=None,
   Raises:
     ValueError: some but not all of the four descriptive arguments given.
   """
-  feature = {'image/encoded': _bytes(encoded_image),
-             'image/class/label': _int64(label)}
+  feature = {
+      "image/encoded": _bytes(encoded_image),
+      "image/class/label": _int64(label)
+  }
   described = (synset, filename, height, width)
   if any(value is not None for value in described):
     if any(value is None for value in described):
-      raise ValueError('give all of synset, filename, height and width, or '
-                       f'none; got {described}')
+      raise ValueError("give all of synset, filename, height and width, or "
+                       f"none; got {described}")
     feature.update({
-        'image/class/synset': _bytes(synset.encode()),
-        'image/filename': _bytes(filename.encode()),
-        'image/height': _int64(height),
-        'image/width': _int64(width),
-        'image/channels': _int64(3),
-        'image/colorspace': _bytes(b'RGB'),
-        'image/format': _bytes(b'JPEG'),
+        "image/class/synset": _bytes(synset.encode()),
+        "image/filename": _bytes(filename.encode()),
+        "image/height": _int64(height),
+        "image/width": _int64(width),
+        "image/channels": _int64(3),
+        "image/colorspace": _bytes(b"RGB"),
+        "image/format": _bytes(b"JPEG"),
     })
   example = tf.train.Example(features=tf.train.Features(feature=feature))
   # Keys in sorted order: the default map order differs between processes,

@@ -28,13 +28,13 @@ import threading
 
 import tensorflow as tf
 
-SPLITS = ('train', 'eval')
+SPLITS = ("train", "eval")
 
 
 def check_split(split):
   """Raises ValueError unless `split` is 'train' or 'eval'."""
   if split not in SPLITS:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def pipeline_shard(input_context):
@@ -123,13 +123,14 @@ class Source(abc.ABC):
     key = (split, num_input_pipelines)
     with _COUNT_LOCK:
       # Kept in the instance dict so subclasses need not call __init__.
-      counts = self.__dict__.setdefault('_examples_per_pipeline', {})
+      counts = self.__dict__.setdefault("_examples_per_pipeline", {})
       if key not in counts:
         counts[key] = [
-            _count_elements(self.examples(
-                split, pipeline_context(num_input_pipelines, i),
-                is_training=False))
-            for i in range(num_input_pipelines)]
+            _count_elements(
+                self.examples(split, pipeline_context(num_input_pipelines, i),
+                              is_training=False))
+            for i in range(num_input_pipelines)
+        ]
       return list(counts[key])
 
 

@@ -23,9 +23,8 @@ def _tfds():
 class TFDSSource(protocol.Source):
   """A prepared TFDS image classification dataset."""
 
-  def __init__(self, name, tfds_data_dir=None, *,
-               train_split='train', eval_split='validation', image_key='image',
-               label_key='label'):
+  def __init__(self, name, tfds_data_dir=None, *, train_split="train",
+               eval_split="validation", image_key="image", label_key="label"):
     """Opens the prepared dataset.
 
     Args:
@@ -45,41 +44,40 @@ class TFDSSource(protocol.Source):
       self._builder = tfds.builder(name, data_dir=tfds_data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise FileNotFoundError(
-          f'TFDS dataset {name!r} is neither registered nor prepared in '
-          f'tfds_data_dir={tfds_data_dir!r}') from e
+          f"TFDS dataset {name!r} is neither registered nor prepared in "
+          f"tfds_data_dir={tfds_data_dir!r}") from e
     if not self._builder.is_prepared():
       raise FileNotFoundError(
-          f'TFDS dataset {name!r} is not prepared in {self._builder.data_dir!r}'
-          '; prepare it beforehand (e.g. `tfds build`), effnet_gin never '
-          'downloads')
+          f"TFDS dataset {name!r} is not prepared in {self._builder.data_dir!r}"
+          "; prepare it beforehand (e.g. `tfds build`), effnet_gin never "
+          "downloads")
     self.name = name
-    self.splits = {'train': train_split, 'eval': eval_split}
+    self.splits = {"train": train_split, "eval": eval_split}
     for split in self.splits.values():
       if split not in self._builder.info.splits:
         raise ValueError(
-            f'TFDS dataset {name!r} has no split {split!r}; it has '
-            f'{sorted(self._builder.info.splits)}')
+            f"TFDS dataset {name!r} has no split {split!r}; it has "
+            f"{sorted(self._builder.info.splits)}")
     self.image_key = image_key
     self.label_key = label_key
 
   def _pipeline_split(self, split, num_pipelines, pipeline_id):
     protocol.check_split(split)
-    return _tfds().even_splits(self.splits[split], n=num_pipelines)[
-        pipeline_id]
+    return _tfds().even_splits(self.splits[split], n=num_pipelines)[pipeline_id]
 
   def examples(self, split, input_context=None, *, is_training, seed=None):
     """See `Source.examples`."""
     tfds = _tfds()
     num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     dataset = self._builder.as_dataset(
-        split=self._pipeline_split(split, num_pipelines, pipeline_id),
-        shuffle_files=is_training,
+        split=self._pipeline_split(split, num_pipelines,
+                                   pipeline_id), shuffle_files=is_training,
         decoders={self.image_key: tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(shuffle_seed=seed))
     return dataset.map(
         lambda features: {
-            'image': features[self.image_key],
-            'label': tf.cast(features[self.label_key], tf.int32),
+            "image": features[self.image_key],
+            "label": tf.cast(features[self.label_key], tf.int32),
         }, num_parallel_calls=tf.data.AUTOTUNE)
 
   def num_examples(self, split):
@@ -88,6 +86,8 @@ class TFDSSource(protocol.Source):
 
   def examples_per_pipeline(self, split, num_input_pipelines):
     return [
-        self._builder.info.splits[
-            self._pipeline_split(split, num_input_pipelines, i)].num_examples
-        for i in range(num_input_pipelines)]
+        self._builder.info.splits[self._pipeline_split(split,
+                                                       num_input_pipelines,
+                                                       i)].num_examples
+        for i in range(num_input_pipelines)
+    ]

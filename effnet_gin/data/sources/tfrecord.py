@@ -17,6 +17,7 @@ import tensorflow as tf
 from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.sources import protocol
 
+
 @contextlib.contextmanager
 def naming_corrupt_file(path):
   """Re-raises a DataLossError of reading `path` with `path` in its message."""
@@ -25,7 +26,7 @@ def naming_corrupt_file(path):
   except tf.errors.DataLossError as e:
     raise tf.errors.DataLossError(
         None, None,
-        f'corrupt or truncated TFRecord file {path}: {e.message}') from e
+        f"corrupt or truncated TFRecord file {path}: {e.message}") from e
 
 
 def _file_size(path):
@@ -34,7 +35,7 @@ def _file_size(path):
     # this runs for every eval file whenever the eval split is counted.
     return tf.io.gfile.stat(path).length
   except tf.errors.NotFoundError as e:
-    raise FileNotFoundError(f'TFRecord file not found: {path}') from e
+    raise FileNotFoundError(f"TFRecord file not found: {path}") from e
 
 
 def count_records(path):
@@ -52,8 +53,9 @@ def count_records(path):
   """
   _file_size(path)
   with naming_corrupt_file(path):
-    return int(tf.data.TFRecordDataset(path).reduce(
-        tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return int(
+        tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64),
+                                             lambda n, _: n + 1))
 
 
 class RecordCounts:
@@ -89,8 +91,8 @@ class RecordCounts:
   def entries(self):
     """The counts kept so far: sorted [(path, size, count), ...]."""
     with self._lock:
-      return sorted((path, size, count)
-                    for (path, size), count in self._counts.items())
+      return sorted(
+          (path, size, count) for (path, size), count in self._counts.items())
 
   def remember(self, entries):
     """Takes (path, size, count) entries counted earlier (e.g. by another
@@ -115,8 +117,8 @@ PROCESS_RECORD_COUNTS = RecordCounts()
 class TFRecordSource(protocol.Source):
   """ImageNet-format TFRecord shards in `data_dir` (local or `gs://`)."""
 
-  def __init__(self, data_dir, *, train_pattern='train-*',
-               eval_pattern='validation-*', label_offset=1,
+  def __init__(self, data_dir, *, train_pattern="train-*",
+               eval_pattern="validation-*", label_offset=1,
                holdout_train_shards=0, cycle_length=16,
                read_buffer_bytes=8 * 1024 * 1024, record_counts=None):
     """Checks `data_dir`; files are listed when a split is first read.
@@ -140,13 +142,13 @@ class TFRecordSource(protocol.Source):
       ValueError: `holdout_train_shards` is negative.
     """
     if not data_dir or not tf.io.gfile.isdir(data_dir):
-      raise FileNotFoundError(f'data_dir does not exist: {data_dir!r}')
+      raise FileNotFoundError(f"data_dir does not exist: {data_dir!r}")
     if holdout_train_shards < 0:
-      raise ValueError('holdout_train_shards must be >= 0, got '
-                       f'{holdout_train_shards}')
+      raise ValueError("holdout_train_shards must be >= 0, got "
+                       f"{holdout_train_shards}")
     self.data_dir = data_dir
-    self.record_counts = (PROCESS_RECORD_COUNTS if record_counts is None
-                          else record_counts)
+    self.record_counts = (PROCESS_RECORD_COUNTS
+                          if record_counts is None else record_counts)
     self.train_pattern = train_pattern
     self.eval_pattern = eval_pattern
     self.label_offset = label_offset
@@ -159,7 +161,7 @@ class TFRecordSource(protocol.Source):
     files = sorted(tf.io.gfile.glob(os.path.join(self.data_dir, pattern)))
     if not files:
       raise FileNotFoundError(
-          f'no files match pattern {pattern!r} in data_dir {self.data_dir!r}')
+          f"no files match pattern {pattern!r} in data_dir {self.data_dir!r}")
     return files
 
   def files(self, split):
@@ -178,15 +180,16 @@ class TFRecordSource(protocol.Source):
 
   def _list_files(self, split):
     if not self.holdout_train_shards:
-      return tuple(self._glob(
-          self.train_pattern if split == 'train' else self.eval_pattern))
+      return tuple(
+          self._glob(self.train_pattern if split ==
+                     "train" else self.eval_pattern))
     train_files = self._glob(self.train_pattern)
     if self.holdout_train_shards >= len(train_files):
       raise ValueError(
-          f'holdout_train_shards={self.holdout_train_shards} leaves no '
-          f'training file: only {len(train_files)} match '
-          f'{self.train_pattern!r} in {self.data_dir!r}')
-    if split == 'eval':
+          f"holdout_train_shards={self.holdout_train_shards} leaves no "
+          f"training file: only {len(train_files)} match "
+          f"{self.train_pattern!r} in {self.data_dir!r}")
+    if split == "eval":
       return tuple(train_files[:self.holdout_train_shards])
     return tuple(train_files[self.holdout_train_shards:])
 
@@ -200,9 +203,9 @@ class TFRecordSource(protocol.Source):
     num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
     if len(files) < num_pipelines:
       raise ValueError(
-          f'{split} split of {self.data_dir!r} has {len(files)} files, fewer '
-          f'than the {num_pipelines} input pipelines that must each read '
-          'their own files; write more shards')
+          f"{split} split of {self.data_dir!r} has {len(files)} files, fewer "
+          f"than the {num_pipelines} input pipelines that must each read "
+          "their own files; write more shards")
     return list(files[pipeline_id::num_pipelines])
 
   def examples(self, split, input_context=None, *, is_training, seed=None):
@@ -214,8 +217,8 @@ class TFRecordSource(protocol.Source):
       dataset = dataset.interleave(
           functools.partial(tf.data.TFRecordDataset,
                             buffer_size=self.read_buffer_bytes),
-          cycle_length=min(self.cycle_length, len(files)),
-          num_parallel_calls=tf.data.AUTOTUNE)
+          cycle_length=min(self.cycle_length,
+                           len(files)), num_parallel_calls=tf.data.AUTOTUNE)
     else:
       # Eval reads the files one after the other, in order.
       dataset = tf.data.TFRecordDataset(files,
@@ -232,15 +235,18 @@ class TFRecordSource(protocol.Source):
     shards to count them is not cheap.
     """
     protocol.check_split(split)
-    if split == 'train':
+    if split == "train":
       return None
     return sum(self.record_counts.count_files(self.files(split)))
 
   def examples_per_pipeline(self, split, num_input_pipelines):
     """Sums per-file record counts (cached) over each pipeline's files."""
-    counts = dict(zip(self.files(split),
-                      self.record_counts.count_files(self.files(split))))
+    counts = dict(
+        zip(self.files(split),
+            self.record_counts.count_files(self.files(split))))
     return [
-        sum(counts[path] for path in self.pipeline_files(
-            split, protocol.pipeline_context(num_input_pipelines, i)))
-        for i in range(num_input_pipelines)]
+        sum(counts[path]
+            for path in self.pipeline_files(
+                split, protocol.pipeline_context(num_input_pipelines, i)))
+        for i in range(num_input_pipelines)
+    ]

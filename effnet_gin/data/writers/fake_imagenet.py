@@ -12,27 +12,27 @@ from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.writers import tfrecord_shards
 
 
-def _encoded_examples(split, num_examples, *, kind, num_classes, height,
-                      width, seed, jpeg_quality):
+def _encoded_examples(split, num_examples, *, kind, num_classes, height, width,
+                      seed, jpeg_quality):
   """Yields (serialized ImageNet tf.Example, 0-based label) of a split."""
+
   def encode(index):
-    example = generated.generated_example(
-        index, split=split, kind=kind, num_classes=num_classes,
-        height=height, width=width, seed=seed)
-    return tf.io.encode_jpeg(example['image'], quality=jpeg_quality), \
-        example['label']
+    example = generated.generated_example(index, split=split, kind=kind,
+                                          num_classes=num_classes,
+                                          height=height, width=width, seed=seed)
+    return tf.io.encode_jpeg(example["image"], quality=jpeg_quality), \
+        example["label"]
 
   dataset = tf.data.Dataset.range(num_examples).map(
       encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(8)
   for encoded, label in dataset.as_numpy_iterator():
-    serialized = imagenet_example.serialize_imagenet_example(encoded,
-                                                             label + 1)
+    serialized = imagenet_example.serialize_imagenet_example(encoded, label + 1)
     yield serialized, int(label)
 
 
 def write_fake_imagenet(output_dir, *, num_train, num_eval, num_classes,
-                        image_size, image_width=None, train_shards,
-                        eval_shards, kind='random', seed=0, jpeg_quality=90):
+                        image_size, image_width=None, train_shards, eval_shards,
+                        kind="random", seed=0, jpeg_quality=90):
   """Writes generated JPEG TFRecords in the ImageNet format.
 
   Files are `train-XXXXX-of-YYYYY` and `validation-XXXXX-of-YYYYY`; labels
@@ -61,22 +61,28 @@ def write_fake_imagenet(output_dir, *, num_train, num_eval, num_classes,
     ValueError: bad kind, class count or shard count.
   """
   generated.check_kind(kind, num_classes)
-  result = {'data_dir': output_dir, 'num_train': num_train,
-            'num_eval': num_eval, 'num_classes': num_classes}
-  for split, prefix, count, shards in (
-      ('train', 'train', num_train, train_shards),
-      ('eval', 'validation', num_eval, eval_shards)):
+  result = {
+      "data_dir": output_dir,
+      "num_train": num_train,
+      "num_eval": num_eval,
+      "num_classes": num_classes
+  }
+  for split, prefix, count, shards in (("train", "train", num_train,
+                                        train_shards), ("eval", "validation",
+                                                        num_eval, eval_shards)):
     labels = []
 
     def serialized(split=split, count=count, labels=labels):
-      for example, label in _encoded_examples(
-          split, count, kind=kind, num_classes=num_classes,
-          height=image_size, width=image_width or image_size, seed=seed,
-          jpeg_quality=jpeg_quality):
+      for example, label in _encoded_examples(split, count, kind=kind,
+                                              num_classes=num_classes,
+                                              height=image_size,
+                                              width=image_width or image_size,
+                                              seed=seed,
+                                              jpeg_quality=jpeg_quality):
         labels.append(label)
         yield example
 
-    result[f'{split}_files'] = tfrecord_shards.write_tfrecord_shards(
+    result[f"{split}_files"] = tfrecord_shards.write_tfrecord_shards(
         output_dir, prefix, serialized(), count, shards)
-    result[f'{split}_labels'] = labels
+    result[f"{split}_labels"] = labels
   return result

@@ -45,13 +45,13 @@ import tqdm
 from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.writers import tfrecord_shards
 
-TRAIN_DIR = 'train'
-VALIDATION_DIR = 'validation'
-LABELS_FILE = 'synset_labels.txt'
+TRAIN_DIR = "train"
+VALIDATION_DIR = "validation"
+LABELS_FILE = "synset_labels.txt"
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
-RECORD_FILE = 'imagenet_to_tfrecords.json'
-_PATTERN = '*.JPEG'
+RECORD_FILE = "imagenet_to_tfrecords.json"
+_PATTERN = "*.JPEG"
 _JPEG_QUALITY = 100
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic);
 # not 0xC4 (Huffman tables), 0xC8 (reserved) or 0xCC (arithmetic tables).
@@ -98,33 +98,33 @@ def find_raw_imagenet(raw_data_dir, *, seed=0):
       of validation images.
   """
   if not tf.io.gfile.isdir(raw_data_dir):
-    raise RawDataError(f'raw_data_dir {raw_data_dir!r} is not a directory')
+    raise RawDataError(f"raw_data_dir {raw_data_dir!r} is not a directory")
   train = [(path, os.path.basename(os.path.dirname(path)))
-           for path in _glob_images(raw_data_dir, TRAIN_DIR, '*', _PATTERN)]
+           for path in _glob_images(raw_data_dir, TRAIN_DIR, "*", _PATTERN)]
   random.Random(seed).shuffle(train)
   paths = _glob_images(raw_data_dir, VALIDATION_DIR, _PATTERN)
   labels_path = os.path.join(raw_data_dir, LABELS_FILE)
   if not tf.io.gfile.exists(labels_path):
-    raise RawDataError(f'validation label file {labels_path!r} is missing')
+    raise RawDataError(f"validation label file {labels_path!r} is missing")
   with tf.io.gfile.GFile(labels_path) as f:
     labels = [line.strip() for line in f.read().splitlines()]
   while labels and not labels[-1]:
     labels.pop()
   if len(labels) != len(paths):
     raise RawDataError(
-        f'{labels_path!r} has {len(labels)} synsets, but '
-        f'{os.path.join(raw_data_dir, VALIDATION_DIR)!r} has {len(paths)} '
-        f'{_PATTERN} files: it needs one synset per file, in sorted order')
-  if '' in labels:
+        f"{labels_path!r} has {len(labels)} synsets, but "
+        f"{os.path.join(raw_data_dir, VALIDATION_DIR)!r} has {len(paths)} "
+        f"{_PATTERN} files: it needs one synset per file, in sorted order")
+  if "" in labels:
     raise RawDataError(f'{labels_path!r} line {labels.index("") + 1} is '
-                       'empty: every line must name a synset')
+                       "empty: every line must name a synset")
   train_synsets = {synset for _, synset in train}
   if not set(labels) <= train_synsets:
-    logging.warning('Validation synsets without a training folder (they get '
-                    'labels too): %s', sorted(set(labels) - train_synsets))
+    logging.warning(
+        "Validation synsets without a training folder (they get "
+        "labels too): %s", sorted(set(labels) - train_synsets))
   return RawImagenet(synsets=tuple(sorted(train_synsets | set(labels))),
-                     train=tuple(train),
-                     validation=tuple(zip(paths, labels)))
+                     train=tuple(train), validation=tuple(zip(paths, labels)))
 
 
 def _glob_images(raw_data_dir, folder, *pattern):
@@ -132,12 +132,12 @@ def _glob_images(raw_data_dir, folder, *pattern):
   directory = os.path.join(raw_data_dir, folder)
   if not tf.io.gfile.isdir(directory):
     raise RawDataError(
-        f'{folder}/ folder {directory!r} is missing: raw_data_dir must hold '
-        f'{TRAIN_DIR}/<synset>/{_PATTERN}, {VALIDATION_DIR}/{_PATTERN} and '
-        f'{LABELS_FILE}')
+        f"{folder}/ folder {directory!r} is missing: raw_data_dir must hold "
+        f"{TRAIN_DIR}/<synset>/{_PATTERN}, {VALIDATION_DIR}/{_PATTERN} and "
+        f"{LABELS_FILE}")
   paths = sorted(tf.io.gfile.glob(os.path.join(directory, *pattern)))
   if not paths:
-    raise RawDataError(f'no {os.path.join(*pattern)} files in {directory!r}')
+    raise RawDataError(f"no {os.path.join(*pattern)} files in {directory!r}")
   return paths
 
 
@@ -151,7 +151,7 @@ def jpeg_components(data):
     int (1 grayscale, 3 YCbCr/RGB, 4 CMYK/YCCK), or None when `data` is not
     a JPEG or its header ends before a frame header.
   """
-  if data[:3] != b'\xff\xd8\xff':
+  if data[:3] != b"\xff\xd8\xff":
     return None
   i = 2
   while i + 4 <= len(data) and data[i] == 0xFF:
@@ -166,7 +166,7 @@ def jpeg_components(data):
     elif marker == 0xDA:  # Start of scan before any frame header.
       return None
     else:
-      i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+      i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
   return None
 
 
@@ -192,20 +192,21 @@ def rgb_jpeg(data):
     height, width, _ = tf.io.decode_jpeg(data, channels=3).shape
     return data, height, width, None
   if components is not None:
-    reason = {1: 'grayscale JPEG', 4: 'CMYK JPEG'}.get(
-        components, f'{components}-component JPEG')
-  elif data[:8] == b'\x89PNG\r\n\x1a\n':
-    reason = 'PNG'
+    reason = {
+        1: "grayscale JPEG",
+        4: "CMYK JPEG"
+    }.get(components, f"{components}-component JPEG")
+  elif data[:8] == b"\x89PNG\r\n\x1a\n":
+    reason = "PNG"
   else:
-    reason = 'not a JPEG'
+    reason = "not a JPEG"
   image = tf.io.decode_image(data, channels=3, expand_animations=False)
-  encoded = tf.io.encode_jpeg(image, format='rgb', quality=_JPEG_QUALITY)
+  encoded = tf.io.encode_jpeg(image, format="rgb", quality=_JPEG_QUALITY)
   height, width, _ = image.shape
   return encoded.numpy(), height, width, reason
 
 
-def convert_raw_imagenet(raw_data_dir, output_dir, *,
-                         train_shards=TRAIN_SHARDS,
+def convert_raw_imagenet(raw_data_dir, output_dir, *, train_shards=TRAIN_SHARDS,
                          validation_shards=VALIDATION_SHARDS, seed=0,
                          num_workers=None, progress=True):
   """Writes raw ILSVRC2012 as the reference's TFRecords, resuming a run.
@@ -238,33 +239,42 @@ def convert_raw_imagenet(raw_data_dir, output_dir, *,
       `num_workers` < 1.
   """
   if num_workers is not None and num_workers < 1:
-    raise ConversionError(f'num_workers must be >= 1, got {num_workers}')
+    raise ConversionError(f"num_workers must be >= 1, got {num_workers}")
   raw = find_raw_imagenet(raw_data_dir, seed=seed)
   counts = {TRAIN_DIR: train_shards, VALIDATION_DIR: validation_shards}
-  plan = {prefix: _plan_shards(output_dir, prefix, images, counts[prefix])
-          for prefix, images in ((TRAIN_DIR, raw.train),
-                                 (VALIDATION_DIR, raw.validation))}
+  plan = {
+      prefix: _plan_shards(output_dir, prefix, images, counts[prefix])
+      for prefix, images in ((TRAIN_DIR, raw.train), (VALIDATION_DIR,
+                                                      raw.validation))
+  }
   tf.io.gfile.makedirs(output_dir)
   _check_record(output_dir, raw_data_dir, raw, seed, counts)
-  existing = {os.path.basename(path) for path in tf.io.gfile.glob(
-      os.path.join(output_dir, '*-*-of-*'))}
-  todo = [shard for shards in plan.values() for shard in shards
-          if os.path.basename(shard[0]) not in existing]
-  logging.info('%d synsets, %d training and %d validation images; %d of %d '
-               'shards already written, writing %d.', len(raw.synsets),
-               len(raw.train), len(raw.validation),
-               sum(map(len, plan.values())) - len(todo),
-               sum(map(len, plan.values())), len(todo))
+  existing = {
+      os.path.basename(path)
+      for path in tf.io.gfile.glob(os.path.join(output_dir, "*-*-of-*"))
+  }
+  todo = [
+      shard for shards in plan.values() for shard in shards
+      if os.path.basename(shard[0]) not in existing
+  ]
+  logging.info(
+      "%d synsets, %d training and %d validation images; %d of %d "
+      "shards already written, writing %d.", len(raw.synsets), len(raw.train),
+      len(raw.validation),
+      sum(map(len, plan.values())) - len(todo), sum(map(len, plan.values())),
+      len(todo))
   label_of = {synset: i + 1 for i, synset in enumerate(raw.synsets)}
   reencoded = _write_shards(todo, label_of, num_workers or os.cpu_count(),
                             progress)
-  logging.info('Wrote %d shards to %s (%d images re-encoded as RGB JPEG).',
+  logging.info("Wrote %d shards to %s (%d images re-encoded as RGB JPEG).",
                len(todo), output_dir, len(reencoded))
-  return {'synsets': list(raw.synsets),
-          'train_files': [path for path, _ in plan[TRAIN_DIR]],
-          'validation_files': [path for path, _ in plan[VALIDATION_DIR]],
-          'written': [path for path, _ in todo],
-          'reencoded': sorted(reencoded)}
+  return {
+      "synsets": list(raw.synsets),
+      "train_files": [path for path, _ in plan[TRAIN_DIR]],
+      "validation_files": [path for path, _ in plan[VALIDATION_DIR]],
+      "written": [path for path, _ in todo],
+      "reencoded": sorted(reencoded)
+  }
 
 
 def _plan_shards(output_dir, prefix, images, num_shards):
@@ -285,13 +295,15 @@ def _check_record(output_dir, raw_data_dir, raw, seed, counts):
   """Writes the run's record, or checks it against an earlier run's."""
   digest = hashlib.sha256()
   for path, synset in sorted(raw.train) + list(raw.validation):
-    digest.update(f'{os.path.relpath(path, raw_data_dir)}\t{synset}\n'
-                  .encode())
-  record = {'seed': seed, 'train_shards': counts[TRAIN_DIR],
-            'validation_shards': counts[VALIDATION_DIR],
-            'num_train': len(raw.train),
-            'num_validation': len(raw.validation),
-            'files_sha256': digest.hexdigest()}
+    digest.update(f"{os.path.relpath(path, raw_data_dir)}\t{synset}\n".encode())
+  record = {
+      "seed": seed,
+      "train_shards": counts[TRAIN_DIR],
+      "validation_shards": counts[VALIDATION_DIR],
+      "num_train": len(raw.train),
+      "num_validation": len(raw.validation),
+      "files_sha256": digest.hexdigest()
+  }
   path = os.path.join(output_dir, RECORD_FILE)
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
@@ -299,20 +311,22 @@ def _check_record(output_dir, raw_data_dir, raw, seed, counts):
     changed = sorted(key for key in record if record[key] != earlier.get(key))
     if changed:
       raise ConversionError(
-          f'output_dir {output_dir!r} holds shards of a conversion with other '
+          f"output_dir {output_dir!r} holds shards of a conversion with other "
           f'{", ".join(changed)} ({path}); use a new output_dir, or the '
-          'earlier input and settings')
+          "earlier input and settings")
     return
-  others = [name for prefix in counts for name in tf.io.gfile.glob(
-      os.path.join(output_dir, prefix + '-*'))]
+  others = [
+      name for prefix in counts
+      for name in tf.io.gfile.glob(os.path.join(output_dir, prefix + "-*"))
+  ]
   if others:
     raise ConversionError(
-        f'output_dir {output_dir!r} holds shards ({os.path.basename(others[0])}'
-        f', ...) but no {RECORD_FILE} of this tool; use a new output_dir')
-  partial = os.path.join(output_dir, tfrecord_shards.PARTIAL_PREFIX +
-                         RECORD_FILE)
-  with tf.io.gfile.GFile(partial, 'w') as f:
-    f.write(json.dumps(record, indent=1, sort_keys=True) + '\n')
+        f"output_dir {output_dir!r} holds shards ({os.path.basename(others[0])}"
+        f", ...) but no {RECORD_FILE} of this tool; use a new output_dir")
+  partial = os.path.join(output_dir,
+                         tfrecord_shards.PARTIAL_PREFIX + RECORD_FILE)
+  with tf.io.gfile.GFile(partial, "w") as f:
+    f.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
   tf.io.gfile.rename(partial, path, overwrite=True)
 
 
@@ -325,8 +339,8 @@ def _write_shards(shards, label_of, num_workers, progress):
   reencoded = []
   lock = threading.Lock()
   # Redrawn often on a terminal, seldom into a log file.
-  with tqdm.tqdm(total=sum(len(images) for _, images in shards), unit='img',
-                 disable=not progress, desc='ILSVRC to TFRecords',
+  with tqdm.tqdm(total=sum(len(images) for _, images in shards), unit="img",
+                 disable=not progress, desc="ILSVRC to TFRecords",
                  mininterval=0.5 if sys.stderr.isatty() else 60) as bar:
 
     def advance():
@@ -336,7 +350,7 @@ def _write_shards(shards, label_of, num_workers, progress):
     def write(path, images):
       tfrecord_shards.write_shard(
           path, _examples(images, label_of, advance, reencoded))
-      logging.debug('Wrote %s (%d images).', path, len(images))
+      logging.debug("Wrote %s (%d images).", path, len(images))
 
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
       futures = [pool.submit(write, *shard) for shard in shards]
@@ -352,18 +366,20 @@ def _write_shards(shards, label_of, num_workers, progress):
 def _examples(images, label_of, on_image, reencoded):
   """Yields the serialized examples of (path, synset) images, in order."""
   for path, synset in images:
-    with tf.io.gfile.GFile(path, 'rb') as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
     try:
       encoded, height, width, reason = rgb_jpeg(data)
     except tf.errors.InvalidArgumentError as e:
       raise RawDataError(
-          f'{path!r} does not decode as an image: {e.message}') from None
+          f"{path!r} does not decode as an image: {e.message}") from None
     name = os.path.basename(path)
     if reason:
-      logging.info('Re-encoding %s (%s) as an RGB JPEG.', path, reason)
+      logging.info("Re-encoding %s (%s) as an RGB JPEG.", path, reason)
       reencoded.append((name, reason))
-    yield imagenet_example.serialize_imagenet_example(
-        encoded, label_of[synset], synset=synset, filename=name,
-        height=height, width=width)
+    yield imagenet_example.serialize_imagenet_example(encoded, label_of[synset],
+                                                      synset=synset,
+                                                      filename=name,
+                                                      height=height,
+                                                      width=width)
     on_image()

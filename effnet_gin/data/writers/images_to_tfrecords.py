@@ -13,15 +13,15 @@ from effnet_gin.data.sources import image_folder
 from effnet_gin.data.sources import imagenet_example
 from effnet_gin.data.writers import tfrecord_shards
 
-LABELS_FILE = 'labels.txt'
+LABELS_FILE = "labels.txt"
 
 
 def _read_bytes(path):
-  with tf.io.gfile.GFile(path, 'rb') as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     return f.read()
 
 
-def convert_image_folder(input_dir, output_dir, *, num_shards, prefix='train',
+def convert_image_folder(input_dir, output_dir, *, num_shards, prefix="train",
                          seed=0):
   """Writes an image folder as shuffled ImageNet-format TFRecord shards.
 
@@ -49,20 +49,19 @@ def convert_image_folder(input_dir, output_dir, *, num_shards, prefix='train',
   names = image_folder.class_names(input_dir)
   if tf.io.gfile.exists(labels_path):
     with tf.io.gfile.GFile(labels_path) as f:
-      known = f.read().split('\n')[:-1]
+      known = f.read().split("\n")[:-1]
     if not set(names) <= set(known):
       raise ValueError(
-          f'classes {sorted(set(names) - set(known))} of {input_dir!r} are '
-          f'missing from {labels_path!r}')
+          f"classes {sorted(set(names) - set(known))} of {input_dir!r} are "
+          f"missing from {labels_path!r}")
     names = known
   else:
     tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(labels_path, 'w') as f:
-      f.write(''.join(name + '\n' for name in names))
+    with tf.io.gfile.GFile(labels_path, "w") as f:
+      f.write("".join(name + "\n" for name in names))
   images = image_folder.list_images(input_dir, names)
   random.Random(seed).shuffle(images)
-  serialized = (
-      imagenet_example.serialize_imagenet_example(_read_bytes(path), label + 1)
-      for path, label in images)
-  return tfrecord_shards.write_tfrecord_shards(
-      output_dir, prefix, serialized, len(images), num_shards)
+  serialized = (imagenet_example.serialize_imagenet_example(
+      _read_bytes(path), label + 1) for path, label in images)
+  return tfrecord_shards.write_tfrecord_shards(output_dir, prefix, serialized,
+                                               len(images), num_shards)

@@ -10,20 +10,20 @@ import os
 
 import tensorflow as tf
 
-PARTIAL_PREFIX = '.partial-'
+PARTIAL_PREFIX = ".partial-"
 
 
 def shard_path(output_dir, prefix, shard, num_shards):
   """The path of shard `shard` of `num_shards`: `prefix-XXXXX-of-YYYYY`."""
-  return os.path.join(output_dir, f'{prefix}-{shard:05d}-of-{num_shards:05d}')
+  return os.path.join(output_dir, f"{prefix}-{shard:05d}-of-{num_shards:05d}")
 
 
 def check_num_shards(prefix, num_shards, num_examples):
   """Raises ValueError unless 1 <= num_shards <= num_examples."""
   if not 1 <= num_shards <= num_examples:
     raise ValueError(
-        f'{prefix}: num_shards must be in [1, num_examples={num_examples}], '
-        f'got {num_shards}')
+        f"{prefix}: num_shards must be in [1, num_examples={num_examples}], "
+        f"got {num_shards}")
 
 
 def shard_bounds(shard, num_examples, num_shards):
@@ -97,8 +97,8 @@ def write_tfrecord_shards(output_dir, prefix, examples, num_examples,
       try:
         yield next(iterator)
       except StopIteration:
-        raise ValueError(f'{prefix}: examples ended before '
-                         f'num_examples={num_examples}') from None
+        raise ValueError(f"{prefix}: examples ended before "
+                         f"num_examples={num_examples}") from None
 
   paths = []
   for shard in range(num_shards):

@@ -49,16 +49,13 @@ class SplitLoad:
   num_written: int
 
 
-def load_tfrecords_to_bigtable(*, data_dir, project, instance,
-                               table='imagenet', train_pattern='train-*',
-                               eval_pattern='validation-*',
-                               train_prefix='train_',
-                               eval_prefix='validation_',
-                               column_family='tfexample',
-                               column_qualifier='example', batch_size=256,
-                               max_batch_bytes=32 * 1024 * 1024,
-                               max_write_retries=5, connect_timeout=20.0,
-                               log_every_seconds=10.0):
+def load_tfrecords_to_bigtable(
+    *, data_dir, project, instance, table="imagenet", train_pattern="train-*",
+    eval_pattern="validation-*", train_prefix="train_",
+    eval_prefix="validation_", column_family="tfexample",
+    column_qualifier="example", batch_size=256,
+    max_batch_bytes=32 * 1024 * 1024, max_write_retries=5, connect_timeout=20.0,
+    log_every_seconds=10.0):
   """Writes the train and eval TFRecords of `data_dir` into a Bigtable table.
 
   Creates the table and the column family when missing and resumes an
@@ -93,21 +90,23 @@ def load_tfrecords_to_bigtable(*, data_dir, project, instance,
       written; fix the file and rerun to resume).
   """
   if not 1 <= batch_size <= _MAX_MUTATIONS_PER_REQUEST:
-    raise ValueError(f'batch_size must be in [1, {_MAX_MUTATIONS_PER_REQUEST}]'
-                     f', got {batch_size}')
+    raise ValueError(f"batch_size must be in [1, {_MAX_MUTATIONS_PER_REQUEST}]"
+                     f", got {batch_size}")
   if max_batch_bytes < 1:
-    raise ValueError(f'max_batch_bytes must be >= 1, got {max_batch_bytes}')
-  files = {prefix: sorted(tf.io.gfile.glob(os.path.join(data_dir, pattern)))
-           for prefix, pattern in ((train_prefix, train_pattern),
-                                   (eval_prefix, eval_pattern))}
+    raise ValueError(f"max_batch_bytes must be >= 1, got {max_batch_bytes}")
+  files = {
+      prefix: sorted(tf.io.gfile.glob(os.path.join(data_dir, pattern)))
+      for prefix, pattern in ((train_prefix, train_pattern), (eval_prefix,
+                                                              eval_pattern))
+  }
   if not any(files.values()):
     raise FileNotFoundError(
-        f'No TFRecord files match {train_pattern!r} or {eval_pattern!r} in '
-        f'data_dir {data_dir!r}')
+        f"No TFRecord files match {train_pattern!r} or {eval_pattern!r} in "
+        f"data_dir {data_dir!r}")
   table_ref = bigtable_rows.TableRef(project, instance, table)
   client = bigtable_admin.Client(project=project, admin=True)
   admin_table = client.instance(instance).table(table)
-  with table_ref.clear_errors('creating the table'):
+  with table_ref.clear_errors("creating the table"):
     _ensure_table(client.table_admin_client, admin_table, column_family,
                   connect_timeout)
   writer = _RowWriter(admin_table, table_ref, column_family,
@@ -115,20 +114,20 @@ def load_tfrecords_to_bigtable(*, data_dir, project, instance,
   loads = {}
   for prefix, paths in files.items():
     if not paths:
-      logging.warning('No files for row prefix %r in %s; skipped.', prefix,
+      logging.warning("No files for row prefix %r in %s; skipped.", prefix,
                       data_dir)
       continue
-    with table_ref.clear_errors(f'finding where {prefix!r} rows end'), \
+    with table_ref.clear_errors(f"finding where {prefix!r} rows end"), \
         table_ref.open() as data_table:
       resume_index = _first_missing_index(data_table, prefix, connect_timeout)
-    logging.info('%s: %d rows already in %s; writing from index %d.', prefix,
+    logging.info("%s: %d rows already in %s; writing from index %d.", prefix,
                  resume_index, table_ref.describe(), resume_index)
     written = writer.write(prefix, resume_index,
                            _records_after(paths, resume_index), batch_size,
                            max_batch_bytes, log_every_seconds)
     loads[prefix] = SplitLoad(prefix, len(paths), resume_index + written,
                               written)
-    logging.info('%s: %d rows in the table, %d written now.', prefix,
+    logging.info("%s: %d rows in the table, %d written now.", prefix,
                  resume_index + written, written)
   return loads
 
@@ -168,20 +167,22 @@ def _ensure_table(admin, admin_table, column_family, timeout):
 
   def get_schema():
     return admin.get_table(
-        request={'name': admin_table.name, 'view': Table.View.SCHEMA_VIEW},
-        retry=retry, timeout=timeout)
+        request={
+            "name": admin_table.name,
+            "view": Table.View.SCHEMA_VIEW
+        }, retry=retry, timeout=timeout)
 
   try:
     schema = get_schema()
   except api_exceptions.NotFound:
-    logging.info('Creating Bigtable table %s.', admin_table.name)
+    logging.info("Creating Bigtable table %s.", admin_table.name)
     try:
       admin_table.create(column_families={column_family: gc_rule})
       return
     except api_exceptions.AlreadyExists:  # Created concurrently.
       schema = get_schema()
   if column_family not in schema.column_families:
-    logging.info('Creating column family %r in %s.', column_family,
+    logging.info("Creating column family %r in %s.", column_family,
                  admin_table.name)
     admin_table.column_family(column_family, gc_rule).create()
 
@@ -190,15 +191,15 @@ def _first_missing_index(table, prefix, timeout):
   """The smallest index with no `prefix` + index row (keys-only scan)."""
   start = prefix.encode()
   expected = 0
-  rows = bigtable_rows.read_range(
-      table, start, bigtable_rows.prefix_end(start),
-      row_filter=bigtable_rows.KEYS_ONLY,
-      attempt_timeout=max(timeout, 600.0), max_retries=5)
+  rows = bigtable_rows.read_range(table, start, bigtable_rows.prefix_end(start),
+                                  row_filter=bigtable_rows.KEYS_ONLY,
+                                  attempt_timeout=max(timeout,
+                                                      600.0), max_retries=5)
   for row in rows:
     index = bigtable_rows.parse_row_index(row.row_key, start,
                                           bigtable_rows.INDEX_DIGITS)
     if index is None:
-      logging.warning('Ignoring row %r: not %r + a %d-digit index.',
+      logging.warning("Ignoring row %r: not %r + a %d-digit index.",
                       row.row_key, prefix, bigtable_rows.INDEX_DIGITS)
     elif index == expected:
       expected += 1
@@ -236,7 +237,7 @@ class _RowWriter:
         batch, batch_bytes = [], 0
       if time.monotonic() - last_log >= log_every_seconds:
         last_log = time.monotonic()
-        logging.info('%s: %d rows written (up to %r), %.0f rows/s.', prefix,
+        logging.info("%s: %d rows written (up to %r), %.0f rows/s.", prefix,
                      index - first_index,
                      bigtable_rows.row_key(prefix, index - 1),
                      (index - first_index) / (last_log - started))
@@ -247,20 +248,21 @@ class _RowWriter:
   def _mutate(self, rows):
     """Sends `rows`, resending failed ones; raises if some keep failing."""
     for attempt in range(self._max_retries + 1):
-      with self._table_ref.clear_errors('writing rows'):
+      with self._table_ref.clear_errors("writing rows"):
         statuses = self._table.mutate_rows(rows)
-      failed = [(row, status) for row, status in zip(rows, statuses)
+      failed = [(row, status)
+                for row, status in zip(rows, statuses)
                 if status.code != 0]
       if not failed:
         return
       rows = [row for row, _ in failed]
-      logging.warning('%d rows failed to write (first %r: %s); attempt %d.',
+      logging.warning("%d rows failed to write (first %r: %s); attempt %d.",
                       len(failed), failed[0][0].row_key, failed[0][1].message,
                       attempt + 1)
       time.sleep(min(0.5 * 2**attempt, 10.0))
-    details = ', '.join(f'{row.row_key!r}: {status.message}'
-                        for row, status in failed[:5])
+    details = ", ".join(
+        f"{row.row_key!r}: {status.message}" for row, status in failed[:5])
     raise RuntimeError(
-        f'{len(failed)} rows could not be written to '
-        f'{self._table_ref.describe()} after {self._max_retries + 1} '
-        f'attempts: {details}')
+        f"{len(failed)} rows could not be written to "
+        f"{self._table_ref.describe()} after {self._max_retries + 1} "
+        f"attempts: {details}")
