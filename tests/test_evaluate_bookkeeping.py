@@ -129,7 +129,8 @@ def test_train_steps_come_from_the_trainers_run_file(data_dir, tmp_path,
   ContractWriter(model_dir).save(3)
   run_dir.write_run_config(model_dir, command="bin/trainer", train_steps=3)
   # Told 100 by its own config, it would wait for a step-100 checkpoint.
-  with caplog.at_level(logging.INFO):
+  # absl keeps its own level (a parse of absl flags elsewhere sets it).
+  with caplog.at_level(logging.INFO, logger="absl"):
     results = evaluate(model_dir, train_steps=100, train_steps_from_run=True)
   assert [r["step"] for r in results] == [3]
   assert any("train_steps=3 from" in r.getMessage() for r in caplog.records)

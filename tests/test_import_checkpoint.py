@@ -3,8 +3,6 @@ checkpoint directly), with the shipped finetune.gin."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import gin
 import numpy as np
@@ -23,7 +21,6 @@ from effnet_gin.checkpoints import importer
 from test_pretrained import write_reference_copy
 import trainer_helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_B0 = os.path.join(os.path.dirname(__file__), "fixtures",
                        "reference_checkpoints", "tiny_b0")
 # Width 0.1 and depth 0.5 (meta.json) are inferred from the shapes; the
@@ -31,27 +28,12 @@ TINY_B0 = os.path.join(os.path.dirname(__file__), "fixtures",
 TINY_B0_FLAGS = ["--image_size=64"]
 
 
-def script(name):
-  return [sys.executable, os.path.join(REPO, "bin", name)]
-
-
-def run(command, log_path, timeout=600):
-  with open(log_path, "w") as log:
-    completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=REPO, timeout=timeout, check=False,
-                               env=trainer_helpers.subprocess_env())
-  with open(log_path) as log:
-    output = log.read()
-  assert completed.returncode == 0, f"{command}\n{output[-4000:]}"
-  return output
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   """tiny_b0 imported by bin/import_checkpoint; returns the model_dir."""
   model_dir = str(tmp_path_factory.mktemp("imported") / "b0")
-  output = run(
-      script("import_checkpoint") +
+  output = trainer_helpers.run_logged(
+      trainer_helpers.script("import_checkpoint") +
       [f"--source={TINY_B0}", f"--model_dir={model_dir}"] + TINY_B0_FLAGS,
       model_dir + ".log")
   assert "efficientnet-b0 (reference format, EMA weights" in output
@@ -95,9 +77,9 @@ def test_evaluator_exporter_and_predict_run_on_the_import(imported, tmp_path):
       "--gin_param=NUM_EVAL_IMAGES = 12", "--gin_param=EVAL_BATCH_SIZE = 4",
       "--gin_param=effnet_gin.train.build_strategy.kind = 'cpu'"
   ]
-  run(
-      script("evaluator") + flags + [f"--checkpoint={imported}/ckpt-0"],
-      str(tmp_path / "evaluator.log"))
+  trainer_helpers.run_logged(
+      trainer_helpers.script("evaluator") + flags +
+      [f"--checkpoint={imported}/ckpt-0"], str(tmp_path / "evaluator.log"))
   with open(os.path.join(imported, "eval", "results.jsonl")) as f:
     result = json.loads(f.readline())
   assert result["checkpoint"] == f"{imported}/ckpt-0"
@@ -105,17 +87,17 @@ def test_evaluator_exporter_and_predict_run_on_the_import(imported, tmp_path):
   assert 0.0 <= result["top_1_accuracy"] <= result["top_5_accuracy"] <= 1.0
 
   export_dir = str(tmp_path / "serving")
-  run(
-      script("exporter") + flags +
+  trainer_helpers.run_logged(
+      trainer_helpers.script("exporter") + flags +
       [f"--export_dir={export_dir}", f"--checkpoint={imported}/ckpt-0"],
       str(tmp_path / "exporter.log"))
   files = tf.io.gfile.glob(os.path.join(data_dir, "validation-*"))
   serialized = next(iter(tf.data.TFRecordDataset(files)))
   image = str(tmp_path / "image.jpg")
   tf.io.write_file(image, parse_imagenet_example(serialized)["image"])
-  output = run(
-      script("predict") + [f"--saved_model={export_dir}", image],
-      str(tmp_path / "predict.log"))
+  output = trainer_helpers.run_logged(
+      trainer_helpers.script("predict") +
+      [f"--saved_model={export_dir}", image], str(tmp_path / "predict.log"))
   assert image in output
   assert re.findall(r"^  (\d)\. \d+", output,
                     flags=re.MULTILINE) == ["1", "2", "3", "4", "5"]

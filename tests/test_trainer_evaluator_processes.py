@@ -10,22 +10,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import tensorflow as tf
 
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import write_fake_imagenet
+import trainer_helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 10
 NUM_EVAL = 21  # Not a multiple of EVAL_BATCH_SIZE: padding must not count.
 TRAIN_STEPS = 6
 CHECKPOINT_STEPS = [2, 4, 6]
-
-
-def script(name):
-  return [sys.executable, os.path.join(REPO, "bin", name)]
 
 
 def shrunk_demo_flags(data_dir, model_dir):
@@ -50,16 +46,6 @@ def shrunk_demo_flags(data_dir, model_dir):
   ] + [f"--gin_param={param}" for param in params])
 
 
-def run(command, log_path, timeout):
-  with open(log_path, "w") as log:
-    completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=REPO, timeout=timeout, check=False)
-  with open(log_path) as log:
-    output = log.read()
-  assert completed.returncode == 0, f"{command}\n{output[-4000:]}"
-  return output
-
-
 def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
   data_dir = str(tmp_path / "data")
   model_dir = str(tmp_path / "model")
@@ -74,12 +60,12 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
     # Every checkpoint, even when the trainer gets ahead of it.
     evaluate_all = ["--gin_param=effnet_gin.train.evaluate.newest_only = False"]
     evaluator = subprocess.Popen(
-        script("evaluator") + flags + evaluate_all, cwd=REPO,
+        trainer_helpers.script("evaluator") + flags + evaluate_all, cwd=REPO,
         stdout=evaluator_log, stderr=subprocess.STDOUT)
     try:
       # Only the separate evaluator evaluates (demo.gin evaluates in-process).
-      run(
-          script("trainer") + flags + ["--mode=train"],
+      trainer_helpers.run_logged(
+          trainer_helpers.script("trainer") + flags + ["--mode=train"],
           str(tmp_path / "trainer.log"), timeout=900)
       # No --eval_timeout: the evaluator has to notice the final step itself.
       evaluator.wait(timeout=600)
@@ -122,8 +108,8 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
 
   # --- Export the best checkpoint and classify image files with it --------
   export_dir = str(tmp_path / "serving")
-  run(
-      script("exporter") + flags +
+  trainer_helpers.run_logged(
+      trainer_helpers.script("exporter") + flags +
       [f"--export_dir={export_dir}", "--checkpoint=best"],
       str(tmp_path / "exporter.log"), timeout=600)
   files = tf.io.gfile.glob(os.path.join(data_dir, "validation-*"))
@@ -134,8 +120,8 @@ def test_trainer_and_evaluator_processes_share_a_model_dir(tmp_path):
   labels_file = str(tmp_path / "labels.txt")
   with open(labels_file, "w") as f:
     f.write("".join(f"shape {i}\n" for i in range(NUM_CLASSES)))
-  output = run(
-      script("predict") +
+  output = trainer_helpers.run_logged(
+      trainer_helpers.script("predict") +
       [f"--saved_model={export_dir}", f"--labels_file={labels_file}"] + images,
       str(tmp_path / "predict.log"), timeout=600)
   for image in images:

@@ -6,8 +6,6 @@ ImageNet-format data (labels 1..N on disk) must be scored against labels
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from effnet_gin.checkpoints import importer
 from effnet_gin.serving import runtimes
 import trainer_helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures",
                         "reference_checkpoints")
 EDGETPU = os.path.join(FIXTURES, "tiny_edgetpu_s")
@@ -32,28 +29,11 @@ VARIANT = "efficientnet-edgetpu-S"
 NUM_LABELS = 9  # The fixture's 10 classes are background + 9.
 
 
-def script(name):
-  # The scripts run under this interpreter's flags (e.g. -S).
-  flags = ["-S"] if sys.flags.no_site else []
-  return [sys.executable] + flags + [os.path.join(REPO, "bin", name)]
-
-
-def run(command, log_path):
-  with open(log_path, "w") as log:
-    completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=REPO, timeout=600, check=False,
-                               env=trainer_helpers.subprocess_env())
-  with open(log_path) as log:
-    output = log.read()
-  assert completed.returncode == 0, f"{command}\n{output[-4000:]}"
-  return output
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("imported") / "edgetpu")
-  output = run(
-      script("import_checkpoint") +
+  output = trainer_helpers.run_logged(
+      trainer_helpers.script("import_checkpoint") +
       [f"--source={EDGETPU}", f"--model_dir={model_dir}", "--image_size=64"],
       model_dir + ".log")
   assert f"{VARIANT} (reference format, EMA weights" in output
@@ -119,8 +99,8 @@ def test_evaluator_scores_an_edgetpu_import_with_its_background_class(
   with_background = np.mean(answers == disk_labels)
   without = np.mean(answers == disk_labels - 1)
   assert with_background != without
-  run(
-      script("evaluator") + [
+  trainer_helpers.run_logged(
+      trainer_helpers.script("evaluator") + [
           "--gin_file=b0_cpu.gin", f"--gin_file={imported}/model.gin",
           f"--model_dir={imported}", f"--data_dir={data_dir}",
           f"--checkpoint={imported}/ckpt-0", "--gin_param=NUM_EVAL_IMAGES = 12",
@@ -141,8 +121,8 @@ def test_int8_export_of_the_edgetpu_import_agrees_with_float(
                       num_classes=NUM_LABELS, image_size=72, train_shards=1,
                       eval_shards=1, kind="learnable")
   export_dir = str(tmp_path / "int8")
-  run(
-      script("exporter") + [
+  trainer_helpers.run_logged(
+      trainer_helpers.script("exporter") + [
           "--gin_file=edgetpu_s_tpu.gin", f"--gin_file={imported}/model.gin",
           f"--model_dir={imported}", f"--data_dir={data_dir}",
           f"--checkpoint={imported}/ckpt-0", f"--export_dir={export_dir}",

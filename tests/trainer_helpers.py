@@ -52,3 +52,28 @@ def run_trainer(model_dir, *gin_params, timeout=300, env=None, **kwargs):
   return subprocess.run(trainer_command(model_dir, *gin_params, **kwargs),
                         env=env or subprocess_env(), capture_output=True,
                         text=True, timeout=timeout, check=False)
+
+
+def script(name):
+  """The command that runs bin/<name> under this interpreter (and its -S)."""
+  flags = ["-S"] if sys.flags.no_site else []
+  return [sys.executable] + flags + [os.path.join(BIN, name)]
+
+
+def run_logged(command, log_path, timeout=600):
+  """Runs `command` to completion, its output into `log_path`.
+
+  Returns:
+    The output.
+
+  Raises:
+    AssertionError: when the command fails; the message ends with its output.
+  """
+  with open(log_path, "w") as log:
+    completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=REPO, timeout=timeout, check=False,
+                               env=subprocess_env())
+  with open(log_path) as log:
+    output = log.read()
+  assert completed.returncode == 0, f"{command}\n{output[-4000:]}"
+  return output
