@@ -161,8 +161,8 @@ def check_batch_budget(image_bytes, max_image_pixels, max_batch_pixels):
     total = tf.reduce_sum(pixels)
     checks.append(
         tf.debugging.Assert(total <= max_batch_pixels, [
-            _text("the batch's ",
-                  tf.shape(shapes)[0], " images declare ", total,
+            _text("a batch of ",
+                  tf.shape(shapes)[0], " images declares ", total,
                   " pixels in all",
                   _over_budget(max_batch_pixels, "per batch", "max_batch"))
         ]))
