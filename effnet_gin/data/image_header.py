@@ -75,9 +75,7 @@ def _text(*parts):
   """Joins strings and int or float tensors into one tf.string scalar."""
   pieces = []
   for part in parts:
-    if isinstance(part, (str, bytes)):
-      pieces.append(part)
-    elif part.dtype == tf.string:
+    if isinstance(part, (str, bytes)) or part.dtype == tf.string:
       pieces.append(part)
     elif part.dtype.is_floating:
       pieces.append(tf.strings.as_string(part, precision=1))
@@ -139,7 +137,7 @@ def check_batch_budget(image_bytes, max_image_pixels, max_batch_pixels):
     under `tf.control_dependencies` on it.
 
   Raises:
-    InvalidArgumentError: naming the image (its index) or the batch total
+    InvalidArgumentError: naming the largest image (its index) or the total
       and the budget it exceeds.
   """
   shapes = tf.map_fn(header_shape, image_bytes,
@@ -149,12 +147,12 @@ def check_batch_budget(image_bytes, max_image_pixels, max_batch_pixels):
   pixels = tf.maximum(padded[:, 0] * padded[:, 1], 0)
   checks = []
   if max_image_pixels is not None:
-    first = tf.argmax(pixels)
+    largest = tf.argmax(pixels)
     checks.append(
         tf.debugging.Assert(
             tf.reduce_max(pixels) <= max_image_pixels, [
-                _text("image ", first, " of the batch declares ",
-                      _size_text(padded[first]),
+                _text("image ", largest, " of the batch declares ",
+                      _size_text(padded[largest]),
                       _over_budget(max_image_pixels, "per image", "max_image"))
             ]))
   if max_batch_pixels is not None:
