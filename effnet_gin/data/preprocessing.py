@@ -9,6 +9,9 @@ hands one instance to both `build_dataset` and the exporter). They accept an ima
     formats (PNG, GIF, BMP, WebP) are decoded fully, then cropped, giving the
     same pixels (the reference reads JPEG only).
   * uint8 [H, W, 3] (or [H, W, 1], repeated to RGB): already decoded pixels.
+Encoded images are first checked against the decode budget
+(`Preprocessing.max_image_pixels`, 40 megapixels by default) from their
+header (`image_header`), so a decompression bomb fails before it is decoded.
 
 Train: `sample_distorted_bounding_box` crop (by default min object covered
 0.1, aspect 3/4..4/3, area 0.08..1, 10 attempts), falling back to the eval
@@ -25,6 +28,8 @@ import dataclasses
 import numbers
 
 import tensorflow as tf
+
+from effnet_gin.data import image_header
 
 # The reference's resize: TF1 `resize_bicubic` with align_corners=False and
 # half_pixel_centers=False. TF2's 'bicubic' samples at half-pixel centres
@@ -83,6 +88,13 @@ class Preprocessing:
       'tf1_bilinear' (the reference's for Lite and EdgeTPU; the configs
       bind each variant's own, `effnet_gin.model.variant_resize_method`), or
       a `tf.image.resize` method ('bicubic', 'bilinear', 'area', ...).
+    max_image_pixels: the decode budget: an encoded image whose header
+      declares more pixels (width x height) is refused before decoding, with
+      an InvalidArgumentError naming its size and this budget
+      (`image_header`). None decodes any size TensorFlow accepts. Applies
+      to the input pipeline, the serving signature and `bin/predict`.
+    max_batch_pixels: the budget of one batch the serving signature decodes
+      (the pixels its images declare in all); None bounds only each image.
 
   Raises:
     ValueError: naming the first attribute out of range.
@@ -94,6 +106,8 @@ class Preprocessing:
   eval_crop_padding: int = 32
   eval_crop_fraction: float | None = None
   resize_method: str = TF1_BICUBIC
+  max_image_pixels: int | None = image_header.DEFAULT_MAX_IMAGE_PIXELS
+  max_batch_pixels: int | None = image_header.DEFAULT_MAX_BATCH_PIXELS
 
   def __post_init__(self):
     # Gin gives lists; tuples keep instances hashable and comparable.
@@ -119,6 +133,12 @@ class Preprocessing:
                                      0 < fraction <= 1):
       raise ValueError("Preprocessing.eval_crop_fraction must be None or in "
                        f"(0, 1], got {fraction!r}")
+    for name in ("max_image_pixels", "max_batch_pixels"):
+      value = getattr(self, name)
+      if value is not None and not (isinstance(value, numbers.Integral) and
+                                    not isinstance(value, bool) and value > 0):
+        raise ValueError(f"Preprocessing.{name} must be None or an integer "
+                         f">= 1 (pixels), got {value!r}")
     if self.resize_method not in RESIZE_METHODS:
       raise ValueError(f"Preprocessing.resize_method must be one of "
                        f"{RESIZE_METHODS}, got {self.resize_method!r}")
@@ -239,17 +259,23 @@ def resize(image, image_size, method=TF1_BICUBIC):
   return tf.cast(resized[0], tf.float32)
 
 
-def _crop_and_resize(image, image_size, crop_window_fn, resize_method):
+def _crop_and_resize(image, image_size, crop_window_fn, options):
   """Crops `image` at `crop_window_fn(shape)` and resizes it to S.
+
+  Encoded images are checked against `options.max_image_pixels` from their
+  header before they are decoded.
 
   Args:
     image: tf.string scalar (encoded) or uint8 [H, W, 1 or 3].
     image_size: int, output resolution S.
     crop_window_fn: maps an int32 [3] image shape to an int32 [4] window.
-    resize_method: one of RESIZE_METHODS.
+    options: a `Preprocessing`: its resize method and decode budget.
 
   Returns:
     float32 [S, S, 3].
+
+  Raises:
+    InvalidArgumentError: for an encoded image over the decode budget.
   """
 
   def crop_pixels(pixels):
@@ -267,12 +293,15 @@ def _crop_and_resize(image, image_size, crop_window_fn, resize_method):
         tf.io.decode_image(image, channels=3, expand_animations=False))
 
   if image.dtype == tf.string:
+    checked = image_header.check_image_budget(image, options.max_image_pixels)
+    with tf.control_dependencies([checked]):
+      image = tf.identity(image)
     cropped = tf.cond(tf.io.is_jpeg(image), crop_jpeg, crop_other_format)
   elif image.dtype == tf.uint8:
     cropped = crop_pixels(image)
   else:
     raise ValueError(f"images must be tf.string or tf.uint8, got {image.dtype}")
-  return resize(cropped, image_size, resize_method)
+  return resize(cropped, image_size, options.resize_method)
 
 
 def preprocess_for_train(image, image_size, seed, options=REFERENCE):
@@ -295,7 +324,7 @@ def preprocess_for_train(image, image_size, seed, options=REFERENCE):
   image = _crop_and_resize(
       image, image_size,
       lambda shape: train_crop_window(shape, image_size, crop_seed, options),
-      options.resize_method)
+      options)
   return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
@@ -313,4 +342,4 @@ def preprocess_for_eval(image, image_size, options=REFERENCE):
   crop_share = options.eval_crop_share(image_size)
   return _crop_and_resize(image, image_size,
                           lambda shape: center_crop_window(shape, crop_share),
-                          options.resize_method)
+                          options)

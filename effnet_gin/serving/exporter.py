@@ -9,7 +9,12 @@ saves a `tf.Module` with two signatures:
                     (the `Preprocessing` it is given, under gin the bound
                     one: by default the reference's center crop with
                     padding 32 and TF1 bicubic resize) inside the graph,
-                    one image at a time with `tf.map_fn`.
+                    one image at a time with `tf.map_fn`. The sizes the
+                    images' headers declare are checked first against the
+                    decode budget (`Preprocessing.max_image_pixels` each,
+                    `max_batch_pixels` in all): a request over it fails
+                    with InvalidArgumentError before anything is decoded,
+                    and the server goes on serving.
   serving_images    images: float32 [N, S, S, 3], RGB 0-255, already
                     preprocessed.
 
@@ -24,6 +29,7 @@ through the same module (`bin/predict`).
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.data import image_header
 from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.model import build_model
 from effnet_gin.model.inference import inference_model
@@ -83,6 +89,11 @@ class ServingModule(tf.Module):
 
   def _preprocess_image_bytes(self, image_bytes):
     size = self.image_size
+    checked = image_header.check_batch_budget(
+        image_bytes, self.preprocessing.max_image_pixels,
+        self.preprocessing.max_batch_pixels)
+    with tf.control_dependencies([checked]):
+      image_bytes = tf.identity(image_bytes)
     return tf.map_fn(
         lambda encoded: preprocessing_lib.preprocess_for_eval(
             encoded, size, self.preprocessing), image_bytes,

@@ -4,6 +4,11 @@
 the exporter's serving module; `predict_exported` with a .tflite or .onnx
 file through its runtime (`runtimes`). Both return the top-k classes of each
 file; `format_predictions` renders them.
+
+A file that cannot be classified (an image over the decode budget,
+`Preprocessing.max_image_pixels`, refused from its header; or bytes that do
+not decode) does not stop the others: its result is the error's message, a
+string, in place of the classes.
 """
 import json
 
@@ -39,7 +44,8 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
 
   Returns:
     One `(image_file, [(class_id, class_name_or_None, probability), ...])`
-    per image, the classes by decreasing probability.
+    per image, the classes by decreasing probability; for an image that
+    could not be classified, `(image_file, error_message)`.
 
   Raises:
     FileNotFoundError: for a missing image, labels file or model.
@@ -69,14 +75,16 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
       raise FileNotFoundError(f"image file {path!r} does not exist")
     with tf.io.gfile.GFile(path, "rb") as f:
       encoded.append(f.read())
-  probabilities = []
-  for start in range(0, len(encoded), batch_size):
-    outputs = serve(image_bytes=tf.constant(encoded[start:start + batch_size]))
-    probabilities.extend(outputs["probabilities"].numpy())
-  num_classes = len(probabilities[0])
-  names = labels.checked_labels(labels_file, num_classes)
+  probabilities = _classify_batches(serve, encoded, batch_size)
+  classified = [p for p in probabilities if not isinstance(p, str)]
+  names = None
+  if classified:
+    names = labels.checked_labels(labels_file, len(classified[0]))
   results = []
   for path, probs in zip(image_files, probabilities):
+    if isinstance(probs, str):
+      results.append((path, probs))
+      continue
     top = probs.argsort()[::-1][:top_k]
     results.append((path, [
         (int(c), names[c] if names else None, float(probs[c])) for c in top
@@ -84,11 +92,48 @@ def predict(image_files, *, saved_model_dir=None, model_dir=None,
   return results
 
 
+def _classify_batches(serve, encoded, batch_size):
+  """Each image's probabilities, or its error message.
+
+  A batch the signature refuses (an image over the decode budget, or one
+  that does not decode) is retried one image at a time, so only the images
+  at fault fail.
+  """
+  probabilities = []
+  for start in range(0, len(encoded), batch_size):
+    batch = encoded[start:start + batch_size]
+    try:
+      outputs = serve(image_bytes=tf.constant(batch))
+      probabilities.extend(outputs["probabilities"].numpy())
+    except tf.errors.InvalidArgumentError as error:
+      if len(batch) == 1:
+        probabilities.append(error_line(error))
+      else:
+        probabilities.extend(_classify_batches(serve, batch, 1))
+  return probabilities
+
+
+def error_line(error):
+  """A TensorFlow error in one line: an assertion's message, else line 1."""
+  message = error.message
+  marker = "assertion failed: ["
+  if marker in message:
+    message = message.split(marker, 1)[1].split("\n", 1)[0]
+    return message[:-1] if message.endswith("]") else message
+  return message.strip().splitlines()[0]
+
+
 def format_predictions(results):
-  """Renders `predict`'s results as text, one block per image."""
+  """Renders `predict`'s results as text, one block per image.
+
+  An image that could not be classified gets an `error:` line instead.
+  """
   lines = []
   for path, classes in results:
     lines.append(path)
+    if isinstance(classes, str):
+      lines.append(f"  error: {classes}")
+      continue
     for rank, (class_id, name, probability) in enumerate(classes, start=1):
       label = f"{class_id} ({name})" if name else f"{class_id}"
       lines.append(f"  {rank}. {label}: {probability:.4f}")
@@ -105,16 +150,21 @@ def classify_files(classifier, image_files, *, names=None, top_k=5,
 
   Returns:
     One `(image_file, [(class_id, name_or_None, probability), ...])` per
-    image, by decreasing probability.
+    image, by decreasing probability; `(image_file, error_message)` for an
+    image that does not decode or is over the decode budget.
 
   Raises:
     FileNotFoundError: for a missing image.
   """
   results = []
   for path in image_files:
-    image = preprocessing_lib.preprocess_for_eval(
-        _read_image(path), classifier.image_size, preprocessing or
-        preprocessing_lib.REFERENCE)
+    try:
+      image = preprocessing_lib.preprocess_for_eval(
+          _read_image(path), classifier.image_size, preprocessing or
+          preprocessing_lib.REFERENCE)
+    except tf.errors.InvalidArgumentError as error:
+      results.append((path, error_line(error)))
+      continue
     logits = classifier.logits(image.numpy()[None])[0]
     probabilities = tf.nn.softmax(logits).numpy()
     top = np.argsort(-probabilities, kind="stable")[:top_k]
