@@ -128,6 +128,8 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     ValueError: for invalid settings.
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
+    run_lock.RunDirLocked: another live trainer holds model_dir (its chief
+      holds `run.lock` from before it writes anything until it returns).
   """
   mode = _checked_mode(mode, schedule, train_steps=train_steps,
                        image_size=image_size, train_batch_size=train_batch_size,
