@@ -166,10 +166,14 @@ def test_a_dead_pid_on_this_host_is_taken_over_at_once(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def test_an_unreadable_lock_refuses_until_it_is_old(tmp_path):
+@pytest.mark.parametrize("text", [
+    "{\"host\": ",
+    json.dumps(dict(host="h", pid="7", since=0, heartbeat=0, token="t")),
+])
+def test_an_unreadable_lock_refuses_until_it_is_old(tmp_path, text):
   path = _lock_path(tmp_path)
   with open(path, "w") as f:
-    f.write("{\"host\": ")
+    f.write(text)
   with pytest.raises(run_lock.RunDirLocked, match="being written"):
     run_lock.RunLock(str(tmp_path)).acquire()
   old = time.time() - 60

@@ -182,11 +182,16 @@ class RunLock:
       return None
     try:
       holder = json.loads(text)
-      return {
+      holder = {
           k: holder[k] for k in ("host", "pid", "since", "heartbeat", "token")
       }
     except (ValueError, KeyError, TypeError):
       return {}
+    numbers = [holder["since"], holder["heartbeat"]]
+    if not (isinstance(holder["pid"], int) and
+            all(isinstance(n, (int, float)) for n in numbers)):
+      return {}
+    return holder
 
   def _owns(self):
     holder = self._read()
