@@ -190,3 +190,14 @@ def test_the_holder_refreshes_its_heartbeat(tmp_path):
       assert time.monotonic() < deadline, "no heartbeat within 30 s"
       time.sleep(0.05)
   assert not os.path.exists(_lock_path(tmp_path))
+
+
+def test_a_remote_path_gets_the_best_effort_lock(tmp_path):
+  # TensorFlow's in-memory file system takes the same path as gs://: no
+  # exclusive create, so check, write and read back.
+  model_dir = f"ram://{tmp_path.name}/model"
+  tf.io.gfile.makedirs(model_dir)
+  with run_lock.holding(model_dir):
+    with pytest.raises(run_lock.RunDirLocked, match=f"pid {os.getpid()},"):
+      run_lock.RunLock(model_dir).acquire()
+  assert tf.io.gfile.listdir(model_dir) == []
