@@ -16,6 +16,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from effnet_gin import distribute
 from effnet_gin.checkpoints import run_dir
 from effnet_gin.checkpoints import run_lock
 from effnet_gin.train import trainer
@@ -201,3 +202,25 @@ def test_a_remote_path_gets_the_best_effort_lock(tmp_path):
     with pytest.raises(run_lock.RunDirLocked, match=f"pid {os.getpid()},"):
       run_lock.RunLock(model_dir).acquire()
   assert tf.io.gfile.listdir(model_dir) == []
+
+
+@pytest.mark.parametrize("task, chief", [(None, True), ("worker 0", True),
+                                         ("worker 1", False)])
+def test_only_the_chief_of_a_cluster_takes_the_lock(monkeypatch, task, chief):
+  # Decided from TF_CONFIG before the strategy exists, as train() does.
+  if task:
+    task_type, index = task.split()
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({
+            "cluster": {
+                "worker": ["localhost:1", "localhost:2"]
+            },
+            "task": {
+                "type": task_type,
+                "index": int(index)
+            }
+        }))
+  else:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+  assert distribute.is_chief_process() is chief

@@ -1,9 +1,10 @@
 """One trainer per model_dir: the run lock, model_dir/run.lock.
 
-A trainer's chief creates the lock before it writes anything into model_dir
-and removes it when the run ends: normally, after a SIGTERM (the trainer
-saves and returns), or on an exception. Non-chief workers of a multi-worker
-cluster never touch it. The file is one JSON object: the holder's `host`,
+A trainer's chief creates the lock before it builds its strategy (a refused
+trainer must not initialise the TPU the holder trains on) or writes anything
+into model_dir, and removes it when the run ends: normally, after a SIGTERM
+(the trainer saves and returns), or on an exception. Non-chief workers of a
+multi-worker cluster never touch it. The file is one JSON object: the holder's `host`,
 `pid`, `since` (when it took the lock) and `heartbeat`, which a background
 thread of the holder rewrites every `HEARTBEAT_SECONDS`.
 

@@ -129,7 +129,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
     run_lock.RunDirLocked: another live trainer holds model_dir (its chief
-      holds `run.lock` from before it writes anything until it returns).
+      holds `run.lock` from before it builds the strategy until it returns).
   """
   mode = _checked_mode(mode, schedule, train_steps=train_steps,
                        image_size=image_size, train_batch_size=train_batch_size,
@@ -138,11 +138,11 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
                        eval_batch_size=eval_batch_size,
                        steps_per_eval=steps_per_eval)
 
-  # --- Strategy and precision -------------------------------------------
-  strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
-                              train_batch_size=train_batch_size)
-  with _recording_run(model_dir, strategy, command, config_text,
-                      train_steps) as chief:
+  # --- Run lock, strategy and precision ---------------------------------
+  with _run_lock(model_dir, strategy):
+    strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
+                                train_batch_size=train_batch_size)
+    chief = _record_run(model_dir, strategy, command, config_text, train_steps)
     # --- Model, optimizer and EMA --------------------------------------------
     model, learning_rate, optimizer, step = _build_model_and_optimizer(
         strategy, model_builder=model_builder,
@@ -290,26 +290,38 @@ def _check_positive(**values):
 
 
 @contextlib.contextmanager
-def _recording_run(model_dir, strategy, command, config_text, train_steps):
+def _run_lock(model_dir, strategy):
   """Creates model_dir; the chief holds its run lock for the `with` block.
 
-  The chief takes the lock (`run_lock`) before it records the command,
-  config and steps, so a trainer refused for a live holder writes nothing;
-  it releases the lock however the block ends (done, preempted or raised).
+  Taken before the strategy is built (a refused trainer must not initialise
+  the TPU its model_dir's holder trains on) and before anything is written;
+  released however the block ends: done, preempted or raised.
 
-  Yields:
-    Whether this process is the chief.
+  Args:
+    model_dir: the run directory.
+    strategy: the strategy given to `train`, or None (`TF_CONFIG` then says
+      whether this process is the chief).
 
   Raises:
     run_lock.RunDirLocked: another live trainer holds model_dir.
   """
   tf.io.gfile.makedirs(model_dir)
+  with run_lock.holding(model_dir,
+                        enabled=distribute.is_chief_process(strategy)):
+    yield
+
+
+def _record_run(model_dir, strategy, command, config_text, train_steps):
+  """The chief records the command, config and steps in model_dir.
+
+  Returns:
+    Whether this process is the chief.
+  """
   chief = distribute.is_chief(strategy)
-  with run_lock.holding(model_dir, enabled=chief):
-    if chief:
-      run_dir.write_run_config(model_dir, command=command, config=config_text,
-                               train_steps=train_steps)
-    yield chief
+  if chief:
+    run_dir.write_run_config(model_dir, command=command, config=config_text,
+                             train_steps=train_steps)
+  return chief
 
 
 def _restore_or_initialize(model_dir, *, strategy, model, optimizer, step,
