@@ -250,6 +250,26 @@ def is_chief(strategy):
                        resolver.task_id)
 
 
+def is_chief_process(strategy=None):
+  """Whether this process is the chief, also before its strategy is built.
+
+  Args:
+    strategy: the process's `tf.distribute.Strategy`, or None when it is not
+      built yet: then `TF_CONFIG` decides, as `build_strategy` would (a
+      cluster of several chief/worker tasks is multi-worker).
+
+  Returns:
+    A bool.
+  """
+  if strategy is not None:
+    return is_chief(strategy)
+  config = _tf_config()
+  if _num_cluster_tasks(config) <= 1:
+    return True
+  task = config.get("task", {})
+  return is_chief_task(config["cluster"], task.get("type"), task.get("index"))
+
+
 def is_chief_task(cluster, task_type, task_id):
   """Whether a task of a TF_CONFIG-style cluster is its chief.
 

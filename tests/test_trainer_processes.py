@@ -95,6 +95,8 @@ def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
     process.kill()
   log = log_path.read_text()
   assert process.returncode == 75, log[-3000:]
+  # The preempted trainer released model_dir's run lock on its way out.
+  assert not (model_dir / run_dir.RUN_LOCK_FILE).exists()
   stopped_at = _stopped_step(log)
   # Stopped inside the loop (it would have ended at step 1000), after the
   # step the test saw, and saved exactly that step.

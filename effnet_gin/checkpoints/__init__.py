@@ -4,6 +4,8 @@ How a run's weights flow through this package:
 
   run_dir         names every file in a model_dir (checkpoints, configs,
                   eval/, best/) and owns the atomic write helpers.
+  run_lock        one trainer per model_dir: the chief's `run.lock`, refused
+                  while its holder lives, taken over once it is dead.
   checkpointing   the trainer's checkpoint contract, `tf.train.Checkpoint(
                   step, model, optimizer, ema)`, and `Manager` (save, resume
                   from the newest checkpoint that restores, set aside the

@@ -10,6 +10,8 @@ write in a model_dir is named here, once:
     run.json                  the run's facts as plain data: its train_steps,
                               where the evaluator stops.
     model.gin                 bin/import_checkpoint's: builds ckpt-0's model.
+    run.lock                  present while a trainer runs: its host, pid,
+                              start and heartbeat (`run_lock`).
     checkpoint                the state file listing the checkpoints.
     ckpt-<STEP>.index         a checkpoint (`tf.train.Checkpoint(step, model,
     ckpt-<STEP>.data-*          optimizer, ema)`), see `checkpointing`.
@@ -56,6 +58,7 @@ CONFIG_FILE = "config.gin"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 MODEL_GIN_FILE = "model.gin"
 RUN_FILE = "run.json"
+RUN_LOCK_FILE = "run.lock"
 
 # TensorBoard.
 TRAIN_SUMMARIES_DIR = "train"

@@ -14,6 +14,7 @@ preempted trainer checkpoints the step it reached within the grace period.
 
 What the trainer writes into model_dir, and under which names: `run_dir`.
 """
+import contextlib
 
 from absl import logging
 import keras
@@ -32,6 +33,7 @@ from effnet_gin.train.controller import NonFiniteLossError  # noqa: F401
 from effnet_gin.train import durations
 from effnet_gin.train import preemption
 from effnet_gin.checkpoints import run_dir
+from effnet_gin.checkpoints import run_lock
 from effnet_gin.train.progress import LoopProgress
 from effnet_gin import distribute
 
@@ -126,6 +128,8 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     ValueError: for invalid settings.
     NonFiniteLossError: when the loss becomes NaN or Inf (naming the step);
       checkpoints written before stay intact.
+    run_lock.RunDirLocked: another live trainer holds model_dir (its chief
+      holds `run.lock` from before it builds the strategy until it returns).
   """
   mode = _checked_mode(mode, schedule, train_steps=train_steps,
                        image_size=image_size, train_batch_size=train_batch_size,
@@ -134,59 +138,68 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
                        eval_batch_size=eval_batch_size,
                        steps_per_eval=steps_per_eval)
 
-  # --- Strategy and precision -------------------------------------------
-  strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
-                              train_batch_size=train_batch_size)
-  chief = _record_run(model_dir, strategy, command, config_text, train_steps)
+  # --- Run lock, strategy and precision ---------------------------------
+  with _run_lock(model_dir, strategy):
+    strategy = _set_up_strategy(strategy, precision=precision, seed=seed,
+                                train_batch_size=train_batch_size)
+    chief = _record_run(model_dir, strategy, command, config_text, train_steps)
+    # --- Model, optimizer and EMA --------------------------------------------
+    model, learning_rate, optimizer, step = _build_model_and_optimizer(
+        strategy, model_builder=model_builder,
+        schedule_builder=schedule_builder, optimizer_builder=optimizer_builder,
+        train_batch_size=train_batch_size, num_train_images=num_train_images,
+        train_steps=train_steps)
+    _log_durations(learning_rate, mode, train_steps, num_train_images,
+                   train_batch_size, steps_per_loop, steps_per_eval,
+                   checkpoint_every_steps)
 
-  # --- Model, optimizer and EMA ------------------------------------------
-  model, learning_rate, optimizer, step = _build_model_and_optimizer(
-      strategy, model_builder=model_builder, schedule_builder=schedule_builder,
-      optimizer_builder=optimizer_builder, train_batch_size=train_batch_size,
-      num_train_images=num_train_images, train_steps=train_steps)
-  _log_durations(learning_rate, mode, train_steps, num_train_images,
-                 train_batch_size, steps_per_loop, steps_per_eval,
-                 checkpoint_every_steps)
+    # --- Checkpoint: resume, or initialise for fine-tuning -------------------
+    ema, manager, start_step, resumed = _restore_or_initialize(
+        model_dir, strategy=strategy, model=model, optimizer=optimizer,
+        step=step, ema_builder=ema_builder if use_ema else None,
+        model_builder=model_builder, init_checkpoint=init_checkpoint,
+        init_from_ema=init_from_ema, keep_checkpoints=keep_checkpoints)
+    if start_step >= train_steps:
+      return _nothing_to_do(model_dir, start_step, train_steps)
 
-  # --- Checkpoint: resume, or initialise for fine-tuning -------------------
-  ema, manager, start_step, resumed = _restore_or_initialize(
-      model_dir, strategy=strategy, model=model, optimizer=optimizer, step=step,
-      ema_builder=ema_builder if use_ema else None, model_builder=model_builder,
-      init_checkpoint=init_checkpoint, init_from_ema=init_from_ema,
-      keep_checkpoints=keep_checkpoints)
-  if start_step >= train_steps:
-    return _nothing_to_do(model_dir, start_step, train_steps)
+    # --- Input pipeline ------------------------------------------------------
+    dataset = _train_dataset(strategy, dataset_builder,
+                             train_batch_size=train_batch_size,
+                             image_size=image_size, seed=seed)
 
-  # --- Input pipeline -----------------------------------------------------
+    # --- The compiled step and host loop -------------------------------------
+    stop_request = preemption.StopRequest()
+    host_loop = train_step.build_host_loop(
+        strategy=strategy, model=model, optimizer=optimizer, ema=ema,
+        global_batch_size=train_batch_size, label_smoothing=label_smoothing,
+        weight_decay=weight_decay, jit_compile=jit_compile,
+        stop_request=stop_request, log_every_steps=log_every_steps)
+
+    # --- The outer loop: log, summarise, evaluate, checkpoint ----------------
+    evaluate_at = None if mode == "train" else InProcessEvaluator(
+        strategy=strategy, model=model, ema=ema, model_dir=model_dir,
+        chief=chief, eval_batch_size=eval_batch_size, image_size=image_size,
+        jit_compile=jit_compile, dataset_builder=dataset_builder)
+    progress = LoopProgress(start_step, train_steps, train_batch_size,
+                            num_train_images, learning_rate)
+    return controller.Controller(
+        host_loop=host_loop, iterator=iter(dataset), step=step, manager=manager,
+        progress=progress, model_dir=model_dir, chief=chief,
+        operative_config_text=operative_config_text).run(
+            start_step=start_step, train_steps=train_steps,
+            steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
+            checkpoint_every=checkpoint_every_steps or steps_per_loop,
+            evaluate_at=evaluate_at, resumed=resumed, stop_request=stop_request)
+
+
+def _train_dataset(strategy, dataset_builder, *, train_batch_size, image_size,
+                   seed):
+  """The distributed training batches, seeded when `seed` is not None."""
   seeded = {} if seed is None else {"seed": seed}
-  dataset = distribute.distributed_dataset(strategy, dataset_builder,
-                                           split="train",
-                                           global_batch_size=train_batch_size,
-                                           image_size=image_size, **seeded)
-
-  # --- The compiled step and host loop ------------------------------------
-  stop_request = preemption.StopRequest()
-  host_loop = train_step.build_host_loop(
-      strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-      global_batch_size=train_batch_size, label_smoothing=label_smoothing,
-      weight_decay=weight_decay, jit_compile=jit_compile,
-      stop_request=stop_request, log_every_steps=log_every_steps)
-
-  # --- The outer loop: log, summarise, evaluate, checkpoint --------------
-  evaluate_at = None if mode == "train" else InProcessEvaluator(
-      strategy=strategy, model=model, ema=ema, model_dir=model_dir, chief=chief,
-      eval_batch_size=eval_batch_size, image_size=image_size,
-      jit_compile=jit_compile, dataset_builder=dataset_builder)
-  progress = LoopProgress(start_step, train_steps, train_batch_size,
-                          num_train_images, learning_rate)
-  return controller.Controller(
-      host_loop=host_loop, iterator=iter(dataset), step=step, manager=manager,
-      progress=progress, model_dir=model_dir, chief=chief,
-      operative_config_text=operative_config_text).run(
-          start_step=start_step, train_steps=train_steps,
-          steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
-          checkpoint_every=checkpoint_every_steps or steps_per_loop,
-          evaluate_at=evaluate_at, resumed=resumed, stop_request=stop_request)
+  return distribute.distributed_dataset(strategy, dataset_builder,
+                                        split="train",
+                                        global_batch_size=train_batch_size,
+                                        image_size=image_size, **seeded)
 
 
 def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
@@ -276,13 +289,34 @@ def _check_positive(**values):
       raise ValueError(f"train.{name} must be a positive number, got {value!r}")
 
 
+@contextlib.contextmanager
+def _run_lock(model_dir, strategy):
+  """Creates model_dir; the chief holds its run lock for the `with` block.
+
+  Taken before the strategy is built (a refused trainer must not initialise
+  the TPU its model_dir's holder trains on) and before anything is written;
+  released however the block ends: done, preempted or raised.
+
+  Args:
+    model_dir: the run directory.
+    strategy: the strategy given to `train`, or None (`TF_CONFIG` then says
+      whether this process is the chief).
+
+  Raises:
+    run_lock.RunDirLocked: another live trainer holds model_dir.
+  """
+  tf.io.gfile.makedirs(model_dir)
+  with run_lock.holding(model_dir,
+                        enabled=distribute.is_chief_process(strategy)):
+    yield
+
+
 def _record_run(model_dir, strategy, command, config_text, train_steps):
-  """Creates model_dir; the chief records the command, config and steps.
+  """The chief records the command, config and steps in model_dir.
 
   Returns:
     Whether this process is the chief.
   """
-  tf.io.gfile.makedirs(model_dir)
   chief = distribute.is_chief(strategy)
   if chief:
     run_dir.write_run_config(model_dir, command=command, config=config_text,
