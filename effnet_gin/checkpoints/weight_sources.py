@@ -94,8 +94,7 @@ def spec_signature(spec: specs.ModelSpec) -> Signature:
       sequence[-1].output_filters, any(b.se_filters for b in sequence),
       spec.condconv_experts if any(b.condconv for b in sequence) else 0,
       any(b.space_to_depth for b in sequence),
-      any(b.conv_type != "depthwise" and
-          (b.expand_ratio != 1 or b.conv_type == "fused") for b in sequence))
+      any(b.conv_type != "depthwise" and b.expand_ratio != 1 for b in sequence))
 
 
 def signature_of(shapes) -> Optional[Signature]:
