@@ -72,7 +72,7 @@ def test_variant_table(name, width, depth, resolution, dropout):
   assert spec.input_normalization == ("lite" if lite else "imagenet")
 
 
-def test_variants_are_exactly_the_references_model_names():
+def test_variants_are_exactly_the_reference_and_automl_v2_names():
   # The 51 names of the reference's model_builder_factory, as listed by the
   # reference-written param_counts.tsv fixture.
   with open(
@@ -80,7 +80,13 @@ def test_variants_are_exactly_the_references_model_names():
                    "reference_checkpoints", "param_counts.tsv")) as f:
     names = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
   assert len(names) == 51
-  assert list(specs.VARIANTS) == names
+  # Then automl's efficientnetv2_params keys (effnetv2_configs.py).
+  names += [
+      f"efficientnetv2-{size}" for size in ("b0", "b1", "b2", "b3", "s", "m",
+                                            "l", "xl")
+  ]
+  assert sorted(specs.VARIANTS) == sorted(names)
+  assert list(specs.VARIANTS)[:51] == names[:51]
   assert sorted(sum(specs.FAMILIES.values(), ())) == sorted(names)
 
 

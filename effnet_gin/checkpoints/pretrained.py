@@ -4,8 +4,8 @@
   * a reference TF1 checkpoint (tensorflow/tpu models/official/efficientnet,
     e.g. the published `gs://cloud-tpu-checkpoints/efficientnet/...`
     tarballs, extracted): a directory or a `model.ckpt` prefix;
-  * keras.applications EfficientNetB0-B7 weights: a Keras model, or a
-    `.h5` / `.weights.h5` / `.keras` file;
+  * keras.applications EfficientNetB0-B7 or EfficientNetV2B0-B3/S/M/L
+    weights: a Keras model, or a `.h5` / `.weights.h5` / `.keras` file;
   * an effnet_gin checkpoint (`model_dir/ckpt-N`, or model_dir).
 
 Every model variable must receive a tensor of its exact shape and every

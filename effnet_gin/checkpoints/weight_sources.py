@@ -8,7 +8,9 @@ the effnet_gin variable they belong to (`stem_conv/kernel`,
 * the reference's TF1 checkpoints (tensorflow/tpu
   models/official/efficientnet, `gs://cloud-tpu-checkpoints/efficientnet/`),
   whose names are translated from the model's own layers;
-* keras.applications EfficientNetB0-B7: a Keras model object, a legacy
+* keras.applications EfficientNetB0-B7 and EfficientNetV2B0-B3/S/M/L
+  (whose depthwise layers are `block*_dwconv2`, effnet_gin's `block*_dwconv`):
+  a Keras model object, a legacy
   `.h5` file (mapped by layer name), a Keras 3 `.weights.h5` file (which
   stores weights by position, so Keras loads it into the matching
   keras.applications model first) or a `.keras` file.
@@ -31,6 +33,20 @@ _WEIGHT_NAMES = ("kernel", "depthwise_kernel", "condconv_kernel",
                  "depthwise_condconv_kernel", "bias", "gamma", "beta",
                  "moving_mean", "moving_variance")
 _BLOCK_LAYER = re.compile(r"^(block\d+[a-z]+)_(.+)$")
+_KERAS_V2_DWCONV = re.compile(r"^(block\d+[a-z]+)_dwconv2/")
+
+# keras.applications builders by effnet_gin variant.
+_KERAS_BUILDERS = {
+    **{
+        f"efficientnet-b{i}": f"EfficientNetB{i}" for i in range(8)
+    },
+    **{
+        f"efficientnetv2-b{i}": f"EfficientNetV2B{i}" for i in range(4)
+    },
+    **{
+        f"efficientnetv2-{s}": f"EfficientNetV2{s.upper()}" for s in "sml"
+    },
+}
 
 # keras.applications' published EfficientNet files store the ImageNet
 # *standard deviation* as the Normalization layer's variance, and the model
@@ -94,8 +110,7 @@ def spec_signature(spec: specs.ModelSpec) -> Signature:
       sequence[-1].output_filters, any(b.se_filters for b in sequence),
       spec.condconv_experts if any(b.condconv for b in sequence) else 0,
       any(b.space_to_depth for b in sequence),
-      any(b.conv_type != "depthwise" and
-          (b.expand_ratio != 1 or b.conv_type == "fused") for b in sequence))
+      any(b.conv_type != "depthwise" and b.expand_ratio != 1 for b in sequence))
 
 
 def signature_of(shapes) -> Optional[Signature]:
@@ -217,12 +232,12 @@ def read_reference(model, path, *, use_ema):
 
 
 # ---------------------------------------------------------------------------
-# keras.applications EfficientNetB0-B7.
+# keras.applications EfficientNetB0-B7 and EfficientNetV2B0-B3/S/M/L.
 # ---------------------------------------------------------------------------
 
 
 def read_keras(source):
-  """Reads keras.applications EfficientNet weights.
+  """Reads keras.applications EfficientNet or EfficientNetV2 weights.
 
   Args:
     source: a Keras model, or the path of a `.keras`, legacy `.h5` or Keras 3
@@ -250,6 +265,9 @@ def read_keras(source):
     if tensors is None:
       return read_keras(_keras_application_for(source))
     normalization = _stored_input_normalization(tensors)
+  tensors = {
+      _KERAS_V2_DWCONV.sub(r"\1_dwconv/", k): v for k, v in tensors.items()
+  }
   shapes = {k: v.shape for k, v in tensors.items()}
   signature = signature_of(shapes)
   return SourceWeights("keras", tensors, {}, (), False,
@@ -283,33 +301,48 @@ def _read_legacy_h5(group):
   return tensors
 
 
+def _keras_layer_counts(spec):
+  """(depthwise, Conv2D) layer counts of keras.applications' build of `spec`."""
+  sequence = spec.block_sequence()
+  convs = 2 + sum(
+      int(b.expand_ratio != 1) + 1 + 2 * int(b.se_filters > 0)
+      for b in sequence)
+  return sum(b.conv_type == "depthwise" for b in sequence), convs
+
+
 def _keras_application_for(path):
-  """The keras.applications EfficientNetBi into which `path` loads.
+  """The keras.applications EfficientNet(V2) into which `path` loads.
 
   Keras 3 `.weights.h5` files key weights by layer position, not name, so
-  Keras itself loads them into a freshly built model of the right size.
+  Keras itself loads them into a freshly built model of the right size,
+  chosen by its counts of depthwise and other convolutions.
   """
   with _open_h5(path) as h5:
     layers = h5.get("layers", {})
-    num_blocks = sum(
-        1 for name in layers if name.startswith("depthwise_conv2d"))
+    kinds = [name.rstrip("0123456789_") for name in layers]
+    counts = (kinds.count("depthwise_conv2d"), kinds.count("conv2d"))
+    preprocessing = "rescaling" in kinds
     dense = layers.get("dense")
     num_classes = dense["vars"]["0"].shape[1] if dense is not None else None
   tried = []
-  for index in range(8):
-    if specs.get_variant(f"efficientnet-b{index}").num_blocks != num_blocks:
+  for variant, builder_name in _KERAS_BUILDERS.items():
+    if _keras_layer_counts(specs.get_variant(variant)) != counts:
       continue
-    builder = getattr(keras.applications, f"EfficientNetB{index}")
+    options = dict(
+        include_preprocessing=preprocessing) if "v2" in variant else {}
+    builder = getattr(keras.applications, builder_name)
     model = builder(weights=None, include_top=num_classes is not None,
-                    classes=num_classes or 1000, classifier_activation=None)
+                    classes=num_classes or 1000, classifier_activation=None,
+                    **options)
     try:
       model.load_weights(path)
       return model
     except ValueError as error:
-      tried.append(f"EfficientNetB{index}: {error}")
+      tried.append(f"{builder_name}: {error}")
   raise ValueError(f"{path!r} holds no keras.applications EfficientNetB0-B7 "
-                   f"weights ({num_blocks} depthwise convolutions; "
-                   f"{'; '.join(tried) or 'no model has that many blocks'})")
+                   f"or EfficientNetV2B0-B3/S/M/L weights ({counts[0]} "
+                   f"depthwise and {counts[1]} other convolutions; "
+                   f"{'; '.join(tried) or 'no model has those counts'})")
 
 
 def _stored_input_normalization(tensors):
@@ -328,12 +361,19 @@ def _stored_input_normalization(tensors):
 def _probe_input_normalization(model):
   """The affine map a Keras model applies before its stem, measured.
 
-  Runs the layers before `stem_conv` on all-0 and all-255 images; None when
-  the model has no such layers (an effnet_gin model).
+  Runs the layers before `stem_conv_pad` (EfficientNet) or `stem_conv`
+  (EfficientNetV2, which pads inside it) on all-0 and all-255 images; None
+  when the model has no Keras Rescaling layer there (an effnet_gin model, or
+  EfficientNetV2 built without `include_preprocessing`).
   """
-  try:
+  names = [layer.name for layer in model.layers]
+  if "stem_conv_pad" in names:
     stem = model.get_layer("stem_conv_pad")
-  except ValueError:
+  elif "stem_conv" in names and any(
+      isinstance(layer, keras.layers.Rescaling)
+      for layer in model.layers[:names.index("stem_conv")]):
+    stem = model.get_layer("stem_conv")
+  else:
     return None
   prelude = keras.Model(model.input, stem.input)
   shape = [1] + [d or 32 for d in model.input_shape[1:]]

@@ -191,9 +191,8 @@ def sequence(spec) -> Tuple[Block, ...]:
       out_filters = factor * block.output_filters
       s2d = first and factor == 4
       # Without expansion, the block works on its real input width.
-      expanded = (in_filters * block.expand_ratio
-                  if block.expand_ratio != 1 or block.conv_type == "fused" else
-                  in_filters if s2d else channels)
+      expanded = (in_filters * block.expand_ratio if block.expand_ratio != 1
+                  else in_filters if s2d else channels)
       se_filters = 0
       if block.se_ratio > 0 and block.conv_type != "conv":
         se_filters = max(

@@ -7,7 +7,11 @@
 2. the expansion and spatial mixing, by kind:
    * "depthwise" (MBConv, Sandler et al. 2018): 1x1 expansion (unless the
      expansion ratio is 1), k x k depthwise convolution;
-   * "fused" (EfficientNet-X/H): one k x k convolution that expands;
+   * "fused" (EfficientNet-X/H, EfficientNetV2's Fused-MBConv): one k x k
+     convolution that expands; at expansion ratio 1 (EfficientNetV2's first
+     stage, automl's FusedMBConvBlock) there is no expansion: the k x k
+     convolution is the projection of step 4, carrying the stride and
+     followed by the activation (no reference variant has such a stage);
    * "conv" (EdgeTPU): the same k x k expanding convolution (none at
      expansion ratio 1), never with squeeze-excite;
    each convolution followed by batch norm and the block's activation;
@@ -94,15 +98,17 @@ def efficientnet_block(inputs, block: specs.Block, *, name: str,
                   activation=act)
     x = conv_bn(x, "dwconv", "bn", None, block.kernel_size, block.strides,
                 activation=act, depthwise=True)
-  elif block.conv_type == "fused" or block.expand_ratio != 1:
+  elif block.expand_ratio != 1:
     x = conv_bn(x, "expand_conv", "expand_bn", block.expanded_filters,
                 block.kernel_size, block.strides, activation=act)
   if block.se_filters:
     x = layers.squeeze_excite(x, block.se_filters, act, name=name)
-  project_strides = (block.strides if block.conv_type == "conv" and
+  fused_projection = block.conv_type == "fused" and block.expand_ratio == 1
+  project_strides = (block.strides if block.conv_type != "depthwise" and
                      block.expand_ratio == 1 else 1)
-  x = conv_bn(x, "project_conv", "project_bn", block.output_filters, 1,
-              project_strides)
+  x = conv_bn(x, "project_conv", "project_bn", block.output_filters,
+              block.kernel_size if fused_projection else 1, project_strides,
+              activation=act if fused_projection else None)
   if block.skip:
     x = layers.StochasticDepth(survival_prob, name=f"{name}_drop")(x)
     x = keras.layers.Add(name=f"{name}_add")([x, inputs])

@@ -57,10 +57,25 @@ def resolve_spec(variant: str = "efficientnet-b0",
 def variant_resolution(variant: str) -> int:
   """The input size a variant was designed for (the configs' IMAGE_SIZE).
 
+  For EfficientNetV2 this is its eval size; see `variant_train_resolution`.
+
   Raises:
     ValueError: for an unknown variant.
   """
   return specs.default_resolution(variant)
+
+
+def variant_train_resolution(variant: str) -> int:
+  """The image size a variant trains at (EfficientNetV2: below its eval size).
+
+  Equal to `variant_resolution` for every variant but EfficientNetV2's, which
+  automl trains smaller than it evaluates (e.g. efficientnetv2-s: 300 to
+  train, 384 to evaluate).
+
+  Raises:
+    ValueError: for an unknown variant.
+  """
+  return specs.default_train_resolution(variant)
 
 
 def variant_resize_method(variant: str) -> str:

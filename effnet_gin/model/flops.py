@@ -131,7 +131,7 @@ def _block(size, channels, block, experts):
               depthwise=True, experts=experts),
         _batch_norm(expanded)
     ]
-  elif block.expand_ratio != 1 or block.conv_type == "fused":
+  elif block.expand_ratio != 1:
     parts += [
         _conv(out_size, out_size, block.kernel_size, channels, expanded,
               experts=experts),
@@ -145,8 +145,12 @@ def _block(size, channels, block, experts):
         _conv(1, 1, 1, reduced, expanded),
         Cost(expanded, 0, expanded)
     ]
+  # A fused block without expansion projects with its k x k convolution.
+  project_kernel = (block.kernel_size if block.conv_type == "fused" and
+                    block.expand_ratio == 1 else 1)
   parts += [
-      _conv(out_size, out_size, 1, expanded, out_filters, experts=experts),
+      _conv(out_size, out_size, project_kernel, expanded, out_filters,
+            experts=experts),
       _batch_norm(out_filters)
   ]
   return _sum(*parts), out_size

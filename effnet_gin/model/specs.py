@@ -5,9 +5,9 @@ Numbers follow Tan & Le, "EfficientNet: Rethinking Model Scaling for
 Convolutional Neural Networks" (ICML 2019, arXiv 1905.11946) and the reference
 TPU implementation (tensorflow/tpu, models/official/efficientnet): its whole
 model zoo, i.e. B0-B8 and L2, EfficientNet-Lite, EfficientNet-EdgeTPU,
-EfficientNet-CondConv and EfficientNet-X / -H. The newer families' stage
-tables are written as the reference writes them, as block strings
-(`parse_block`), so they can be checked against it line by line.
+EfficientNet-CondConv and EfficientNet-X / -H (EfficientNetV2: specs_v2.py).
+The newer families' stage tables are written as the reference writes them,
+as block strings (`parse_block`), to be checked against it line by line.
 
 Nothing here builds tensors; `efficientnet.py` turns a `ModelSpec` into a Keras
 model (block by block, from `ModelSpec.block_sequence`) and `flops.py` prices
@@ -15,10 +15,11 @@ the same sequence analytically.
 """
 import dataclasses
 import math
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 # Re-exported: the block vocabulary lives in block_specs.py.
 from effnet_gin.model import block_specs
+from effnet_gin.model import specs_v2
 # pylint: disable=unused-import
 from effnet_gin.model.block_specs import ACTIVATIONS
 from effnet_gin.model.block_specs import Block
@@ -41,6 +42,8 @@ INPUT_NORMALIZATIONS: Mapping[str, Tuple[Tuple[float, ...], Tuple[
         # AdvProp checkpoints were trained on 0..255 mapped to exactly [-1, 1]
         # (the reference's `advprop_preprocessing`).
         "advprop": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+        # EfficientNetV2-S/M/L/XL: x / 128 - 1 (automl, keras.applications).
+        "v2": ((128.0, 128.0, 128.0), (128.0, 128.0, 128.0)),
     }
 
 # How images are resized in the input pipeline and exports (names of
@@ -92,6 +95,11 @@ class ModelSpec:
       for EdgeTPU: class 0 is the background class).
     resize_method: the resize the variant is trained, evaluated and
       exported with, one of `RESIZE_METHODS`.
+    stem_base_filters: stem channels before width scaling (EfficientNetV2:
+      its first stage's input width).
+    train_resolution: training image size; None: `resolution` (V2's is less).
+    width_floor: rounded widths are never below this fraction of the exact
+      scaled width (V1); EfficientNetV2 rounds to the nearest only (0).
   """
   width_coefficient: float
   depth_coefficient: float
@@ -109,6 +117,9 @@ class ModelSpec:
   local_pooling: bool = False
   num_classes: int = 1000
   resize_method: str = "tf1_bicubic"
+  stem_base_filters: int = STEM_FILTERS
+  train_resolution: Optional[int] = None
+  width_floor: float = 0.9
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -118,7 +129,8 @@ class ModelSpec:
       raise ValueError(
           f"input_normalization must be one of "
           f"{sorted(INPUT_NORMALIZATIONS)}, got {self.input_normalization!r}.")
-    for field in ("width_coefficient", "depth_coefficient", "resolution"):
+    for field in ("width_coefficient", "depth_coefficient", "resolution",
+                  "stem_base_filters"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}.")
     if not 0 <= self.dropout_rate < 1:
@@ -137,7 +149,8 @@ class ModelSpec:
   @property
   def stem_filters(self) -> int:
     """Channels of the stem convolution."""
-    return self.round_filters(STEM_FILTERS, fixed=self.fix_stem_and_head)
+    return self.round_filters(self.stem_base_filters,
+                              fixed=self.fix_stem_and_head)
 
   @property
   def head_filters(self) -> int:
@@ -146,7 +159,8 @@ class ModelSpec:
 
   def round_filters(self, filters: int, fixed: bool = False) -> int:
     """`round_filters` with this variant's width, or unscaled if `fixed`."""
-    return filters if fixed else round_filters(filters, self.width_coefficient)
+    return filters if fixed else round_filters(filters, self.width_coefficient,
+                                               floor=self.width_floor)
 
   def scaled_blocks(self) -> Tuple[BlockSpec, ...]:
     """The stage table with widths and repeats scaled for this variant."""
@@ -174,23 +188,24 @@ class ModelSpec:
 
 
 def round_filters(filters: int, width_coefficient: float,
-                  divisor: int = FILTER_DIVISOR) -> int:
+                  divisor: int = FILTER_DIVISOR, floor: float = 0.9) -> int:
   """Scales a channel count and rounds it to a multiple of `divisor`.
 
-  Rounds to nearest, but never below `divisor` and never more than 10% below
-  the exact scaled width.
+  Rounds to nearest, but never below `divisor` nor below `floor` times the
+  exact scaled width.
 
   Args:
     filters: unscaled channel count.
     width_coefficient: width multiplier.
     divisor: channel counts are multiples of this.
+    floor: fraction of the exact width the result may not fall below.
 
   Returns:
     The scaled, rounded channel count.
   """
   scaled = filters * width_coefficient
   rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-  if rounded < 0.9 * scaled:
+  if rounded < floor * scaled:
     rounded += divisor
   return int(rounded)
 
@@ -281,6 +296,8 @@ FAMILIES: Mapping[str, Tuple[str, ...]] = {
     "EfficientNet-H":
         tuple(f"efficientnet-h{kind}-b{i}" for kind in ("", "-tpu")
               for i in range(5, 8)),
+    "EfficientNetV2":
+        tuple(specs_v2.V2_VARIANTS),
 }
 
 VARIANTS: Mapping[str, ModelSpec] = {
@@ -336,6 +353,9 @@ VARIANTS: Mapping[str, ModelSpec] = {
     "efficientnet-h-tpu-b5": _h(2.3, 2.76, 332, 0.4),
     "efficientnet-h-tpu-b6": _h(3.0, 3.01, 328, 0.5),
     "efficientnet-h-tpu-b7": _h(3.6, 3.44, 350, 0.5),
+    **{
+        n: ModelSpec(**specs_v2.spec_fields(n)) for n in specs_v2.V2_VARIANTS
+    },
 }
 
 
@@ -371,5 +391,10 @@ def default_resize_method(name: str) -> str:
 
 
 def default_resolution(name: str) -> int:
-  """The input size (height = width, pixels) a variant was designed for."""
+  """The input size (pixels) a variant is evaluated at, as designed."""
   return get_variant(name).resolution
+
+
+def default_train_resolution(name: str) -> int:
+  """The image size a variant is trained at (its eval size for V1)."""
+  return get_variant(name).train_resolution or default_resolution(name)
