@@ -49,20 +49,6 @@ def _dead_pid():
   return process.pid
 
 
-def _wait_until(condition, process, log_path, what, timeout=120):
-  """Polls `condition()` until true; fails if the trainer exits first."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = condition()
-    if value:
-      return value
-    if process.poll() is not None:
-      raise AssertionError(f"trainer exited ({process.returncode}) before "
-                           f"{what}:\n{log_path.read_text()[-3000:]}")
-    time.sleep(0.1)
-  raise AssertionError(f"no {what} within {timeout}s")
-
-
 _PARAMS = ("effnet_gin.train.train.mode = 'train'",
            "effnet_gin.train.train.checkpoint_every_steps = 5")
 
@@ -76,8 +62,9 @@ def test_live_trainer_refuses_a_second_and_a_killed_ones_lock_is_taken_over(
                                         *_PARAMS),
         env=trainer_helpers.subprocess_env(), stdout=log, stderr=log)
   try:
-    _wait_until(lambda: trainer_helpers.latest_step(str(model_dir)), first,
-                log_path, "a first checkpoint")
+    trainer_helpers.wait_until(
+        lambda: trainer_helpers.latest_step(str(model_dir)), first, log_path,
+        "a first checkpoint")
     assert _read_lock(model_dir)["pid"] == first.pid
     second = trainer_helpers.run_trainer(str(model_dir), "TRAIN_STEPS = 100000",
                                          *_PARAMS, timeout=120)

@@ -5,27 +5,12 @@ import re
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import tensorflow as tf
 
 from effnet_gin.checkpoints import run_dir
 import trainer_helpers
-
-
-def _wait_until(condition, process, log_path, what, timeout=240):
-  """Polls `condition()` until true; fails if the trainer exits first."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = condition()
-    if value:
-      return value
-    if process.poll() is not None:
-      raise AssertionError(f"trainer exited ({process.returncode}) before "
-                           f"{what}:\n{log_path.read_text()[-3000:]}")
-    time.sleep(0.1)
-  raise AssertionError(f"no {what} within {timeout}s")
 
 
 def _start(model_dir, log_path, *params, env=None):
@@ -42,7 +27,7 @@ def test_killed_trainer_resumes_to_the_right_step(tmp_path):
             "effnet_gin.train.train.checkpoint_every_steps = 10")
   process = _start(model_dir, log_path, *params)
   try:
-    killed_after = _wait_until(
+    killed_after = trainer_helpers.wait_until(
         lambda: trainer_helpers.latest_step(str(model_dir)), process, log_path,
         "a first checkpoint")
     process.send_signal(signal.SIGKILL)
@@ -87,8 +72,9 @@ def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
   model_dir, log_path = tmp_path / "model", tmp_path / "log"
   process = _start(model_dir, log_path, *_LONG_LOOP)
   try:
-    seen = _wait_until(lambda: _progress_step_seen(log_path, 40), process,
-                       log_path, "step 40 inside the first loop")
+    seen = trainer_helpers.wait_until(lambda: _progress_step_seen(log_path, 40),
+                                      process, log_path,
+                                      "step 40 inside the first loop")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
   finally:
@@ -203,8 +189,9 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(tmp_path):
   model_dir = tmp_path / "model"
   workers = _start_workers(model_dir, tmp_path, *_LONG_LOOP)
   signalled, signalled_log = workers[1]  # Not the chief, which must save.
-  _wait_until(lambda: _progress_step_seen(signalled_log, 40), signalled,
-              signalled_log, "step 40 inside the first loop")
+  trainer_helpers.wait_until(lambda: _progress_step_seen(signalled_log, 40),
+                             signalled, signalled_log,
+                             "step 40 inside the first loop")
   signalled.send_signal(signal.SIGTERM)
   logs = _wait_for_workers(workers, timeout=120)
   for (process, _), log in zip(workers, logs):

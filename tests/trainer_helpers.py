@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import tensorflow as tf
 
@@ -77,3 +78,17 @@ def run_logged(command, log_path, timeout=600):
     output = log.read()
   assert completed.returncode == 0, f"{command}\n{output[-4000:]}"
   return output
+
+
+def wait_until(condition, process, log_path, what, timeout=240):
+  """Polls `condition()` until true; fails if the trainer exits first."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = condition()
+    if value:
+      return value
+    if process.poll() is not None:
+      raise AssertionError(f"trainer exited ({process.returncode}) before "
+                           f"{what}:\n{log_path.read_text()[-3000:]}")
+    time.sleep(0.1)
+  raise AssertionError(f"no {what} within {timeout}s")
