@@ -21,19 +21,14 @@ import trainer_helpers
 DATA = dict(data_dir="gs://bucket/imagenet")
 
 
-def resolved(selector):
-  """A bound value with macros and `@fn()` references evaluated."""
-  value = gin.query_parameter(selector)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  return value
-
-
 def schedule_of_config():
   return configurables.build_schedule(
-      global_batch_size=resolved("effnet_gin.train.train.train_batch_size"),
-      num_train_images=resolved("effnet_gin.train.train.num_train_images"),
-      train_steps=resolved("effnet_gin.train.train.train_steps"))
+      global_batch_size=trainer_helpers.resolved(
+          "effnet_gin.train.train.train_batch_size"),
+      num_train_images=trainer_helpers.resolved(
+          "effnet_gin.train.train.num_train_images"),
+      train_steps=trainer_helpers.resolved(
+          "effnet_gin.train.train.train_steps"))
 
 
 # ---------------------------------------------------------------------------
@@ -66,11 +61,16 @@ def test_steps_for_epochs_rejects_non_positive_values(kwargs):
 
 def test_b0_tpu_schedule_is_the_reference():
   cli.configure(["b0_tpu.gin"], **DATA)
-  assert resolved("effnet_gin.train.train.train_steps") == 218949
-  assert resolved("effnet_gin.train.evaluate.train_steps") == 218949
-  assert resolved("effnet_gin.train.train.steps_per_eval") == 6255
-  assert resolved("effnet_gin.train.train.checkpoint_every_steps") == 1251
-  assert resolved("effnet_gin.train.train.steps_per_loop") == 1251
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.train_steps") == 218949
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.evaluate.train_steps") == 218949
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.steps_per_eval") == 6255
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.checkpoint_every_steps") == 1251
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.steps_per_loop") == 1251
   schedule = schedule_of_config()
   # warmup_steps = int(5 × 1281167 / 2048); decay every 2.4 epochs.
   assert schedule.warmup_steps == 3127
@@ -83,8 +83,9 @@ def test_b0_tpu_schedule_is_the_reference():
 def test_gpu_and_cpu_configs_train_350_epochs_at_their_batch(
     name, batch, steps):
   cli.configure([name], **DATA)
-  assert resolved("effnet_gin.train.train.train_batch_size") == batch
-  train_steps = resolved("effnet_gin.train.train.train_steps")
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.train_batch_size") == batch
+  train_steps = trainer_helpers.resolved("effnet_gin.train.train.train_steps")
   assert train_steps == steps
   assert abs(train_steps * batch / 1281167 - 350) < batch / 1281167
   # Warm-up and decay stay 5 and 2.4 epochs long at this batch.
@@ -95,12 +96,13 @@ def test_gpu_and_cpu_configs_train_350_epochs_at_their_batch(
 
 def test_an_explicit_train_steps_wins_everywhere():
   cli.configure(["b0_gpu.gin"], train_steps=1000, **DATA)
-  assert resolved("effnet_gin.train.train.train_steps") == 1000
-  assert resolved("effnet_gin.train.evaluate.train_steps") == 1000
+  assert trainer_helpers.resolved("effnet_gin.train.train.train_steps") == 1000
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.evaluate.train_steps") == 1000
   gin.clear_config()
   cli.configure(["b0_tpu.gin"],
                 ["TRAIN_EPOCHS = 90", "TRAIN_BATCH_SIZE = 4096"], **DATA)
-  assert resolved("effnet_gin.train.train.train_steps") == 28150
+  assert trainer_helpers.resolved("effnet_gin.train.train.train_steps") == 28150
 
 
 def test_durations_describe_every_count():
@@ -146,7 +148,7 @@ def test_each_variant_config_runs_at_its_own_resolution_and_dropout(index):
       "effnet_gin.model.build_model.depth_coefficient = 0.1"
   ], **DATA)
   for selector in IMAGE_SIZE_USERS:
-    assert resolved(selector) == resolution, selector
+    assert trainer_helpers.resolved(selector) == resolution, selector
   model = configurables.build_model()
   assert model.input_shape == (None, resolution, resolution, 3)
   assert model.get_layer("top_dropout").rate == dropout
@@ -154,10 +156,10 @@ def test_each_variant_config_runs_at_its_own_resolution_and_dropout(index):
 
 def test_model_name_alone_sets_the_resolution_and_image_size_overrides_it():
   cli.configure(["b0_tpu.gin"], ["MODEL_NAME = 'efficientnet-b3'"], **DATA)
-  assert {resolved(s) for s in IMAGE_SIZE_USERS} == {300}
+  assert {trainer_helpers.resolved(s) for s in IMAGE_SIZE_USERS} == {300}
   gin.clear_config()
   cli.configure(["b3_tpu.gin"], ["IMAGE_SIZE = 256"], **DATA)
-  assert {resolved(s) for s in IMAGE_SIZE_USERS} == {256}
+  assert {trainer_helpers.resolved(s) for s in IMAGE_SIZE_USERS} == {256}
 
 
 def test_a_variant_at_another_size_says_so_once(caplog):
@@ -208,7 +210,7 @@ def test_every_tpu_config_is_the_reference_recipe(index):
   expected = dict(REFERENCE_RECIPE)
   expected["effnet_gin.train.train.image_size"] = resolution
   for selector, value in expected.items():
-    assert resolved(selector) == value, selector
+    assert trainer_helpers.resolved(selector) == value, selector
   # Dropout comes from the variant table: no config overrides it.
   with pytest.raises(ValueError):
     gin.query_parameter("effnet_gin.model.build_model.dropout_rate")
@@ -272,15 +274,20 @@ def test_the_trainer_names_a_missing_data_dir_and_model_dir(tmp_path):
 
 def test_pod_config_is_the_large_batch_recipe():
   cli.configure(["b0_tpu_pod.gin"], **DATA)
-  assert resolved("effnet_gin.train.train.train_batch_size") == 32768
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.train_batch_size") == 32768
   # int(350 × 1281167 / 32768) and int(10 × 1281167 / 32768).
-  assert resolved("effnet_gin.train.train.train_steps") == 13684
-  assert resolved("effnet_gin.train.train.steps_per_eval") == 390
-  assert resolved("effnet_gin.train.build_optimizer.name") == "lars"
-  assert resolved("effnet_gin.train.build_optimizer.lars_weight_decay") == 1e-5
+  assert trainer_helpers.resolved("effnet_gin.train.train.train_steps") == 13684
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.steps_per_eval") == 390
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.build_optimizer.name") == "lars"
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.build_optimizer.lars_weight_decay") == 1e-5
   # The reference's distributed batch norm with --batch_norm_batch_size=128:
   # groups of 2 cores at 64 images per core on 512 cores.
-  setting = resolved("effnet_gin.model.build_model.batch_norm_group_size")
+  setting = trainer_helpers.resolved(
+      "effnet_gin.model.build_model.batch_norm_group_size")
   assert setting == "distributed:128"
   assert cross_replica.distributed_group_size(setting, 512, 64) == 2
   schedule = schedule_of_config()
@@ -301,12 +308,15 @@ def test_pod_config_is_the_large_batch_recipe():
                                             ("b7_tpu.gin", 28)])
 def test_randaugment_overlay_uses_the_variants_magnitude(name, magnitude):
   cli.configure([name, "randaugment.gin"], **DATA)
-  assert resolved("effnet_gin.data.build_dataset.augment") == "randaugment"
-  assert resolved("effnet_gin.data.build_dataset.randaugment_layers") == 2
-  assert resolved("effnet_gin.data.build_dataset.randaugment_magnitude") == (
-      magnitude)
+  assert trainer_helpers.resolved(
+      "effnet_gin.data.build_dataset.augment") == "randaugment"
+  assert trainer_helpers.resolved(
+      "effnet_gin.data.build_dataset.randaugment_layers") == 2
+  assert trainer_helpers.resolved(
+      "effnet_gin.data.build_dataset.randaugment_magnitude") == (magnitude)
 
 
 def test_autoaugment_overlay_selects_policy_v0():
   cli.configure(["b3_tpu.gin", "autoaugment.gin"], **DATA)
-  assert resolved("effnet_gin.data.build_dataset.augment") == "autoaugment"
+  assert trainer_helpers.resolved(
+      "effnet_gin.data.build_dataset.augment") == "autoaugment"

@@ -22,13 +22,6 @@ def configured(gin_files, params=()):
   cli.configure(list(gin_files), list(params))
 
 
-def bound(selector):
-  value = gin.query_parameter(selector)
-  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()
-  return value
-
-
 def test_edgetpu_config_is_the_reference_recipe_at_1001_classes():
   configured(["edgetpu_s_tpu.gin"], DATA)
   try:
@@ -36,8 +29,10 @@ def test_edgetpu_config_is_the_reference_recipe_at_1001_classes():
     assert model.output_shape == (None, 1001)
     assert model.name == "efficientnet-edgetpu-S"
     assert configurables.Preprocessing().resize_method == "tf1_bilinear"
-    assert bound("effnet_gin.data.build_dataset.num_labels") == 1000
-    assert bound("effnet_gin.train.build_schedule.base_learning_rate") == 0.016
+    assert trainer_helpers.resolved(
+        "effnet_gin.data.build_dataset.num_labels") == 1000
+    assert trainer_helpers.resolved(
+        "effnet_gin.train.build_schedule.base_learning_rate") == 0.016
   finally:
     gin.clear_config()
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import tensorflow as tf
 
 from effnet_gin.checkpoints import run_dir
@@ -92,3 +93,11 @@ def wait_until(condition, process, log_path, what, timeout=240):
                            f"{what}:\n{log_path.read_text()[-3000:]}")
     time.sleep(0.1)
   raise AssertionError(f"no {what} within {timeout}s")
+
+
+def resolved(selector):
+  """A bound value with macros and `@fn()` references evaluated."""
+  value = gin.query_parameter(selector)
+  while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+    value = value.scoped_configurable_fn()
+  return value
