@@ -51,7 +51,12 @@ def count_records(path):
     FileNotFoundError: `path` does not exist.
     tf.errors.DataLossError: the file is truncated or corrupt (names `path`).
   """
-  _file_size(path)
+  _file_size(path)  # Raises FileNotFoundError, naming it.
+  return _read_count(path)
+
+
+def _read_count(path):
+  """Reads the whole file at `path`, known to exist, to count its records."""
   with naming_corrupt_file(path):
     return int(
         tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64),
@@ -78,7 +83,8 @@ class RecordCounts:
     with self._lock:
       if key in self._counts:
         return self._counts[key]
-    count = count_records(path)
+    # The stat above found the file: no second round trip to check it.
+    count = _read_count(path)
     with self._lock:
       self._counts[key] = count
     return count
