@@ -21,7 +21,7 @@ write in a model_dir is named here, once:
     train/                    TensorBoard: the training loop's scalars and the
                               operative config.
     train_eval/               TensorBoard: in-process evaluations' scalars
-                              (train.schedule='train_and_eval').
+                              (train.mode='train_and_eval').
     eval/
       events.*                TensorBoard: bin/evaluator's scalars.
       results.jsonl           one JSON line per evaluated checkpoint of the
