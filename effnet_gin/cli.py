@@ -28,6 +28,7 @@ from effnet_gin import command_line as command_line_lib
 from effnet_gin import config_errors
 from effnet_gin import data
 from effnet_gin import gin_paths
+from effnet_gin import preflight
 from effnet_gin import reference_flags
 # Importing the configurables registers every gin-bound builder.
 from effnet_gin import configurables  # noqa: F401  pylint: disable=unused-import
@@ -38,6 +39,8 @@ resolve_gin_file = gin_paths.resolve_gin_file
 define_common_flags = command_line_lib.define_common_flags
 command_line = command_line_lib.command_line
 sets_train_steps = command_line_lib.sets_train_steps
+# The bin/ scripts' `app.run`: one line on a person's mistake.
+run = preflight.run
 
 
 def configure(gin_files, gin_params=(), *, needs_input=False, role=None,
@@ -357,11 +360,17 @@ def configure_or_exit(flag_values, **kwargs):
     flag_values: parsed `absl.flags.FlagValues`.
     **kwargs: keyword arguments of `configure_from_flags`.
 
+  Then the directories the tool writes and the input files it reads are
+  checked (`preflight.check_run_paths`), before anything is built.
+
   Returns:
     The bindings applied after the files.
   """
   try:
-    return configure_from_flags(flag_values, **kwargs)
+    bindings = configure_from_flags(flag_values, **kwargs)
+    preflight.check_run_paths(flag_values, role=kwargs.get("role"),
+                              needs_input=kwargs.get("needs_input", False))
+    return bindings
   except CONFIG_ERRORS as error:
     program = os.path.basename(sys.argv[0]) or "effnet_gin"
     sys.exit(f"{program}: {explain(error)}")

@@ -11,11 +11,23 @@ shipped `.gin` files (and the user's) as text, so "which config binds
 TRAIN_STEPS" and "is finetune.gin a base config or an addition" are answered
 by what the files bind and include. This module does not import gin;
 `effnet_gin.cli` passes in what gin knows (registered names, missing keys).
+
+The same goes for a mistake found once the tool runs (`is_mistake`,
+`mistake_line`): a checkpoint or directory that does not exist, a
+read-only or full disk, a model_dir another trainer holds, a bad value
+that effnet_gin's own checks reject. Those are a person's to fix and end
+the tool with one line; anything else (a bug) keeps its traceback.
 """
 import difflib
+import errno
 import os
 import re
 import tokenize
+
+import tensorflow as tf
+
+from effnet_gin.checkpoints import disk_space
+from effnet_gin.checkpoints import run_lock
 
 
 class ConfigError(ValueError):
@@ -232,3 +244,73 @@ def one_line(error, *, known=None):
   elif len(lines) > 2 and _STRING_LOCATION_RE.match(lines[1]):
     where = f"in {lines[2].strip()!r} (a flag or --gin_param): "
   return where + first + _suggestion(first, known or {})
+
+
+# ---------------------------------------------------------------------------
+# Mistakes found while a tool runs.
+# ---------------------------------------------------------------------------
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Python's file errors that a person fixes (a path, a permission, a disk).
+_FILE_MISTAKES = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                  IsADirectoryError, PermissionError)
+_FILE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST)
+# TensorFlow's file system errors of the same kinds.
+_TF_FILE_MISTAKES = (tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
+                     tf.errors.AlreadyExistsError)
+_TF_FILE_TEXTS = ("Read-only file system", "Not a directory", "Is a directory")
+_TF_PREFIX_RE = re.compile(r"^\{\{[^}]*\}\}\s*")
+
+
+def _raised_in_effnet_gin(error):
+  """Whether the innermost frame of `error`'s traceback is effnet_gin's."""
+  traceback = error.__traceback__
+  if traceback is None:
+    return False
+  while traceback.tb_next is not None:
+    traceback = traceback.tb_next
+  filename = os.path.abspath(traceback.tb_frame.f_code.co_filename)
+  return filename.startswith(_PACKAGE_DIR + os.sep)
+
+
+def is_mistake(error):
+  """Whether `error`, raised while a tool runs, is a person's to fix.
+
+  True for configuration errors, file errors (missing, existing, not a
+  directory, no permission, read-only, full), a model_dir another trainer
+  holds, and the `ValueError`s effnet_gin's own checks raise. False for
+  anything else: a bug, whose traceback is wanted.
+  """
+  if isinstance(error, (ConfigError, run_lock.RunDirLocked)):
+    return True
+  if disk_space.is_out_of_space(error) or isinstance(error, _FILE_MISTAKES):
+    return True
+  if isinstance(error, OSError) and error.errno in _FILE_ERRNOS:
+    return True
+  if isinstance(error, _TF_FILE_MISTAKES):
+    return True
+  if isinstance(error, tf.errors.OpError) and any(
+      text in error.message for text in _TF_FILE_TEXTS):
+    return True
+  return isinstance(error, ValueError) and _raised_in_effnet_gin(error)
+
+
+def mistake_line(error):
+  """The first line of a mistake's message, without TensorFlow's op prefix.
+
+  gin appends "In call to configurable ..." lines to an exception raised
+  through a configurable; TensorFlow prefixes its op errors with the
+  function's name. Neither helps the reader.
+  """
+  if isinstance(error, tf.errors.OpError):
+    text = _TF_PREFIX_RE.sub("", error.message)
+  elif isinstance(error, OSError) and error.strerror and not isinstance(
+      error, disk_space.OutOfSpaceError):
+    text = (f"{error.strerror}: {error.filename}"
+            if error.filename else str(error))
+  else:
+    text = str(error)
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  first = lines[0] if lines else type(error).__name__
+  return first.split(" [Op:")[0]

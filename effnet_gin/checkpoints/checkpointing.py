@@ -20,6 +20,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.checkpoints import disk_space
 from effnet_gin.checkpoints import run_dir
 
 # What reading a truncated, corrupt or half-deleted checkpoint raises; the
@@ -149,13 +150,76 @@ class Manager:
     self._manager = self._new_manager()  # It read the state file.
 
   def save(self, step):
-    """Saves the checkpoint numbered `step`; returns the chief's path."""
-    path = self._manager.save(checkpoint_number=step)
+    """Saves the checkpoint numbered `step`; returns the chief's path.
+
+    Raises:
+      disk_space.OutOfSpaceError: the disk is full. The half-written
+        checkpoint's files are deleted and the bookkeeping is re-read from
+        model_dir's state file, which still lists only complete checkpoints;
+        the message names model_dir and about how much a checkpoint needs.
+    """
+    try:
+      path = self._manager.save(checkpoint_number=step)
+    except disk_space.WRITE_ERRORS as err:
+      if not disk_space.is_out_of_space(err):
+        raise
+      need = self._checkpoint_bytes()
+      self._abandon(step)
+      raise disk_space.OutOfSpaceError(
+          f"no space left in model_dir {self._model_dir} to save checkpoint "
+          f"{run_dir.CHECKPOINT_PREFIX}-{step} (a checkpoint takes "
+          f"{disk_space.describe_need(self._write_dir, need)}); "
+          f"{self._kept_phrase()}: free space and rerun to resume") from err
     if not self._chief:
       tf.io.gfile.rmtree(self._write_dir)
       return None
     logging.info("Saved checkpoint %s", path)
     return path
+
+  def _checkpoint_bytes(self):
+    """About how many bytes a checkpoint takes: the last one's files, or
+    the variables' bytes before the first."""
+    latest = tf.train.latest_checkpoint(self._write_dir)
+    size = disk_space.files_size(latest + ".*") if latest else 0
+    if size:
+      return size
+    variables = {}
+    for name in ("model", "optimizer", "ema"):
+      part = getattr(self._checkpoint, name, None)
+      for variable in (getattr(part, "variables", None) or
+                       getattr(part, "averages", None) or ()):
+        variables[id(variable)] = variable
+    return sum(
+        tf.TensorShape(v.shape).num_elements() * tf.as_dtype(v.dtype).size
+        for v in variables.values())
+
+  def _abandon(self, step):
+    """Deletes what a failed save of `step` wrote, unless the state file
+    lists it (then it is complete); re-reads the state file."""
+    prefix = run_dir.path(self._write_dir, f"{run_dir.CHECKPOINT_PREFIX}-{step}")
+    state = tf.train.get_checkpoint_state(self._write_dir)
+    listed = state.all_model_checkpoint_paths if state else []
+    if not any(path.rsplit("/", 1)[-1] == prefix.rsplit("/", 1)[-1]
+               for path in listed):
+      for name in tf.io.gfile.glob(prefix + ".*"):
+        _quietly(tf.io.gfile.remove, name)
+    for name in tf.io.gfile.glob(prefix + "_temp*"):
+      _quietly(tf.io.gfile.rmtree, name)
+    self._manager = self._new_manager()
+
+  def _kept_phrase(self):
+    latest = tf.train.latest_checkpoint(self._write_dir)
+    if latest is None:
+      return "no checkpoint was written yet"
+    return f"the checkpoints up to {latest.rsplit('/', 1)[-1]} are intact"
+
+
+def _quietly(fn, *args):
+  """fn(*args), logging rather than raising a file system error."""
+  try:
+    fn(*args)
+  except (tf.errors.OpError, OSError) as err:
+    logging.warning("Could not clean up %s: %s", args[0], describe_error(err))
 
 
 def resolve_checkpoint(path):

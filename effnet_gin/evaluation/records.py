@@ -9,6 +9,7 @@ from absl import logging
 import tensorflow as tf
 
 from effnet_gin.data.sources import tfrecord
+from effnet_gin.checkpoints import disk_space
 from effnet_gin.checkpoints import run_dir
 from effnet_gin.evaluation.metrics import METRICS
 
@@ -59,7 +60,19 @@ class ResultsLog:
     kept = [r for r in self.read() if r[self._key] != result[self._key]]
     text = "".join(json.dumps(r) + "\n" for r in kept + [result])
     directory, filename = self.path.rsplit("/", 1)
-    run_dir.write_text(directory, filename, text)
+    try:
+      run_dir.write_text(directory, filename, text)
+    except disk_space.WRITE_ERRORS as err:
+      if not disk_space.is_out_of_space(err):
+        raise
+      for partial in tf.io.gfile.glob(self.path + ".tmp*"):
+        _quietly(tf.io.gfile.remove, partial)
+      raise disk_space.OutOfSpaceError(
+          f"no space left in {directory} to record the result of "
+          f"{result['checkpoint']} in {filename} (it needs "
+          f"{disk_space.describe_need(directory, len(text))}); the file "
+          "holds the earlier results: free space and rerun to evaluate and "
+          "record it") from err
 
 
 class BestCheckpoint:
@@ -117,6 +130,24 @@ class BestCheckpoint:
                        f"wrote in {self._model_dir!r}; it cannot become the "
                        "run's best")
     prefix = f"{self.directory}/{source.rsplit('/', 1)[-1]}"
+    try:
+      self._archive(result, best, source, prefix, checkpoint)
+    except disk_space.WRITE_ERRORS as err:
+      if not disk_space.is_out_of_space(err):
+        raise
+      self._undo(prefix, best)
+      raise disk_space.OutOfSpaceError(
+          f"no space left in model_dir {self._model_dir} to archive "
+          f"{source} in best/ (a checkpoint takes "
+          f"{disk_space.describe_need(self._model_dir, _size(source))}); its "
+          "result is not recorded and best/ holds the previous best: free "
+          "space and rerun to evaluate and record it") from err
+    logging.info("New best %s %.5f at step %d: archived in %s", self._metric,
+                 result[self._metric], result["step"], self.directory)
+    return True
+
+  def _archive(self, result, best, source, prefix, checkpoint):
+    """Copies `source` to `prefix` in best/, then the state and result."""
     tf.io.gfile.makedirs(self.directory)
     if not self._copy(source):
       logging.warning(
@@ -131,9 +162,25 @@ class BestCheckpoint:
     if best is not None and best["checkpoint"] != prefix:
       for filename in tf.io.gfile.glob(best["checkpoint"] + ".*"):
         tf.io.gfile.remove(filename)
-    logging.info("New best %s %.5f at step %d: archived in %s", self._metric,
-                 result[self._metric], result["step"], self.directory)
-    return True
+
+  def _undo(self, prefix, best):
+    """After a failed `_archive`: best/ back to the previous best only."""
+    kept = best["checkpoint"] if best else None
+    doomed = tf.io.gfile.glob(f"{self.directory}/*.tmp*")
+    if prefix != kept:
+      doomed += tf.io.gfile.glob(prefix + ".*")
+    for filename in doomed:
+      _quietly(tf.io.gfile.remove, filename)
+    state = tf.train.get_checkpoint_state(self.directory)
+    if state is None or (kept and state.model_checkpoint_path.rsplit(
+        "/", 1)[-1] == kept.rsplit("/", 1)[-1]):
+      return
+    if kept:
+      _quietly(run_dir.write_checkpoint_state, self.directory,
+               [kept.rsplit("/", 1)[-1]])
+    else:
+      _quietly(tf.io.gfile.remove,
+               run_dir.path(self.directory, run_dir.CHECKPOINT_STATE_FILE))
 
 
 class RecordCountCache:
@@ -257,6 +304,18 @@ class Recorder:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def _size(checkpoint):
+  return disk_space.files_size(checkpoint + ".*")
+
+
+def _quietly(fn, *args):
+  """fn(*args), logging rather than raising a file system error."""
+  try:
+    fn(*args)
+  except (tf.errors.OpError, OSError) as err:
+    logging.warning("Could not clean up %s: %s", args[0], err)
 
 
 def _mark_recorded_in_process(model_dir):

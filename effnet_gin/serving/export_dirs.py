@@ -24,6 +24,7 @@ import uuid
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.checkpoints import disk_space
 from effnet_gin.serving import formats
 
 # What marks a directory as holding an exported model.
@@ -89,6 +90,18 @@ def _swap_in(staging, export_dir):
   tf.io.gfile.rmtree(replaced)
 
 
+def _out_of_space(export_dir):
+  """The one line for an export that ran out of space."""
+  parent = export_dir.rstrip("/").rsplit("/", 1)[0] or "/"
+  held = existing_model(export_dir)
+  need = disk_space.tree_size(export_dir) if held else 0
+  kept = (f"the previous export in {export_dir} is untouched"
+          if held else f"nothing was written to {export_dir}")
+  return (f"no space left to export to {export_dir} (an export takes "
+          f"{disk_space.describe_need(parent, need)}); {kept}: free space "
+          "and rerun")
+
+
 @contextlib.contextmanager
 def staged_export(export_dir, *, overwrite=False):
   """Yields a fresh directory to write an export into; publishes it after.
@@ -103,14 +116,20 @@ def staged_export(export_dir, *, overwrite=False):
   Raises:
     FileExistsError: see `check_destination`, checked before and after the
       export is written.
+    disk_space.OutOfSpaceError: the disk filled up while exporting; the
+      staging directory is deleted and export_dir left as it was.
   """
   check_destination(export_dir, overwrite)
   staging = _sibling(export_dir, "partial")
-  tf.io.gfile.makedirs(staging)
   try:
+    tf.io.gfile.makedirs(staging)
     yield staging
     check_destination(export_dir, overwrite)
     _swap_in(staging, export_dir)
+  except disk_space.WRITE_ERRORS as err:
+    if not disk_space.is_out_of_space(err):
+      raise
+    raise disk_space.OutOfSpaceError(_out_of_space(export_dir)) from err
   finally:
     if tf.io.gfile.exists(staging):
       tf.io.gfile.rmtree(staging)
