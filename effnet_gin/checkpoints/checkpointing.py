@@ -196,11 +196,13 @@ class Manager:
   def _abandon(self, step):
     """Deletes what a failed save of `step` wrote, unless the state file
     lists it (then it is complete); re-reads the state file."""
-    prefix = run_dir.path(self._write_dir, f"{run_dir.CHECKPOINT_PREFIX}-{step}")
+    prefix = run_dir.path(self._write_dir,
+                          f"{run_dir.CHECKPOINT_PREFIX}-{step}")
     state = tf.train.get_checkpoint_state(self._write_dir)
     listed = state.all_model_checkpoint_paths if state else []
-    if not any(path.rsplit("/", 1)[-1] == prefix.rsplit("/", 1)[-1]
-               for path in listed):
+    if not any(
+        path.rsplit("/", 1)[-1] == prefix.rsplit("/", 1)[-1]
+        for path in listed):
       for name in tf.io.gfile.glob(prefix + ".*"):
         _quietly(tf.io.gfile.remove, name)
     for name in tf.io.gfile.glob(prefix + "_temp*"):

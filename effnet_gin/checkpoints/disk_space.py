@@ -38,8 +38,8 @@ def is_out_of_space(err):
     return True
   if isinstance(err, OSError) and err.errno in _OUT_OF_SPACE_ERRNOS:
     return True
-  if isinstance(err, (tf.errors.ResourceExhaustedError, tf.errors.UnknownError,
-                      OSError)):
+  if isinstance(
+      err, (tf.errors.ResourceExhaustedError, tf.errors.UnknownError, OSError)):
     return any(text in str(err) for text in _OUT_OF_SPACE_TEXTS)
   return False
 
@@ -47,8 +47,8 @@ def is_out_of_space(err):
 def files_size(pattern):
   """Total bytes of the files matching glob `pattern` (0 if none)."""
   try:
-    return sum(tf.io.gfile.stat(name).length
-               for name in tf.io.gfile.glob(pattern))
+    return sum(
+        tf.io.gfile.stat(name).length for name in tf.io.gfile.glob(pattern))
   except (tf.errors.OpError, OSError):
     return 0
 

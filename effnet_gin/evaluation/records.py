@@ -172,8 +172,8 @@ class BestCheckpoint:
     for filename in doomed:
       _quietly(tf.io.gfile.remove, filename)
     state = tf.train.get_checkpoint_state(self.directory)
-    if state is None or (kept and state.model_checkpoint_path.rsplit(
-        "/", 1)[-1] == kept.rsplit("/", 1)[-1]):
+    if state is None or (kept and state.model_checkpoint_path.rsplit("/", 1)[-1]
+                         == kept.rsplit("/", 1)[-1]):
       return
     if kept:
       _quietly(run_dir.write_checkpoint_state, self.directory,
