@@ -15,8 +15,10 @@ import pytest
 from effnet_gin import cli
 from effnet_gin import config_errors
 from effnet_gin import gin_paths
+from effnet_gin.data import pipeline as data_pipeline
 from effnet_gin.data.writers import fake_imagenet
 from trainer_helpers import BIN
+from trainer_helpers import script
 from trainer_helpers import subprocess_env
 
 # ---------------------------------------------------------------------------
@@ -273,3 +275,89 @@ def test_a_misspelt_macro_is_named_with_the_closest_set_one(caplog):
         "TRAIN_STEPS = 100", "effnet_gin.train.train.train_steps = "
         "%TRAIN_STEP"
     ], data_dir="/d", role="train")
+
+
+# ---------------------------------------------------------------------------
+# Mistakes found once the tool runs: one line too (`preflight.run`).
+# ---------------------------------------------------------------------------
+
+# name: (tool, arguments, what the last line of stderr must start with).
+_RUNTIME_CASES = {
+    "trainer_negative_batch": ("trainer", [
+        "--gin_file=demo.gin", "--model_dir={tmp}/t", "--train_batch_size=-8"
+    ], "trainer: --train_batch_size must be positive, got -8"),
+    "trainer_without_model_dir":
+        ("trainer", ["--gin_file=demo.gin"],
+         "Pass --helpshort or --helpfull to see help on flags."),
+    "evaluator_missing_checkpoint": ("evaluator", [
+        "--gin_file=demo.gin", "--model_dir={tmp}/e",
+        "--checkpoint={tmp}/nope/ckpt-7"
+    ], "evaluator: checkpoint '{tmp}/nope/ckpt-7' does not exist (no "
+                                     "{tmp}/nope/ckpt-7.index)"),
+    "exporter_missing_checkpoint": ("exporter", [
+        "--gin_file=demo.gin", "--model_dir={tmp}/x", "--export_dir={tmp}/out",
+        "--checkpoint={tmp}/nope"
+    ], "exporter: checkpoint '{tmp}/nope' does not exist (no "
+                                    "{tmp}/nope.index)"),
+    "exporter_model_dir_without_checkpoints": ("exporter", [
+        "--gin_file=demo.gin", "--model_dir={tmp}", "--export_dir={tmp}/out2"
+    ], "exporter: no checkpoint in directory '{tmp}'"),
+    "predict_missing_checkpoint": ("predict", [
+        "--gin_file=demo.gin", "--model_dir={tmp}/p", "--checkpoint={tmp}/nope",
+        "{tmp}/a.jpg"
+    ], "predict: checkpoint '{tmp}/nope' does not exist (no "
+                                   "{tmp}/nope.index)"),
+    "import_checkpoint_missing_source":
+        ("import_checkpoint", ["--source={tmp}/nope", "--model_dir={tmp}/i"],
+         "import_checkpoint: checkpoint '{tmp}/nope' does not exist (no "
+         "{tmp}/nope.index)"),
+    "model_info_unknown_variant":
+        ("model_info", ["--variant=efficientnet-b99"],
+         "model_info: Unknown EfficientNet variant 'efficientnet-b99'"),
+}
+
+
+@pytest.fixture(scope="module")
+def runtime_runs(tmp_path_factory):
+  """Runs every runtime case at once."""
+  tmp = tmp_path_factory.mktemp("runtime_errors")
+  started = {
+      name:
+          subprocess.Popen(
+              script(tool) + [a.format(tmp=tmp)
+                              for a in args], env=subprocess_env(),
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for name, (tool, args, _) in _RUNTIME_CASES.items()
+  }
+  results = {}
+  for name, process in started.items():
+    _, stderr = process.communicate(timeout=300)
+    results[name] = (process.returncode, stderr)
+  return tmp, results
+
+
+@pytest.mark.parametrize("name", sorted(_RUNTIME_CASES))
+def test_a_mistake_found_at_run_time_ends_the_tool_with_one_line(
+    name, runtime_runs):
+  tmp, results = runtime_runs
+  _, _, expected = _RUNTIME_CASES[name]
+  returncode, stderr = results[name]
+  assert returncode == 1, stderr[-2000:]
+  assert "Traceback" not in stderr, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith(expected.format(tmp=tmp)), stderr[-2000:]
+  assert len(last) < 2000  # model_info lists the known variants.
+
+
+def test_a_bug_keeps_its_traceback_and_a_mistake_does_not():
+  # ValueError from effnet_gin's own checks is a mistake; from elsewhere (a
+  # bug in a library call) it is not.
+  with pytest.raises(ValueError) as own:
+    data_pipeline.eval_quotas([3], 9)
+  assert config_errors.is_mistake(own.value)
+  assert config_errors.mistake_line(own.value).startswith("num_eval_examples")
+  with pytest.raises(ValueError) as foreign:
+    int("x")
+  assert not config_errors.is_mistake(foreign.value)
+  assert not config_errors.is_mistake(KeyError("k"))
+  assert config_errors.is_mistake(FileNotFoundError(2, "No such file", "/x"))
