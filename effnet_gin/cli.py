@@ -148,6 +148,18 @@ def _selected_source():
   return None
 
 
+def _configured_source(needs_input):
+  """The input source `build_dataset.source` configures, built; or None."""
+  value = _bound_value("effnet_gin.data.build_dataset.source")
+  if needs_input and isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn()
+  return None
+
+
+def _bound_value(key):
+  return gin.query_parameter(key) if _bound(key) else None
+
+
 def _is_required(value):
   return (isinstance(value, gin.config.ConfigurableReference) and
           value.scoped_selector == "gin.REQUIRED/gin.constant")
@@ -368,8 +380,11 @@ def configure_or_exit(flag_values, **kwargs):
   """
   try:
     bindings = configure_from_flags(flag_values, **kwargs)
-    preflight.check_run_paths(flag_values, role=kwargs.get("role"),
-                              needs_input=kwargs.get("needs_input", False))
+    preflight.check_run_paths(
+        flag_values, role=kwargs.get("role"),
+        source=_configured_source(kwargs.get("needs_input")),
+        train_and_eval=_bound_value(
+            "effnet_gin.train.train.mode") == "train_and_eval")
     return bindings
   except CONFIG_ERRORS as error:
     program = os.path.basename(sys.argv[0]) or "effnet_gin"

@@ -19,7 +19,6 @@ import sys
 import tempfile
 
 from absl import app
-import gin
 import tensorflow as tf
 
 from effnet_gin import config_errors
@@ -57,13 +56,14 @@ def program_name():
   return os.path.basename(sys.argv[0]) or "effnet_gin"
 
 
-def check_run_paths(flag_values, *, role, needs_input):
+def check_run_paths(flag_values, *, role, source=None, train_and_eval=False):
   """Checks the directories `role` writes and the files it reads.
 
   Args:
     flag_values: the parsed flags (`model_dir`, `export_dir` when defined).
     role: 'train', 'evaluate', 'export' or 'predict'.
-    needs_input: whether the tool reads the configured input source.
+    source: the input source the tool reads (built), or None.
+    train_and_eval: the trainer evaluates in process (reads 'eval' too).
 
   Raises:
     config_errors.ConfigError: naming the directory and what is wrong
@@ -79,12 +79,11 @@ def check_run_paths(flag_values, *, role, needs_input):
       check_existing_dir_or_absent(path, name)
       path = os.path.dirname(path.rstrip("/")) or "."
     check_writable_dir(path, name)
-  if needs_input:
+  if source is not None:
     splits = list(_READ_SPLITS.get(role, ()))
-    if role == "train" and _bound_value("effnet_gin.train.train.mode") == (
-        "train_and_eval"):
+    if role == "train" and train_and_eval:
       splits.append("eval")
-    check_source_files(_configured_source(), splits)
+    check_source_files(source, splits)
 
 
 def check_existing_dir_or_absent(path, what):
@@ -135,18 +134,3 @@ def check_source_files(source, splits):
     except FileNotFoundError as err:
       raise FileNotFoundError(f"{err} ({_SPLIT_NAMES[split]}): check "
                               "--data_dir") from None
-
-
-def _configured_source():
-  """The input source `build_dataset.source` configures, built; or None."""
-  value = _bound_value("effnet_gin.data.build_dataset.source")
-  if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn()
-  return value
-
-
-def _bound_value(key):
-  try:
-    return gin.query_parameter(key)
-  except ValueError:
-    return None

@@ -20,6 +20,7 @@ import random
 
 import tensorflow as tf
 
+from effnet_gin.data import corrupt_records
 from effnet_gin.data import preprocessing as preprocessing_lib
 from effnet_gin.data.augment import mixing
 from effnet_gin.data.augment import policies
@@ -168,7 +169,8 @@ def _options(deterministic, private_threadpool_size):
 def _train_dataset(source, input_context, *, batch_size, image_size,
                    num_classes, augment, randaugment_layers,
                    randaugment_magnitude, mixup_alpha, shuffle_buffer, cache,
-                   seed, skip_corrupt, preprocessing, label_shift):
+                   seed, skip_corrupt, max_skipped_fraction, preprocessing,
+                   label_shift):
   """The infinite training pipeline; see `build_dataset`."""
   base_seed = _pipeline_seed(seed, input_context)
   examples = source.examples("train", input_context, is_training=True,
@@ -197,15 +199,23 @@ def _train_dataset(source, input_context, *, batch_size, image_size,
                        randaugment_magnitude)
     return image, example["label"] + label_shift
 
-  dataset = examples.enumerate().map(preprocess,
-                                     num_parallel_calls=tf.data.AUTOTUNE)
   if skip_corrupt:
-    # Corrupt records and images are dropped, each logged. Labels are checked
-    # after the batch, so bad labels still fail.
-    dataset = dataset.ignore_errors(log_warning=True)
-  # A plain batch right after the map lets tf.data fuse them (map_and_batch
-  # writes each image straight into the batch; a parallel batch copies it).
-  dataset = dataset.batch(batch_size, drop_remainder=True)
+    # Undecodable records are dropped, counted and logged, up to a fraction
+    # (`corrupt_records`). Labels are checked after the batch, so bad labels
+    # still fail.
+    # Records that fail to read (a truncated file) are dropped and logged.
+    corrupt_records.PROCESS_TALLY.activate(max_skipped_fraction)
+    dataset = corrupt_records.decode_or_skip(
+        examples.ignore_errors(log_warning=True).enumerate(), preprocess,
+        image_size=image_size)
+    dataset = corrupt_records.count_batches(
+        dataset.batch(batch_size, drop_remainder=True))
+  else:
+    # A plain batch right after the map lets tf.data fuse them (map_and_batch
+    # writes each image straight into the batch; a parallel batch copies it).
+    dataset = examples.enumerate().map(preprocess,
+                                       num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(lambda images, labels:
                         (images, _checked_labels(labels, num_classes)))
   if mixup_alpha > 0:
@@ -253,13 +263,14 @@ def _eval_dataset(source, input_context, *, global_batch_size, batch_size,
                      (images, _checked_labels(labels, num_classes), weights))
 
 
-def build_dataset(input_context=None, *, split, global_batch_size, image_size,
-                  source, num_classes=1000, augment=None, randaugment_layers=2,
-                  randaugment_magnitude=10, mixup_alpha=0.0,
-                  shuffle_buffer=1024, cache=False, num_eval_examples=None,
-                  seed=None, skip_corrupt=False, private_threadpool_size=None,
-                  preprocessing=None, cutmix_alpha=0.0, random_erasing_prob=0.0,
-                  num_labels=None):
+def build_dataset(
+    input_context=None, *, split, global_batch_size, image_size, source,
+    num_classes=1000, augment=None, randaugment_layers=2,
+    randaugment_magnitude=10, mixup_alpha=0.0, shuffle_buffer=1024, cache=False,
+    num_eval_examples=None, seed=None, skip_corrupt=False,
+    private_threadpool_size=None, preprocessing=None, cutmix_alpha=0.0,
+    random_erasing_prob=0.0, num_labels=None,
+    max_skipped_fraction=corrupt_records.DEFAULT_MAX_SKIPPED_FRACTION):
   """Builds one input pipeline's batches of a split.
 
   Args:
@@ -287,7 +298,12 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
     skip_corrupt: drop records/images that fail to read or decode (each one
       is logged as a warning) instead of failing. Out-of-range labels always
       fail, and so does a truncated eval TFRecord file (named), which the
-      eval record count cannot get past.
+      eval record count cannot get past. Training counts the skipped
+      images (`corrupt_records.PROCESS_TALLY`: the trainer logs the count
+      and stops past `max_skipped_fraction`).
+    max_skipped_fraction: with skip_corrupt, the fraction of training
+      records read that may fail to decode before training stops, naming
+      the shards (at least one is always tolerated).
     private_threadpool_size: optional dedicated tf.data thread count.
     preprocessing: the crops and resize, a `Preprocessing`; None takes the
       reference's (`Preprocessing()`). Under gin it is not bound here: the
@@ -343,8 +359,8 @@ def build_dataset(input_context=None, *, split, global_batch_size, image_size,
         randaugment_layers=randaugment_layers,
         randaugment_magnitude=randaugment_magnitude, mixup_alpha=mixup_alpha,
         shuffle_buffer=shuffle_buffer, cache=cache, seed=seed,
-        skip_corrupt=skip_corrupt, preprocessing=preprocessing,
-        label_shift=label_shift)
+        skip_corrupt=skip_corrupt, max_skipped_fraction=max_skipped_fraction,
+        preprocessing=preprocessing, label_shift=label_shift)
     dataset = mixing.batch_augment(dataset, num_classes=num_classes,
                                    cutmix_alpha=cutmix_alpha,
                                    random_erasing_prob=random_erasing_prob,

@@ -4,6 +4,8 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin.data import corrupt_records
+
 
 class LoopProgress:
   """The console line and TensorBoard scalars written after each loop.
@@ -46,7 +48,25 @@ class LoopProgress:
         (self._train_steps - current))
     logging.info("step %d/%d  loss %.4f  lr %.5f  %.1f images/sec  ETA %s",
                  current, self._train_steps, loss, lr, images_per_sec, eta)
+    report_skipped(current)
     return loss
+
+
+def report_skipped(current, tally=corrupt_records.PROCESS_TALLY):
+  """Logs and summarises the skipped corrupt records (if skipping is on).
+
+  Raises:
+    corrupt_records.TooManyCorruptRecords: past the tolerated fraction.
+  """
+  if not tally.active:
+    return
+  tf.summary.scalar("skipped_records", tally.skipped, step=current)
+  if tally.skipped:
+    logging.warning(
+        "%d of %d training records skipped so far (%.3f%%): "
+        "they did not decode", tally.skipped, tally.read,
+        100 * tally.fraction())
+  tally.check()
 
 
 def format_seconds(seconds):

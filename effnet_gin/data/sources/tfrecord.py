@@ -220,19 +220,26 @@ class TFRecordSource(protocol.Source):
     if is_training:
       dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
           len(files), seed=seed, reshuffle_each_iteration=True)
+      # Each record keeps its file's name, for the count of skipped ones.
       dataset = dataset.interleave(
-          functools.partial(tf.data.TFRecordDataset,
-                            buffer_size=self.read_buffer_bytes),
+          lambda path: tf.data.TFRecordDataset(
+              path, buffer_size=self.read_buffer_bytes).map(lambda record:
+                                                            (record, path)),
           cycle_length=min(self.cycle_length,
                            len(files)), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-      # Eval reads the files one after the other, in order.
-      dataset = tf.data.TFRecordDataset(files,
-                                        buffer_size=self.read_buffer_bytes)
+      return dataset.map(self._parse_with_file,
+                         num_parallel_calls=tf.data.AUTOTUNE)
+    # Eval reads the files one after the other, in order.
+    dataset = tf.data.TFRecordDataset(files, buffer_size=self.read_buffer_bytes)
     return dataset.map(
         functools.partial(imagenet_example.parse_imagenet_example,
                           label_offset=self.label_offset),
         num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _parse_with_file(self, record, path):
+    example = imagenet_example.parse_imagenet_example(
+        record, label_offset=self.label_offset)
+    return dict(example, file=path)
 
   def num_examples(self, split):
     """Record count of the eval split (counted once); None for 'train'.
