@@ -20,6 +20,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin import faults
 from effnet_gin.checkpoints import run_dir
 
 # What reading a truncated, corrupt or half-deleted checkpoint raises; the
@@ -45,6 +46,12 @@ def build_checkpoint(*, model, step=None, optimizer=None, ema=None):
   return tf.train.Checkpoint(**{
       name: part for name, part in parts.items() if part is not None
   })
+
+
+# Its callback runs once the files are written, before the state file lists
+# them (`faults`).
+_FAULT_OPTIONS = tf.train.CheckpointOptions(
+    experimental_write_callbacks=[lambda: faults.point("checkpoint_written")])
 
 
 class Manager:
@@ -150,7 +157,7 @@ class Manager:
 
   def save(self, step):
     """Saves the checkpoint numbered `step`; returns the chief's path."""
-    path = self._manager.save(checkpoint_number=step)
+    path = self._manager.save(checkpoint_number=step, options=_FAULT_OPTIONS)
     if not self._chief:
       tf.io.gfile.rmtree(self._write_dir)
       return None
