@@ -5,6 +5,7 @@ checkpoint after every step while bin/evaluator follows it; both are killed
 at fault points (`effnet_gin.faults`) and at random times, and restarted.
 bench/crash_campaign.py runs the long version.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -69,38 +70,66 @@ def test_a_fault_point_kills_its_process_at_the_nth_arrival():
                                                 "best_copied:0").stderr
 
 
-# Offers ckpt-1 (top-1 0.5), then ckpt-2 (0.7) to model_dir/best/.
-_OFFER_TWO = """
+# Records step 1 (top-1 0.5), then step 2 (0.7) with a recorder of model_dir.
+_RECORD_TWO = """
 import sys
 import tensorflow as tf
 from effnet_gin.evaluation import records
+recorder = records.Recorder(sys.argv[1], chief=True)
 for step, top_1 in ((1, 0.5), (2, 0.7)):
   path = tf.train.Checkpoint(step=tf.Variable(step)).write(
       f"{sys.argv[1]}/ckpt-{step}")
-  records.BestCheckpoint(sys.argv[1]).offer(
-      dict(step=step, checkpoint=path, top_1_accuracy=top_1), None)
+  recorder(dict(step=step, checkpoint=path, top_1_accuracy=top_1,
+                top_5_accuracy=1.0, loss=1.0), None)
 """
 
 
-def test_a_kill_while_archiving_a_best_whose_checkpoint_is_then_deleted(
-    tmp_path):
-  model_dir = str(tmp_path)
+def _killed_recording(model_dir, point):
+  """Records two steps, killed at `point`; then deletes ckpt-2's files.
+
+  The deletion is the trainer's retention, before a restarted evaluator can
+  evaluate ckpt-2 again; `Recorder` then stands for that evaluator.
+  """
   killed = subprocess.run(
-      [sys.executable, "-c", _OFFER_TWO, model_dir], capture_output=True,
+      [sys.executable, "-c", _RECORD_TWO, model_dir], capture_output=True,
       text=True, timeout=120, check=False,
-      env=trainer_helpers.subprocess_env(**{faults.ENV_VAR: "best_copied:2"}))
+      env=trainer_helpers.subprocess_env(**{faults.ENV_VAR: point}))
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  best_dir = tmp_path / "best"
-  # Killed between naming ckpt-2 in best/ and recording it: ckpt-2 is never
-  # recorded, and the trainer's retention deletes it before a restarted
-  # evaluator could evaluate it again.
-  for path in tmp_path.glob("ckpt-2.*"):
-    path.unlink()
-  records.Recorder(model_dir, chief=True).close()  # A restarted evaluator.
-  record = records.BestCheckpoint(model_dir).read()
-  assert record["step"] == 1
-  assert tf.train.latest_checkpoint(str(best_dir)) == record["checkpoint"]
-  assert sorted(p.name for p in best_dir.iterdir()) == [
+  for name in os.listdir(model_dir):
+    if name.startswith("ckpt-2."):
+      os.remove(os.path.join(model_dir, name))
+  records.Recorder(model_dir, chief=True).close()
+  return records.ResultsLog(model_dir).read(), records.BestCheckpoint(
+      model_dir).read()
+
+
+def _best_files(model_dir):
+  return sorted(os.listdir(os.path.join(model_dir, "best")))
+
+
+def test_killed_while_archiving_a_best_then_its_checkpoint_deleted(tmp_path):
+  # Killed between naming ckpt-2 in best/checkpoint and best_result.json.
+  model_dir = str(tmp_path)
+  results, best = _killed_recording(model_dir, "best_copied:2")
+  assert [r["step"] for r in results] == [1]
+  assert best["step"] == 1
+  best_dir = os.path.join(model_dir, "best")
+  assert tf.train.latest_checkpoint(best_dir) == best["checkpoint"]
+  assert _best_files(model_dir) == [
       "best_result.json", "checkpoint", "ckpt-1.data-00000-of-00001",
       "ckpt-1.index"
   ]
+
+
+def test_killed_between_archiving_a_best_and_recording_it(tmp_path):
+  model_dir = str(tmp_path)
+  results, best = _killed_recording(model_dir, "result_offered:2")
+  assert results == [
+      dict(step=step, checkpoint=os.path.join(model_dir, f"ckpt-{step}"),
+           top_1_accuracy=top_1, top_5_accuracy=1.0, loss=1.0)
+      for step, top_1 in ((1, 0.5), (2, 0.7))
+  ]
+  assert best["step"] == 2
+  assert tf.train.latest_checkpoint(os.path.join(model_dir,
+                                                 "best")) == best["checkpoint"]
+  assert crash_helpers.best_problems(model_dir, results) == []

@@ -219,9 +219,11 @@ class Recorder:
 
   The run's own checkpoints get TensorBoard scalars, the best archive and
   results.jsonl, in that order: a result counts as done only once it was
-  offered to best/, so a crash in between re-evaluates it on restart rather
-  than leaving a better step out of best/. Checkpoints from best/ or another
-  directory go to other_checkpoints.jsonl only.
+  offered to best/, so a crash before that re-evaluates it on restart rather
+  than leaving a better step out of best/, and a crash after best/ archived
+  it is completed by the next recorder from best/ (even when the checkpoint
+  is gone by then). Checkpoints from best/ or another directory go to
+  other_checkpoints.jsonl only.
 
   One writer per run: results.jsonl and best/ are rewritten whole on each
   record, so two processes recording at once could drop each other's lines.
@@ -255,7 +257,7 @@ class Recorder:
     self._other_log = ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
     self._best = BestCheckpoint(model_dir)
     if chief and not self.trainer_records():  # Not while another one writes.
-      self._best.repair()
+      self._finish_interrupted_record()
     self._writer = None  # Created with the first scalars it writes.
     self._counts = RecordCountCache(model_dir, record_counts)
     self._counts.load()
@@ -286,6 +288,26 @@ class Recorder:
     self._writer.flush()
     self._best.offer(result, checkpoint)
     faults.point("result_offered")
+    self.results_log.record(result)
+
+  def _finish_interrupted_record(self):
+    """Completes a record a crash cut short, from what best/ holds.
+
+    best/ is brought in line with best_result.json (`BestCheckpoint.repair`).
+    A crash after a result was archived in best/ but before results.jsonl got
+    it leaves that result in best_result.json only; it goes to results.jsonl
+    now (a restarted evaluator would evaluate the checkpoint again, but the
+    trainer's retention may have deleted it meanwhile).
+    """
+    best = self._best.repair()
+    if best is None or best["step"] in self.results_log.evaluated_steps():
+      return
+    result = {k: v for k, v in best.items() if k != "source_checkpoint"}
+    result["checkpoint"] = best["source_checkpoint"]
+    logging.warning(
+        "Recording the result of %s from %s: it was archived there "
+        "but not recorded in %s (a crash in between)", result["checkpoint"],
+        self._best.directory, self.results_log.path)
     self.results_log.record(result)
 
   def trainer_records(self):
