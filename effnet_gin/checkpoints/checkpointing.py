@@ -20,6 +20,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin import faults
 from effnet_gin.checkpoints import disk_space
 from effnet_gin.checkpoints import run_dir
 
@@ -46,6 +47,12 @@ def build_checkpoint(*, model, step=None, optimizer=None, ema=None):
   return tf.train.Checkpoint(**{
       name: part for name, part in parts.items() if part is not None
   })
+
+
+# Its callback runs once the files are written, before the state file lists
+# them (`faults`).
+_FAULT_OPTIONS = tf.train.CheckpointOptions(
+    experimental_write_callbacks=[lambda: faults.point("checkpoint_written")])
 
 
 class Manager:
@@ -159,7 +166,8 @@ class Manager:
         the message names model_dir and about how much a checkpoint needs.
     """
     try:
-      path = self._manager.save(checkpoint_number=step)
+      path = self._manager.save(checkpoint_number=step,
+                                options=_FAULT_OPTIONS)
     except disk_space.WRITE_ERRORS as err:
       if not disk_space.is_out_of_space(err):
         raise

@@ -8,6 +8,7 @@ import json
 from absl import logging
 import tensorflow as tf
 
+from effnet_gin import faults
 from effnet_gin.data.sources import tfrecord
 from effnet_gin.checkpoints import disk_space
 from effnet_gin.checkpoints import run_dir
@@ -93,6 +94,46 @@ class BestCheckpoint:
     text = run_dir.read_text(self.directory, run_dir.BEST_RESULT_FILE)
     return None if text is None else json.loads(text)
 
+  def repair(self):
+    """Makes best/ what best_result.json says, after a crash in `offer`.
+
+    best_result.json is written after the checkpoint's files and best/'s
+    state file, so a crash in between leaves the state file (which
+    `--checkpoint=best` reads) naming a checkpoint that best_result.json does
+    not; a crash before the old best's files are removed leaves them too. A
+    restarted evaluator re-evaluates that checkpoint and offers it again,
+    unless the trainer's retention deleted it meanwhile: then this is what
+    puts best/ back in line. Called before each offer and when a recorder
+    starts.
+
+    Returns:
+      The best result so far (`read`), or None.
+    """
+    best = self.read()
+    if not tf.io.gfile.isdir(self.directory):
+      return best
+    kept = None if best is None else best["checkpoint"].rsplit("/", 1)[-1]
+    listed = tf.train.latest_checkpoint(self.directory)
+    if kept is not None and (listed or "").rsplit("/", 1)[-1] != kept:
+      logging.warning(
+          "%s named %s, not the recorded best %s (a crash while "
+          "archiving a best checkpoint); naming %s again", self.directory,
+          listed, kept, kept)
+      run_dir.write_checkpoint_state(self.directory, [kept])
+    self._remove_all_but(best and best["checkpoint"])
+    return best
+
+  def _remove_all_but(self, prefix):
+    """Removes best/'s checkpoint and temporary files but `prefix`'s."""
+    kept = prefix and prefix.rsplit("/", 1)[-1] + "."
+    for name in tf.io.gfile.listdir(self.directory):
+      leftover = ".tmp" in name or (name.startswith(run_dir.CHECKPOINT_PREFIX)
+                                    and not (kept and name.startswith(kept)))
+      if leftover or (prefix is None and name == run_dir.CHECKPOINT_STATE_FILE):
+        logging.info("Removing %s/%s: not the best checkpoint's",
+                     self.directory, name)
+        tf.io.gfile.remove(f"{self.directory}/{name}")
+
   def _copy(self, source):
     """Copies the files of checkpoint `source`; False if they vanished."""
     try:
@@ -120,7 +161,7 @@ class BestCheckpoint:
     Raises:
       ValueError: for a checkpoint outside model_dir (or in best/).
     """
-    best = self.read()
+    best = self.repair()
     if best is not None and result[self._metric] <= best[self._metric]:
       return False
     source = result["checkpoint"]
@@ -155,13 +196,12 @@ class BestCheckpoint:
           "writing the restored weights instead", source, self.directory)
       checkpoint.write(prefix)
     run_dir.write_checkpoint_state(self.directory, [prefix.rsplit("/", 1)[-1]])
+    faults.point("best_copied")
     run_dir.write_text(
         self.directory, run_dir.BEST_RESULT_FILE,
         json.dumps(dict(result, source_checkpoint=source, checkpoint=prefix),
                    indent=2) + "\n")
-    if best is not None and best["checkpoint"] != prefix:
-      for filename in tf.io.gfile.glob(best["checkpoint"] + ".*"):
-        tf.io.gfile.remove(filename)
+    self._remove_all_but(prefix)
 
   def _undo(self, prefix, best):
     """After a failed `_archive`: best/ back to the previous best only."""
@@ -226,9 +266,11 @@ class Recorder:
 
   The run's own checkpoints get TensorBoard scalars, the best archive and
   results.jsonl, in that order: a result counts as done only once it was
-  offered to best/, so a crash in between re-evaluates it on restart rather
-  than leaving a better step out of best/. Checkpoints from best/ or another
-  directory go to other_checkpoints.jsonl only.
+  offered to best/, so a crash before that re-evaluates it on restart rather
+  than leaving a better step out of best/, and a crash after best/ archived
+  it is completed by the next recorder from best/ (even when the checkpoint
+  is gone by then). Checkpoints from best/ or another directory go to
+  other_checkpoints.jsonl only.
 
   One writer per run: results.jsonl and best/ are rewritten whole on each
   record, so two processes recording at once could drop each other's lines.
@@ -261,6 +303,8 @@ class Recorder:
     self.results_log = ResultsLog(model_dir)
     self._other_log = ResultsLog(model_dir, run_dir.OTHER_RESULTS_FILE)
     self._best = BestCheckpoint(model_dir)
+    if chief and not self.trainer_records():  # Not while another one writes.
+      self._finish_interrupted_record()
     self._writer = None  # Created with the first scalars it writes.
     self._counts = RecordCountCache(model_dir, record_counts)
     self._counts.load()
@@ -290,6 +334,27 @@ class Recorder:
         tf.summary.scalar(name, result[name], step=result["step"])
     self._writer.flush()
     self._best.offer(result, checkpoint)
+    faults.point("result_offered")
+    self.results_log.record(result)
+
+  def _finish_interrupted_record(self):
+    """Completes a record a crash cut short, from what best/ holds.
+
+    best/ is brought in line with best_result.json (`BestCheckpoint.repair`).
+    A crash after a result was archived in best/ but before results.jsonl got
+    it leaves that result in best_result.json only; it goes to results.jsonl
+    now (a restarted evaluator would evaluate the checkpoint again, but the
+    trainer's retention may have deleted it meanwhile).
+    """
+    best = self._best.repair()
+    if best is None or best["step"] in self.results_log.evaluated_steps():
+      return
+    result = {k: v for k, v in best.items() if k != "source_checkpoint"}
+    result["checkpoint"] = best["source_checkpoint"]
+    logging.warning(
+        "Recording the result of %s from %s: it was archived there "
+        "but not recorded in %s (a crash in between)", result["checkpoint"],
+        self._best.directory, self.results_log.path)
     self.results_log.record(result)
 
   def trainer_records(self):
