@@ -198,23 +198,28 @@ def test_a_model_shares_its_variables_at_another_size():
   assert resized.get_layer("top_dropout").rate == 0.35
 
 
-def test_the_stage_step_compiles_with_xla(tmp_path):
+def test_the_stage_step_compiles_with_xla_for_a_v1_model_too(tmp_path):
+  # One step, so only stage 2 of 2 runs: its step compiled by XLA at 24 px
+  # for a B0 built at 40 px.
   builder = RecordingBuilder()
   result = trainer.train(
-      model_dir=str(tmp_path), train_steps=2, train_batch_size=BATCH,
+      model_dir=str(tmp_path), train_steps=1, train_batch_size=BATCH,
       image_size=24, num_train_images=NUM_IMAGES, steps_per_loop=1,
-      model_builder=_tiny_model, dataset_builder=builder, jit_compile=True,
+      model_builder=lambda num_classes=None: build_model(
+          "efficientnet-b0", NUM_CLASSES, width_coefficient=0.1,
+          depth_coefficient=0.1, image_size=40), dataset_builder=builder,
+      jit_compile=True,
       progressive=stages.ProgressiveLearning(num_stages=2, min_image_size=16,
                                              dropout=(0.1, 0.2)))
-  assert result["step"] == 2
-  assert [c[1][1] for c in builder.calls] == [20, 24]
+  assert result["step"] == 1
+  assert [c[1] for c in builder.calls] == [(BATCH, 24, 24, 3)]
 
 
 # ---------------------------------------------------------------------------
 # bin/trainer stopped in stage 2 resumes there
 # ---------------------------------------------------------------------------
-# demo.gin shrunk by smoke.gin; 4 stages of 150 steps at 20, 24, 28, 32 px.
-_STAGED = ("TRAIN_STEPS = 600", "STEPS_PER_LOOP = 1000",
+# demo.gin shrunk by smoke.gin; 4 stages of 100 steps at 20, 24, 28, 32 px.
+_STAGED = ("TRAIN_STEPS = 400", "STEPS_PER_LOOP = 1000",
            "effnet_gin.train.train.mode = 'train'",
            "effnet_gin.train.train.log_every_steps = 10",
            "effnet_gin.train.train.checkpoint_every_steps = 20",
@@ -244,12 +249,12 @@ def _stage_lines(log_text):
 
 def test_stopped_in_stage_two_resumes_in_stage_two(tmp_path):
   model_dir = tmp_path / "model"
-  # SIGTERM inside stage 2 (steps 150-300).
+  # SIGTERM inside stage 2 (steps 100-200).
   log_path = tmp_path / "sigterm.log"
   process = _start(model_dir, log_path)
   try:
-    trainer_helpers.wait_until(lambda: _in_loop_step(log_path, 160), process,
-                               log_path, "step 160, in stage 2")
+    trainer_helpers.wait_until(lambda: _in_loop_step(log_path, 110), process,
+                               log_path, "step 110, in stage 2")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
   finally:
@@ -257,9 +262,9 @@ def test_stopped_in_stage_two_resumes_in_stage_two(tmp_path):
   log = log_path.read_text()
   assert process.returncode == 75, log[-3000:]
   stopped = int(re.search(r"Stopped by SIGTERM at step (\d+)", log)[1])
-  assert 160 <= stopped < 300
+  assert 110 <= stopped < 200
   assert _stage_lines(log) == [("1", "20", "0.1", "0"),
-                               ("2", "24", "0.2", "150")]
+                               ("2", "24", "0.2", "100")]
   # Resumed in stage 2 at the stopped step; SIGKILL after a checkpoint there.
   log_path = tmp_path / "sigkill.log"
   process = _start(model_dir, log_path)
@@ -274,14 +279,14 @@ def test_stopped_in_stage_two_resumes_in_stage_two(tmp_path):
   log = log_path.read_text()
   assert _stage_lines(log)[0] == ("2", "24", "0.2", str(stopped))
   killed_at = trainer_helpers.latest_step(str(model_dir))
-  assert killed_at < 600
+  assert killed_at < 400
   rerun = trainer_helpers.run_trainer(str(model_dir), *_STAGED)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   lines = _stage_lines(rerun.stderr)
-  first_stage = 1 + killed_at // 150
+  first_stage = 1 + killed_at // 100
   assert lines[0][:3] == (str(first_stage), str(16 + 4 * first_stage),
                           f"{0.1 * first_stage:.1f}")
   assert lines[0][3] == str(killed_at)
   assert lines[-1][:2] == ("4", "32")
-  assert "step 600/600 " in rerun.stderr
-  assert trainer_helpers.latest_step(str(model_dir)) == 600
+  assert "step 400/400 " in rerun.stderr
+  assert trainer_helpers.latest_step(str(model_dir)) == 400

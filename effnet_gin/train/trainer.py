@@ -147,7 +147,6 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
                        steps_per_loop=steps_per_loop,
                        eval_batch_size=eval_batch_size,
                        steps_per_eval=steps_per_eval)
-  eval_image_size = eval_image_size or image_size
   stage_plan = stages.plan(progressive, train_steps=train_steps,
                            image_size=image_size)
 
@@ -175,9 +174,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     if start_step >= train_steps:
       return _nothing_to_do(model_dir, start_step, train_steps)
 
-    # --- Per stage: input pipeline and compiled host loop --------------------
-    # One stage of the whole run unless progressive; each is built when the
-    # controller enters it, so a resumed run starts in its stage.
+    # --- Per stage (one unless progressive): pipeline and host loop ---------
     stop_request = preemption.StopRequest()
     segments = staged.segments(
         stage_plan, strategy=strategy, model=model,
@@ -188,11 +185,10 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
         log_every_steps=log_every_steps)
 
     # --- The outer loop: log, summarise, evaluate, checkpoint ----------------
-    evaluate_at = None if mode == "train" else InProcessEvaluator(
-        strategy=strategy, model=staged.at_image_size(
-            model, eval_image_size), ema=ema, model_dir=model_dir, chief=chief,
-        eval_batch_size=eval_batch_size, image_size=eval_image_size,
-        jit_compile=jit_compile, dataset_builder=dataset_builder)
+    evaluate_at = None if mode == "train" else _in_process_evaluator(
+        strategy=strategy, model=model, ema=ema, model_dir=model_dir,
+        chief=chief, eval_batch_size=eval_batch_size, image_size=eval_image_size
+        or image_size, jit_compile=jit_compile, dataset_builder=dataset_builder)
     progress = LoopProgress(start_step, train_steps, train_batch_size,
                             num_train_images, learning_rate)
     return controller.Controller(
@@ -203,6 +199,12 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
             steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
             checkpoint_every=checkpoint_every_steps or steps_per_loop,
             evaluate_at=evaluate_at, resumed=resumed, stop_request=stop_request)
+
+
+def _in_process_evaluator(*, model, image_size, **kwargs):
+  """The train_and_eval evaluator, its model taking `image_size` images."""
+  return InProcessEvaluator(model=staged.at_image_size(model, image_size),
+                            image_size=image_size, **kwargs)
 
 
 def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
