@@ -31,8 +31,9 @@ SHIPPED = sorted(
 # the command line (--gin_file=b0_tpu.gin --gin_file=smoke.gin); the others
 # are per-axis parts that experiment files include.
 RUNNABLE = [
-    name for name in SHIPPED if name == "demo.gin" or
-    name.split("_")[0][:1] == "b" or name.startswith("edgetpu_")
+    name for name in SHIPPED
+    if name == "demo.gin" or name.split("_")[0][:1] == "b" or name.startswith((
+        "edgetpu_", "v2_"))
 ]
 # finetune.gin also needs an imported model.gin and INIT_CHECKPOINT:
 # test_import_checkpoint.py parses and trains it that way.
@@ -82,9 +83,13 @@ def test_every_overlay_parses_after_every_runnable_config(name, overlay):
 # variant's model at its own resolution and dropout.
 TRAINED = [
     name for name in RUNNABLE
-    if not (name.endswith("_tpu.gin") and name[:2] in
-            {f"b{i}" for i in range(1, 8)}) and not name.startswith("edgetpu_")
+    if not (name.endswith("_tpu.gin") and
+            name[:2] in {f"b{i}" for i in range(1, 8)}) and
+    not name.startswith("edgetpu_") and name not in ("v2_m_tpu.gin",
+                                                     "v2_l_tpu.gin")
 ]
+# v2_m_tpu.gin and v2_l_tpu.gin are v2_s_tpu.gin with another model_v2_*.gin
+# (smoke.gin shrinks them alike); test_configs checks their sizes and ranges.
 # edgetpu_s_tpu.gin is b0_tpu.gin's recipe with another MODEL_NAME and
 # NUM_CLASSES: test_zoo_train.py checks those and trains the EdgeTPU model.
 
