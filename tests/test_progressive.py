@@ -85,6 +85,8 @@ def test_without_progressive_one_stage_is_the_whole_run():
     (dict(dropout=(0.1,)), "dropout must be a \\(min, max\\) pair"),
     (dict(mixup_alpha=(-1, 0.2)), "mixup_alpha must be a \\(min, max\\)"),
     (dict(dropout=(0.1, 1.0)), "dropout must stay below 1"),
+    (dict(mixup_alpha=(0, 0.2), cutmix_alpha=(0, 1.0)), "one of mixup and "
+     "CutMix"),
 ])
 def test_bad_settings_are_named(kwargs, message):
   with pytest.raises(ValueError, match=message):

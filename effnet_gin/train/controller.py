@@ -127,7 +127,7 @@ class Controller:
                 preempted=False, eval=last_eval)
 
   def _run_host_loop(self, loop, current, num_steps):
-    """Runs one host loop, `loop` = (host_loop, iterator), from `current`.
+    """Runs and logs one host loop, `loop` = (host_loop, iterator).
 
     Returns:
       (the step reached, the steps run, their mean loss or None).

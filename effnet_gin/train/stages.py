@@ -52,6 +52,10 @@ class ProgressiveLearning:
                          f"got {value!r}")
     for name in _REGULARISERS:
       _check_range(name, getattr(self, name))
+    if max(self.mixup_alpha or [0]) > 0 and max(self.cutmix_alpha or [0]) > 0:
+      raise ValueError("ProgressiveLearning.mixup_alpha and cutmix_alpha are "
+                       "both set: the input pipeline takes one of mixup and "
+                       "CutMix")
     if self.dropout is not None and max(self.dropout) >= 1:
       raise ValueError(f"ProgressiveLearning.dropout must stay below 1, got "
                        f"{self.dropout!r}")
