@@ -12,8 +12,8 @@ bin/ scripts call those; a Python user without gin calls the library.
 
 Registered names (each also reachable with its module prefix, e.g.
 `effnet_gin.model.build_model`):
-  model:  build_model, variant_resolution, variant_resize_method,
-          distributed_batch_norm
+  model:  build_model, variant_resolution, variant_train_resolution,
+          variant_resize_method, distributed_batch_norm
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
@@ -21,8 +21,8 @@ Registered names (each also reachable with its module prefix, e.g.
           (FakeSource and SyntheticSource: their deprecated old names),
           images_after_holdout (image counts with held-out shards)
   train:  build_strategy, build_schedule, build_optimizer,
-          ExponentialMovingAverage, steps_for_epochs, train, evaluate, export,
-          export_lite
+          ExponentialMovingAverage, steps_for_epochs, ProgressiveLearning,
+          train, evaluate, export, export_lite
 
 Each registered object is reachable here by its name (`configurables.
 build_model()` builds the configured model); calling the library's own
@@ -40,6 +40,7 @@ from effnet_gin.serving import converters
 from effnet_gin.train import trainer
 from effnet_gin.train import optim
 from effnet_gin.train import durations
+from effnet_gin.train import stages
 from effnet_gin import distribute
 
 from effnet_gin.evaluation import evaluator
@@ -64,6 +65,8 @@ def _train(fn_or_cls, name=None, **kwargs):
 # --- model -----------------------------------------------------------------
 build_model = _model(model_lib.build_model, "build_model")
 variant_resolution = _model(model_lib.variant_resolution, "variant_resolution")
+variant_train_resolution = _model(model_lib.variant_train_resolution,
+                                  "variant_train_resolution")
 # The reference's LARS-path batch norm, as a batch_norm_group_size value.
 distributed_batch_norm = _model(cross_replica.distributed,
                                 "distributed_batch_norm")
@@ -98,6 +101,8 @@ build_optimizer = _train(optim.build_optimizer, "build_optimizer")
 ExponentialMovingAverage = _train(averaging.ExponentialMovingAverage,
                                   "ExponentialMovingAverage")
 steps_for_epochs = _train(durations.steps_for_epochs, "steps_for_epochs")
+# `train.progressive = @effnet_gin.train.ProgressiveLearning()` turns it on.
+ProgressiveLearning = _train(stages.ProgressiveLearning, "ProgressiveLearning")
 
 # The entry points' collaborators come from here, not from bindings.
 _TRAIN_COLLABORATORS = [

@@ -320,3 +320,86 @@ def test_autoaugment_overlay_selects_policy_v0():
   cli.configure(["b3_tpu.gin", "autoaugment.gin"], **DATA)
   assert trainer_helpers.resolved(
       "effnet_gin.data.build_dataset.augment") == "autoaugment"
+
+
+# ---------------------------------------------------------------------------
+# EfficientNetV2: automl's recipe with progressive learning
+# ---------------------------------------------------------------------------
+# google/automl efficientnetv2 effnetv2_configs.py efficientnetv2_params:
+# (train size, eval size, dropout, randaug, mixup), and the paper's top-1.
+V2_TABLE = {
+    "s": (300, 384, 0.2, 10, 0.0, "83.9"),
+    "m": (384, 480, 0.3, 15, 0.2, "85.2"),
+    "l": (384, 480, 0.4, 20, 0.5, "85.7"),
+}
+# hparams.py base_config: 350 epochs at batch 4096, RMSProp, lr_base 0.016,
+# 5 warm-up epochs, ×0.97 every 2.4 epochs, EMA 0.9999, weight decay 1e-5,
+# label smoothing 0.1; 4 stages from ibase 128, RandAugment 2 layers.
+V2_RECIPE = {
+    "effnet_gin.train.train.train_batch_size": 4096,
+    "effnet_gin.train.build_schedule.kind": "exponential",
+    "effnet_gin.train.build_schedule.base_learning_rate": 0.016,
+    "effnet_gin.train.build_schedule.warmup_epochs": 5,
+    "effnet_gin.train.build_schedule.decay_epochs": 2.4,
+    "effnet_gin.train.build_schedule.decay_factor": 0.97,
+    "effnet_gin.train.build_optimizer.name": "rmsprop",
+    "effnet_gin.train.build_optimizer.rho": 0.9,
+    "effnet_gin.train.build_optimizer.momentum": 0.9,
+    "effnet_gin.train.build_optimizer.epsilon": 1e-3,
+    "effnet_gin.train.train.label_smoothing": 0.1,
+    "effnet_gin.train.train.weight_decay": 1e-5,
+    "effnet_gin.train.ExponentialMovingAverage.decay": 0.9999,
+    # int(350 × 1281167 / 4096).
+    "effnet_gin.train.train.train_steps": 109474,
+    "effnet_gin.data.build_dataset.augment": "randaugment",
+    "effnet_gin.data.build_dataset.randaugment_layers": 2,
+}
+
+
+@pytest.mark.parametrize("size", sorted(V2_TABLE))
+def test_every_v2_tpu_config_is_automls_recipe_with_progressive_learning(size):
+  train_size, eval_size, dropout, ram, mixup, _ = V2_TABLE[size]
+  cli.configure([f"v2_{size}_tpu.gin"], **DATA)
+  for selector, value in V2_RECIPE.items():
+    assert trainer_helpers.resolved(selector) == value, selector
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.image_size") == train_size
+  for selector in ("effnet_gin.train.train.eval_image_size",
+                   "effnet_gin.model.build_model.image_size",
+                   "effnet_gin.train.evaluate.image_size",
+                   "effnet_gin.train.export.image_size"):
+    assert trainer_helpers.resolved(selector) == eval_size, selector
+  progressive = trainer_helpers.resolved("effnet_gin.train.train.progressive")
+  assert (progressive.num_stages, progressive.min_image_size) == (4, 128)
+  assert progressive.randaugment_magnitude == (5, ram)
+  assert progressive.mixup_alpha == (0.0, mixup)
+  assert progressive.dropout == (0.1, dropout)
+  assert progressive.cutmix_alpha is None
+  # The dropout range ends at the variant's own rate.
+  model = configurables.build_model(width_coefficient=0.1,
+                                    depth_coefficient=0.1)
+  assert model.get_layer("top_dropout").rate == dropout
+  assert model.input_shape == (None, eval_size, eval_size, 3)
+
+
+@pytest.mark.parametrize("size", sorted(V2_TABLE))
+def test_v2_headers_state_their_own_accuracy_and_sizes(size):
+  train_size, eval_size, _, _, _, top1 = V2_TABLE[size]
+  with open(cli.resolve_gin_file(f"v2_{size}_tpu.gin")) as f:
+    header = f.read()
+  assert f"top-1 {top1}%" in header
+  assert f"{train_size}x{train_size}" in header
+  assert f"{eval_size}x{eval_size}" in header
+
+
+@pytest.mark.parametrize("name,batch", [("v2_s_gpu.gin", 256),
+                                        ("v2_s_cpu.gin", 32)])
+def test_v2_gpu_and_cpu_configs_keep_the_recipe_at_their_batch(name, batch):
+  cli.configure([name], **DATA)
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.train_batch_size") == batch
+  assert trainer_helpers.resolved("effnet_gin.train.train.train_steps") == int(
+      350 * 1281167 / batch)
+  assert trainer_helpers.resolved("effnet_gin.train.train.image_size") == 300
+  assert trainer_helpers.resolved(
+      "effnet_gin.train.train.progressive").num_stages == 4

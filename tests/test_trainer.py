@@ -31,8 +31,9 @@ SHIPPED = sorted(
 # the command line (--gin_file=b0_tpu.gin --gin_file=smoke.gin); the others
 # are per-axis parts that experiment files include.
 RUNNABLE = [
-    name for name in SHIPPED if name == "demo.gin" or
-    name.split("_")[0][:1] == "b" or name.startswith("edgetpu_")
+    name for name in SHIPPED
+    if name == "demo.gin" or name.split("_")[0][:1] == "b" or name.startswith((
+        "edgetpu_", "v2_"))
 ]
 # finetune.gin also needs an imported model.gin and INIT_CHECKPOINT:
 # test_import_checkpoint.py parses and trains it that way.
@@ -80,10 +81,15 @@ def test_every_overlay_parses_after_every_runnable_config(name, overlay):
 # bindings smoke.gin then shrinks to the same tiny network: training them too
 # would repeat b0_tpu's run. They parse above; test_configs builds each
 # variant's model at its own resolution and dropout.
+# v2_m_tpu.gin and v2_l_tpu.gin are v2_s_tpu.gin with another model_v2_*.gin
+# (smoke.gin shrinks them alike), v2_s_gpu.gin is it with b0_gpu.gin's
+# hardware file: both kinds are trained already; test_configs checks them.
+V2_REPEATS = {"v2_m_tpu.gin", "v2_l_tpu.gin", "v2_s_gpu.gin"}
 TRAINED = [
     name for name in RUNNABLE
-    if not (name.endswith("_tpu.gin") and name[:2] in
-            {f"b{i}" for i in range(1, 8)}) and not name.startswith("edgetpu_")
+    if not (name.endswith("_tpu.gin") and
+            name[:2] in {f"b{i}" for i in range(1, 8)}) and
+    not name.startswith("edgetpu_") and name not in V2_REPEATS
 ]
 # edgetpu_s_tpu.gin is b0_tpu.gin's recipe with another MODEL_NAME and
 # NUM_CLASSES: test_zoo_train.py checks those and trains the EdgeTPU model.

@@ -7,7 +7,7 @@ evaluations, and the stop on SIGTERM.
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import tensorflow as tf
@@ -20,12 +20,27 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+  """Steps up to `end_step` run by one host loop over one iterator.
+
+  Attributes:
+    end_step: the global step the segment ends at; the next segment (if
+      any) takes over from there.
+    start: `start(step)` builds `(host_loop, iterator)` when training
+      enters the segment at `step` (once; inside the summary writer).
+  """
+  end_step: int
+  start: Callable[[int], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
 class Controller:
   """The Python loop around the host loop: log, checkpoint, evaluate, stop.
 
   Attributes:
-    host_loop: `host_loop.build_host_loop`'s function.
-    iterator: the distributed training iterator it reads.
+    segments: the `Segment`s of the run in step order (progressive learning's
+      stages; one segment otherwise), each with its host loop (from
+      `train_step.build_host_loop`) and distributed iterator.
     step: the global step variable (the optimizer's iterations).
     manager: the `checkpointing.Manager` that saves the run.
     progress: the `progress.LoopProgress` that logs each loop.
@@ -34,8 +49,7 @@ class Controller:
     operative_config_text: zero-argument callable giving the operative
       config to record after the first loop, or None.
   """
-  host_loop: Callable
-  iterator: Any
+  segments: Sequence[Segment]
   step: Any
   manager: Any
   progress: Any
@@ -74,10 +88,14 @@ class Controller:
     next_eval = next_multiple(start_step, steps_per_eval)
     current = start_step
     wrote_operative_config = False
+    segment, loop = None, None
     with stop_request.installed(), writer.as_default():
       while current < train_steps:
-        num_steps = min(steps_per_loop, train_steps - current)
-        current, steps_run, loss = self._run_host_loop(current, num_steps)
+        if segment is None or current >= segment.end_step:
+          segment = next(s for s in self.segments if current < s.end_step)
+          loop = segment.start(current)
+        num_steps = min(steps_per_loop, segment.end_step - current)
+        current, steps_run, loss = self._run_host_loop(loop, current, num_steps)
         last_loss = loss if steps_run else last_loss
         # After the first loop that ran: a loop of only skipped (mixed_float16)
         # updates leaves the step where it was, so the step cannot tell.
@@ -108,8 +126,8 @@ class Controller:
     return dict(start_step=start_step, step=current, loss=last_loss,
                 preempted=False, eval=last_eval)
 
-  def _run_host_loop(self, current, num_steps):
-    """Runs one host loop from step `current`; logs it.
+  def _run_host_loop(self, loop, current, num_steps):
+    """Runs and logs one host loop, `loop` = (host_loop, iterator).
 
     Returns:
       (the step reached, the steps run, their mean loss or None).
@@ -118,8 +136,9 @@ class Controller:
       NonFiniteLossError: when a step's loss was not finite.
     """
     loop_start = time.time()
-    loss_sum, correct_sum, first_bad, steps_run = self.host_loop(
-        self.iterator, tf.constant(num_steps, tf.int32))
+    host_loop, iterator = loop
+    loss_sum, correct_sum, first_bad, steps_run = host_loop(
+        iterator, tf.constant(num_steps, tf.int32))
     loss_sum, steps_run = float(loss_sum), int(steps_run)
     elapsed = time.time() - loop_start
     if int(first_bad) >= 0 or not math.isfinite(loss_sum):

@@ -2,7 +2,8 @@
 
 One canonical path, top to bottom: strategy and precision · model, optimizer
 and EMA · checkpoint (resume or fine-tune) · input pipeline · the compiled host
-loop (train_step.py) · the Python controller (controller.py) that logs,
+loop (train_step.py), per stage of progressive learning (stages.py,
+staged.py) · the Python controller (controller.py) that logs,
 summarises, evaluates, checkpoints and handles preemption. Each step is a
 function of its inputs; `train` reads as its section comments say.
 
@@ -26,7 +27,8 @@ from effnet_gin.checkpoints import averaging
 from effnet_gin.checkpoints import checkpointing
 from effnet_gin.checkpoints import pretrained
 from effnet_gin.evaluation.in_process import InProcessEvaluator
-from effnet_gin.train import train_step
+from effnet_gin.train import staged
+from effnet_gin.train import stages
 from effnet_gin.train import optim
 from effnet_gin.train import controller
 from effnet_gin.train.controller import NonFiniteLossError  # noqa: F401
@@ -55,7 +57,7 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
           dataset_builder=build_dataset, schedule_builder=optim.build_schedule,
           optimizer_builder=optim.build_optimizer,
           ema_builder=averaging.ExponentialMovingAverage, strategy=None,
-          schedule=None):
+          schedule=None, progressive=None, eval_image_size=None):
   """Trains an EfficientNet with a custom loop under a tf.distribute strategy.
 
   Plain Python: every collaborator is an argument whose default is the
@@ -67,7 +69,9 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
       written configs. Reusing it resumes from its latest checkpoint.
     train_steps: total number of optimizer steps.
     train_batch_size: global batch size, split evenly over the replicas.
-    image_size: training resolution in pixels.
+    image_size: training resolution in pixels (with `progressive`, the last
+      stage's); the model may be built at another size (its layers are
+      shared with a model of this input size).
     num_train_images: size of the training set (schedule and epoch counter).
     steps_per_loop: steps compiled into one host call (the reference's
       iterations_per_loop); logging and checkpoints happen between loops,
@@ -108,9 +112,11 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
       (logits out); called with `num_classes` only to read an init
       checkpoint with another classifier.
     dataset_builder: `dataset_builder(input_context, split='train',
-      global_batch_size=, image_size=[, seed=])` gives one pipeline's batches
-      (`effnet_gin.data.build_dataset` with its source bound); train_and_eval
-      also calls it with split='eval'.
+      global_batch_size=, image_size=[, seed=][, randaugment_magnitude=,
+      mixup_alpha=, cutmix_alpha=])` gives one pipeline's batches
+      (`effnet_gin.data.build_dataset` with its source bound; the
+      regularisers only from a progressive stage that sets them);
+      train_and_eval also calls it with split='eval'.
     schedule_builder: `schedule_builder(global_batch_size=,
       num_train_images=, train_steps=)` gives the learning-rate schedule.
     optimizer_builder: `optimizer_builder(learning_rate)` gives the optimizer.
@@ -118,6 +124,10 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     strategy: the `tf.distribute.Strategy` to train under; None builds the
       default one (`strategy.build_strategy()`).
     schedule: deprecated name of `mode` (removed in effnet_gin 0.3.0).
+    progressive: a `stages.ProgressiveLearning` to train in stages of
+      growing image size and regularisation (EfficientNetV2's progressive
+      learning); None trains the whole run at `image_size`.
+    eval_image_size: in-process evaluation resolution; None is image_size.
 
   Returns:
     A dict with the `start_step` it resumed from, the final `step`, the last
@@ -137,6 +147,8 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
                        steps_per_loop=steps_per_loop,
                        eval_batch_size=eval_batch_size,
                        steps_per_eval=steps_per_eval)
+  stage_plan = stages.plan(progressive, train_steps=train_steps,
+                           image_size=image_size)
 
   # --- Run lock, strategy and precision ---------------------------------
   with _run_lock(model_dir, strategy):
@@ -162,29 +174,26 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
     if start_step >= train_steps:
       return _nothing_to_do(model_dir, start_step, train_steps)
 
-    # --- Input pipeline ------------------------------------------------------
-    dataset = _train_dataset(strategy, dataset_builder,
-                             train_batch_size=train_batch_size,
-                             image_size=image_size, seed=seed)
-
-    # --- The compiled step and host loop -------------------------------------
+    # --- Per stage (one unless progressive): pipeline and host loop ---------
     stop_request = preemption.StopRequest()
-    host_loop = train_step.build_host_loop(
-        strategy=strategy, model=model, optimizer=optimizer, ema=ema,
-        global_batch_size=train_batch_size, label_smoothing=label_smoothing,
-        weight_decay=weight_decay, jit_compile=jit_compile,
-        stop_request=stop_request, log_every_steps=log_every_steps)
+    segments = staged.segments(
+        stage_plan, strategy=strategy, model=model,
+        dataset_builder=dataset_builder, train_batch_size=train_batch_size,
+        seed=seed, progressive=progressive is not None, optimizer=optimizer,
+        ema=ema, label_smoothing=label_smoothing, weight_decay=weight_decay,
+        jit_compile=jit_compile, stop_request=stop_request,
+        log_every_steps=log_every_steps)
 
     # --- The outer loop: log, summarise, evaluate, checkpoint ----------------
-    evaluate_at = None if mode == "train" else InProcessEvaluator(
+    evaluate_at = None if mode == "train" else _in_process_evaluator(
         strategy=strategy, model=model, ema=ema, model_dir=model_dir,
-        chief=chief, eval_batch_size=eval_batch_size, image_size=image_size,
-        jit_compile=jit_compile, dataset_builder=dataset_builder)
+        chief=chief, eval_batch_size=eval_batch_size, image_size=eval_image_size
+        or image_size, jit_compile=jit_compile, dataset_builder=dataset_builder)
     progress = LoopProgress(start_step, train_steps, train_batch_size,
                             num_train_images, learning_rate)
     return controller.Controller(
-        host_loop=host_loop, iterator=iter(dataset), step=step, manager=manager,
-        progress=progress, model_dir=model_dir, chief=chief,
+        segments=segments, step=step, manager=manager, progress=progress,
+        model_dir=model_dir, chief=chief,
         operative_config_text=operative_config_text).run(
             start_step=start_step, train_steps=train_steps,
             steps_per_loop=steps_per_loop, steps_per_eval=steps_per_eval,
@@ -192,14 +201,10 @@ def train(*, model_dir, train_steps, train_batch_size, image_size,
             evaluate_at=evaluate_at, resumed=resumed, stop_request=stop_request)
 
 
-def _train_dataset(strategy, dataset_builder, *, train_batch_size, image_size,
-                   seed):
-  """The distributed training batches, seeded when `seed` is not None."""
-  seeded = {} if seed is None else {"seed": seed}
-  return distribute.distributed_dataset(strategy, dataset_builder,
-                                        split="train",
-                                        global_batch_size=train_batch_size,
-                                        image_size=image_size, **seeded)
+def _in_process_evaluator(*, model, image_size, **kwargs):
+  """The train_and_eval evaluator, its model taking `image_size` images."""
+  return InProcessEvaluator(model=staged.at_image_size(model, image_size),
+                            image_size=image_size, **kwargs)
 
 
 def _set_up_strategy(strategy, *, precision, seed, train_batch_size):
