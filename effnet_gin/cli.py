@@ -38,6 +38,7 @@ resolve_gin_file = gin_paths.resolve_gin_file
 define_common_flags = command_line_lib.define_common_flags
 command_line = command_line_lib.command_line
 sets_train_steps = command_line_lib.sets_train_steps
+tool_flag = command_line_lib.tool_flag
 
 
 def configure(gin_files, gin_params=(), *, needs_input=False, role=None,
@@ -90,7 +91,9 @@ def _parse_and_finalize(gin_files, bindings, *, needs_input, role):
 
 _SOURCE_FLAGS = {
     "TFRecordSource.data_dir": "--data_dir=DIR",
-    "BigtableSource.instance": "--bigtable_instance=NAME"
+    "BigtableSource.instance": "--bigtable_instance=NAME",
+    "ImageGlobSource.pattern": "--imagenet_eval_glob=GLOB",
+    "ImageGlobSource.labels_file": "--imagenet_eval_label=FILE"
 }
 
 
@@ -326,7 +329,12 @@ def configure_from_flags(flag_values, *, role, needs_input=False,
     raise config_errors.ConfigError(
         "give --gin_file: the files the run was trained with (e.g. "
         "--gin_file=b0_cpu.gin), or its MODEL_DIR/config.gin")
-  for name, (_, why) in reference_flags.IGNORED.items():
+  ignored = dict(
+      reference_flags.IGNORED, **{
+          k: v for tool in reference_flags.TOOL_IGNORED.values()
+          for k, v in tool.items()
+      })
+  for name, (_, why) in ignored.items():
     if name in flag_values and flag_values[name].present:
       logging.warning("--%s is the reference's and ignored here: %s", name, why)
   _parse_and_finalize(files, bindings, needs_input=needs_input, role=role)

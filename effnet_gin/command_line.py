@@ -32,16 +32,18 @@ _DEFINE = {
 }
 
 
-def define_common_flags(flag_values=flags.FLAGS):
+def define_common_flags(flag_values=flags.FLAGS, tool=None):
   """Flags every gin-configured bin/ script accepts.
 
   The config (`--gin_file`, `--gin_param`, `--model_dir`), the input-source
   flags, and the reference's flags of `reference_flags`: its aliases of gin
-  bindings, its synonyms and the flags accepted and ignored. None of them
-  has a default: a flag not given leaves the config's value.
+  bindings, its synonyms and the flags accepted and ignored, with those of
+  `tool` ('evaluator': eval_ckpt_main.py's, 'exporter': export_model.py's).
+  None of them has a default: a flag not given leaves the config's value.
 
   Args:
     flag_values: the `absl.flags.FlagValues` to define them in.
+    tool: the bin/ tool's name, for its own reference flags.
   """
 
   def define(kind, name, helptext, default=None):
@@ -71,13 +73,56 @@ def define_common_flags(flag_values=flags.FLAGS):
       "data; selects the Bigtable source.")
   define("string", "bigtable_table", "Cloud Bigtable table (default of the "
          "source: imagenet).")
+  if tool == "evaluator":
+    _define_glob_flags(define)
   for alias in reference_flags.ALIASES:
-    define(alias.type, alias.flag,
-           f"{alias.help} Sets {' and '.join(alias.keys)}.")
+    if alias.tools is None or tool in alias.tools:
+      sets = f" Sets {' and '.join(alias.keys)}." if alias.keys else ""
+      define(alias.type, alias.flag, f"{alias.help}{sets}")
   for name, ours in reference_flags.SYNONYMS.items():
     define("string", name, f"The reference's name of --{ours}.")
-  for name, (kind, why) in reference_flags.IGNORED.items():
+  for name, (kind, ours) in reference_flags.TOOL_SYNONYMS.get(tool, {}).items():
+    define(kind, name, f"The reference's name of --{ours}.")
+  ignored = dict(reference_flags.IGNORED,
+                 **reference_flags.TOOL_IGNORED.get(tool, {}))
+  for name, (kind, why) in ignored.items():
     define(kind, name, f"The reference's; accepted and ignored: {why}.")
+
+
+def _define_glob_flags(define):
+  define(
+      "string", "imagenet_eval_glob", "Evaluate the image files this glob "
+      "matches (sorted), e.g. /data/val/*.JPEG, with --imagenet_eval_label; "
+      "selects ImageGlobSource (eval_ckpt_main's --runmode=imagenet).")
+  define(
+      "string", "imagenet_eval_label", "Labels of --imagenet_eval_glob's "
+      "files: one integer per line, 0-based, in sorted file order.")
+  define(
+      "integer", "num_images", "With --imagenet_eval_glob: the first this "
+      "many files (default and negative: all; the reference's default is "
+      "5000).")
+
+
+def tool_flag(flag_values, name, tool):
+  """The value of our flag `name`, or of the reference's name for it.
+
+  Of the two given, the reference's (`reference_flags.TOOL_SYNONYMS`)
+  counts only when ours is not given.
+
+  Args:
+    flag_values: parsed `absl.flags.FlagValues`.
+    name: our flag's name, e.g. 'checkpoint'.
+    tool: the bin/ tool.
+
+  Returns:
+    The value.
+  """
+  if flag_values[name].present:
+    return flag_values[name].value
+  for synonym, (_, ours) in reference_flags.TOOL_SYNONYMS.get(tool, {}).items():
+    if ours == name and flag_values[synonym].present:
+      return flag_values[synonym].value
+  return flag_values[name].value
 
 
 def _translated_flags():

@@ -27,6 +27,7 @@ _SCHEDULE = "effnet_gin.train.build_schedule"
 _OPTIMIZER = "effnet_gin.train.build_optimizer"
 _STRATEGY = "effnet_gin.train.build_strategy"
 _BIGTABLE = "effnet_gin.data.BigtableSource"
+_GLOB = "effnet_gin.data.ImageGlobSource"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Alias:
       a dict {binding key: value} when the value decides which keys to set
       (an empty dict sets nothing).
     positive: the value must be > 0.
+    tools: the bin/ tools that take the flag (None: every gin-configured
+      one): the flags of `eval_ckpt_main.py` and `export_model.py` are
+      bin/evaluator's and bin/exporter's only.
   """
   flag: str
   type: str
@@ -50,6 +54,7 @@ class Alias:
   help: str
   convert: Optional[Callable[[Any], Any]] = None
   positive: bool = False
+  tools: Optional[Tuple[str, ...]] = None
 
   def bindings(self, value):
     """The gin binding strings for `value`.
@@ -106,9 +111,24 @@ def _augment(value):
   return None if value in ("", "None", "none") else value
 
 
-def _a(flag, type_, keys, help_, convert=None, positive=False):
+def _a(flag, type_, keys, help_, convert=None, positive=False, tools=None):
   keys = (keys,) if isinstance(keys, str) else tuple(keys)
-  return Alias(flag, type_, keys, help_, convert, positive)
+  return Alias(flag, type_, keys, help_, convert, positive, tools)
+
+
+def _runmode(value):
+  if value != "imagenet":
+    raise ValueError(f"--runmode={value!r}: bin/evaluator runs "
+                     "eval_ckpt_main's imagenet mode (with "
+                     "--imagenet_eval_glob); to classify example images use "
+                     "bin/predict")
+  return {}
+
+
+def _include_background_label(value):
+  # The checkpoint's class 0 is the background: a file label l is class
+  # l + 1 of the model, as in the reference's label_offset.
+  return -1 if value else 0
 
 
 ALIASES = (
@@ -221,12 +241,45 @@ ALIASES = (
        "effnet_gin.train.ExponentialMovingAverage.decay",
        "EMA decay of the weights; 0 disables the EMA (train, eval, export).",
        _moving_average_decay),
+    # eval_ckpt_main.py (bin/evaluator) and export_model.py (bin/exporter).
+    _a("enable_ema", "bool", (f"{_EVALUATE}.use_ema", f"{_EXPORT}.use_ema"),
+       "Evaluate or export the EMA weights.", tools=("evaluator", "exporter")),
+    _a(
+        "runmode", "string", (), "eval_ckpt_main's mode: only 'imagenet' "
+        "(with --imagenet_eval_glob) is bin/evaluator's.", _runmode,
+        tools=("evaluator",)),
+    _a(
+        "include_background_label", "bool", f"{_GLOB}.label_offset",
+        "The checkpoint's class 0 is the background class: compare file "
+        "label l with class l + 1.", _include_background_label,
+        tools=("evaluator",)),
+    _a("image_size", "integer", "IMAGE_SIZE", "Resolution of the export "
+       "(export_model's; default: the variant's).", positive=True,
+       tools=("exporter",)),
+    _a(
+        "num_steps", "integer", "effnet_gin.train.export_lite."
+        "calibration_images", "int8: eval images to calibrate on (the "
+        "reference's steps of --batch_size 1).", positive=True,
+        tools=("exporter",)),
 )
 
 BY_FLAG = {alias.flag: alias for alias in ALIASES}
 
 # Another name of one of our flags: {reference name: our name}.
 SYNONYMS = {"tpu_zone": "zone", "gcp_project": "project"}
+
+# Another name of a flag of one tool: {tool: {reference name: (type, our
+# flag)}}; the tool reads the value with `command_line.tool_flag`.
+TOOL_SYNONYMS = {
+    "evaluator": {
+        "ckpt_dir": ("string", "checkpoint")
+    },
+    "exporter": {
+        "ckpt_dir": ("string", "checkpoint"),
+        "endpoint_name": ("string", "endpoint"),
+        "output_saved_model_dir": ("string", "export_dir"),
+    },
+}
 
 # The reference's flags that mean nothing here: {flag: (type, why)}.
 IGNORED = {
@@ -246,18 +299,57 @@ IGNORED = {
     "num_replicas": ("integer", "the strategy counts the replicas"),
 }
 
+# The reference's flags of one tool that mean nothing here: {tool: {flag:
+# (type, why)}}.
+TOOL_IGNORED = {
+    "evaluator": {
+        "export_ckpt": ("string", "checkpoints are effnet_gin's already; "
+                        "bin/import_checkpoint converts the reference's"),
+        "advprop_preprocessing": ("bool", "bind build_model."
+                                  "input_normalization = 'advprop' (what "
+                                  "bin/import_checkpoint --advprop writes "
+                                  "in model.gin)"),
+    },
+}
+
 # Flags that select and configure the input source, translated together.
 SOURCE_FLAGS = ("data_dir", "bigtable_project", "bigtable_instance",
-                "bigtable_table")
+                "bigtable_table", "imagenet_eval_glob", "imagenet_eval_label",
+                "num_images")
+# Of them, eval_ckpt_main's (bin/evaluator's only).
+GLOB_FLAGS = ("imagenet_eval_glob", "imagenet_eval_label", "num_images")
+
+
+def _glob_bindings(imagenet_eval_glob, imagenet_eval_label, num_images):
+  if not imagenet_eval_glob:
+    if imagenet_eval_label or num_images is not None:
+      raise ValueError("--imagenet_eval_label and --num_images need "
+                       "--imagenet_eval_glob")
+    return []
+  if not imagenet_eval_label:
+    raise ValueError(f"--imagenet_eval_glob={imagenet_eval_glob!r} needs "
+                     "--imagenet_eval_label (one label per file)")
+  return [
+      "effnet_gin.data.build_dataset.source = @ImageGlobSource()",
+      f"{_GLOB}.pattern = {imagenet_eval_glob!r}",
+      f"{_GLOB}.labels_file = {imagenet_eval_label!r}",
+      f"{_GLOB}.num_images = {num_images!r}",
+      # Every image the glob gives, not the config's NUM_EVAL_IMAGES.
+      "effnet_gin.data.build_dataset.num_eval_examples = None"
+  ]
 
 
 def source_bindings(*, data_dir=None, bigtable_project=None,
-                    bigtable_instance=None, bigtable_table=None, project=None):
+                    bigtable_instance=None, bigtable_table=None, project=None,
+                    imagenet_eval_glob=None, imagenet_eval_label=None,
+                    num_images=None):
   """Translates the input-source flags into gin bindings.
 
   As in the reference, `data_dir` selects the ImageNet-format TFRecord source
   in that directory and `bigtable_instance` selects Cloud Bigtable, whatever
-  source the `.gin` files named. Giving both is ambiguous and rejected.
+  source the `.gin` files named; `imagenet_eval_glob` (eval_ckpt_main's,
+  with its label file) selects `ImageGlobSource`. Giving two is ambiguous
+  and rejected.
 
   Args:
     data_dir: directory of train-*/validation-* TFRecords.
@@ -265,6 +357,9 @@ def source_bindings(*, data_dir=None, bigtable_project=None,
     bigtable_instance: Bigtable instance holding the data.
     bigtable_table: Bigtable table (the source's default when None).
     project: the TPU's project, the default of `bigtable_project`.
+    imagenet_eval_glob: eval image files (bin/evaluator).
+    imagenet_eval_label: their label file.
+    num_images: evaluate the first this many files (negative: all).
 
   Returns:
     A list of gin binding strings.
@@ -272,11 +367,18 @@ def source_bindings(*, data_dir=None, bigtable_project=None,
   Raises:
     ValueError: for contradictory or incomplete flags.
   """
-  if data_dir and bigtable_instance:
-    raise ValueError(
-        f"--data_dir={data_dir!r} and "
-        f"--bigtable_instance={bigtable_instance!r} both name an input "
-        "source; give one of them")
+  given = [(name, value)
+           for name, value in (("data_dir", data_dir), ("bigtable_instance",
+                                                        bigtable_instance),
+                               ("imagenet_eval_glob", imagenet_eval_glob))
+           if value]
+  if len(given) > 1:
+    raise ValueError(" and ".join(
+        f"--{name}={value!r}" for name, value in given) +
+                     " name input sources; give one of them")
+  glob = _glob_bindings(imagenet_eval_glob, imagenet_eval_label, num_images)
+  if glob:
+    return glob
   if data_dir:
     return [
         "effnet_gin.data.build_dataset.source = @TFRecordSource()",

@@ -23,11 +23,15 @@ class ResultsLog:
     model_dir: the run's directory.
     filename: the file in model_dir/eval/ (`run_dir.OTHER_RESULTS_FILE`
       holds the results of checkpoints that are not the run's own).
+    eval_dir: the directory in model_dir (`run_dir.IMAGE_GLOB_EVAL_DIR`
+      for evaluations on an image glob, keyed by checkpoint).
   """
 
-  def __init__(self, model_dir, filename=run_dir.RESULTS_FILE):
-    self.path = run_dir.path(model_dir, run_dir.EVAL_DIR, filename)
-    self._key = "step" if filename == run_dir.RESULTS_FILE else "checkpoint"
+  def __init__(self, model_dir, filename=run_dir.RESULTS_FILE,
+               eval_dir=run_dir.EVAL_DIR):
+    self.path = run_dir.path(model_dir, eval_dir, filename)
+    self._key = ("step" if filename == run_dir.RESULTS_FILE and
+                 eval_dir == run_dir.EVAL_DIR else "checkpoint")
 
   def read(self):
     """Returns the recorded results, oldest first.
@@ -257,6 +261,44 @@ class Recorder:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+class ImageGlobRecorder:
+  """Records evaluations on an image glob (not the run's eval split).
+
+  TensorBoard scalars and results.jsonl go to model_dir/eval_image_glob/
+  (`run_dir.IMAGE_GLOB_EVAL_DIR`), one line per checkpoint with the glob
+  and label file; the run's results.jsonl and best/ are left alone, since
+  the images are not its validation split.
+
+  Args:
+    model_dir: where to record.
+    chief: whether this process writes.
+    images: the glob, recorded with each result.
+    labels_file: the label file, recorded with each result.
+  """
+
+  def __init__(self, model_dir, chief, *, images, labels_file):
+    self._chief = chief
+    self._summary_dir = run_dir.path(model_dir, run_dir.IMAGE_GLOB_EVAL_DIR)
+    self.results_log = ResultsLog(model_dir,
+                                  eval_dir=run_dir.IMAGE_GLOB_EVAL_DIR)
+    self._extra = {"images": images, "labels_file": labels_file}
+
+  def __call__(self, result, checkpoint):
+    del checkpoint  # Never archived: not the run's validation split.
+    if not self._chief:
+      return
+    result.update(self._extra)
+    with tf.summary.create_file_writer(self._summary_dir).as_default():
+      for name in METRICS:
+        tf.summary.scalar(name, result[name], step=result["step"])
+    self.results_log.record(result)
+    logging.info("Recorded the image-glob evaluation in %s",
+                 self.results_log.path)
+
+  def close(self):
+    pass
 
 
 def _mark_recorded_in_process(model_dir):
