@@ -334,6 +334,11 @@ def configure_from_flags(flag_values, *, role, needs_input=False,
           k: v for tool in reference_flags.TOOL_IGNORED.values()
           for k, v in tool.items()
       })
+  for tool in reference_flags.TOOL_REFUSED.values():
+    for name, (_, how) in tool.items():
+      if name in flag_values and flag_values[name].present:
+        raise config_errors.ConfigError(
+            f"--{name} is the reference's export_model.py flag: {how}")
   for name, (_, why) in ignored.items():
     if name in flag_values and flag_values[name].present:
       logging.warning("--%s is the reference's and ignored here: %s", name, why)

@@ -87,6 +87,8 @@ def define_common_flags(flag_values=flags.FLAGS, tool=None):
                  **reference_flags.TOOL_IGNORED.get(tool, {}))
   for name, (kind, why) in ignored.items():
     define(kind, name, f"The reference's; accepted and ignored: {why}.")
+  for name, (kind, how) in reference_flags.TOOL_REFUSED.get(tool, {}).items():
+    define(kind, name, f"The reference's; not taken here: {how}.")
 
 
 def _define_glob_flags(define):
