@@ -33,14 +33,15 @@ from effnet_gin import reference_flags
 # Importing the configurables registers every gin-bound builder.
 from effnet_gin import configurables  # noqa: F401  pylint: disable=unused-import
 
-# The bin/ scripts' names for what now lives in these modules.
+# The bin/ scripts' names for what now lives in these modules; `run` is their
+# `app.run`, with one line on a person's mistake.
 shipped_gin_dir = gin_paths.shipped_gin_dir
 resolve_gin_file = gin_paths.resolve_gin_file
 define_common_flags = command_line_lib.define_common_flags
 command_line = command_line_lib.command_line
 sets_train_steps = command_line_lib.sets_train_steps
-# The bin/ scripts' `app.run`: one line on a person's mistake.
 run = preflight.run
+tool_flag = command_line_lib.tool_flag
 
 
 def configure(gin_files, gin_params=(), *, needs_input=False, role=None,
@@ -93,7 +94,9 @@ def _parse_and_finalize(gin_files, bindings, *, needs_input, role):
 
 _SOURCE_FLAGS = {
     "TFRecordSource.data_dir": "--data_dir=DIR",
-    "BigtableSource.instance": "--bigtable_instance=NAME"
+    "BigtableSource.instance": "--bigtable_instance=NAME",
+    "ImageGlobSource.pattern": "--imagenet_eval_glob=GLOB",
+    "ImageGlobSource.labels_file": "--imagenet_eval_label=FILE"
 }
 
 
@@ -173,9 +176,7 @@ def _bound(key):
   return True
 
 
-# ---------------------------------------------------------------------------
-# Checks before finalizing: what each tool needs, and what it may lack.
-# ---------------------------------------------------------------------------
+# --- Checks before finalizing: what each tool needs, and what it may lack. ---
 
 _TRAIN_ONLY = ("effnet_gin.train.train", "effnet_gin.train.build_schedule",
                "effnet_gin.train.build_optimizer",
@@ -341,9 +342,9 @@ def configure_from_flags(flag_values, *, role, needs_input=False,
     raise config_errors.ConfigError(
         "give --gin_file: the files the run was trained with (e.g. "
         "--gin_file=b0_cpu.gin), or its MODEL_DIR/config.gin")
-  for name, (_, why) in reference_flags.IGNORED.items():
-    if name in flag_values and flag_values[name].present:
-      logging.warning("--%s is the reference's and ignored here: %s", name, why)
+  refused = command_line_lib.check_reference_flags(flag_values)
+  if refused:
+    raise config_errors.ConfigError(refused)
   _parse_and_finalize(files, bindings, needs_input=needs_input, role=role)
   logging.info("gin files: %s; bindings: %s", files, bindings)
   return bindings
@@ -366,14 +367,13 @@ def configure_or_exit(flag_values, **kwargs):
 
   The line names the program, what is wrong, the file and line where gin
   knows them, and the closest known name for a misspelt one; the exit
-  status is 1. Never the whole config, never a traceback.
+  status is 1. Never the whole config, never a traceback. Then checks the
+  directories the tool writes and the input files it reads
+  (`preflight.check_run_paths`), before anything is built.
 
   Args:
     flag_values: parsed `absl.flags.FlagValues`.
     **kwargs: keyword arguments of `configure_from_flags`.
-
-  Then the directories the tool writes and the input files it reads are
-  checked (`preflight.check_run_paths`), before anything is built.
 
   Returns:
     The bindings applied after the files.

@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from absl import flags
+from absl import logging
 
 from effnet_gin import reference_flags
 
@@ -32,16 +33,18 @@ _DEFINE = {
 }
 
 
-def define_common_flags(flag_values=flags.FLAGS):
+def define_common_flags(flag_values=flags.FLAGS, tool=None):
   """Flags every gin-configured bin/ script accepts.
 
   The config (`--gin_file`, `--gin_param`, `--model_dir`), the input-source
   flags, and the reference's flags of `reference_flags`: its aliases of gin
-  bindings, its synonyms and the flags accepted and ignored. None of them
-  has a default: a flag not given leaves the config's value.
+  bindings, its synonyms and the flags accepted and ignored, with those of
+  `tool` ('evaluator': eval_ckpt_main.py's, 'exporter': export_model.py's).
+  None of them has a default: a flag not given leaves the config's value.
 
   Args:
     flag_values: the `absl.flags.FlagValues` to define them in.
+    tool: the bin/ tool's name, for its own reference flags.
   """
 
   def define(kind, name, helptext, default=None):
@@ -71,13 +74,58 @@ def define_common_flags(flag_values=flags.FLAGS):
       "data; selects the Bigtable source.")
   define("string", "bigtable_table", "Cloud Bigtable table (default of the "
          "source: imagenet).")
+  if tool == "evaluator":
+    _define_glob_flags(define)
   for alias in reference_flags.ALIASES:
-    define(alias.type, alias.flag,
-           f"{alias.help} Sets {' and '.join(alias.keys)}.")
+    if alias.tools is None or tool in alias.tools:
+      sets = f" Sets {' and '.join(alias.keys)}." if alias.keys else ""
+      define(alias.type, alias.flag, f"{alias.help}{sets}")
   for name, ours in reference_flags.SYNONYMS.items():
     define("string", name, f"The reference's name of --{ours}.")
-  for name, (kind, why) in reference_flags.IGNORED.items():
+  for name, (kind, ours) in reference_flags.TOOL_SYNONYMS.get(tool, {}).items():
+    define(kind, name, f"The reference's name of --{ours}.")
+  ignored = dict(reference_flags.IGNORED,
+                 **reference_flags.TOOL_IGNORED.get(tool, {}))
+  for name, (kind, why) in ignored.items():
     define(kind, name, f"The reference's; accepted and ignored: {why}.")
+  for name, (kind, how) in reference_flags.TOOL_REFUSED.get(tool, {}).items():
+    define(kind, name, f"The reference's; not taken here: {how}.")
+
+
+def _define_glob_flags(define):
+  define(
+      "string", "imagenet_eval_glob", "Evaluate the image files this glob "
+      "matches (sorted), e.g. /data/val/*.JPEG, with --imagenet_eval_label; "
+      "selects ImageGlobSource (eval_ckpt_main's --runmode=imagenet).")
+  define(
+      "string", "imagenet_eval_label", "Labels of --imagenet_eval_glob's "
+      "files: one integer per line, 0-based, in sorted file order.")
+  define(
+      "integer", "num_images", "With --imagenet_eval_glob: the first this "
+      "many files (default and negative: all; the reference's default is "
+      "5000).")
+
+
+def tool_flag(flag_values, name, tool):
+  """The value of our flag `name`, or of the reference's name for it.
+
+  Of the two given, the reference's (`reference_flags.TOOL_SYNONYMS`)
+  counts only when ours is not given.
+
+  Args:
+    flag_values: parsed `absl.flags.FlagValues`.
+    name: our flag's name, e.g. 'checkpoint'.
+    tool: the bin/ tool.
+
+  Returns:
+    The value.
+  """
+  if flag_values[name].present:
+    return flag_values[name].value
+  for synonym, (_, ours) in reference_flags.TOOL_SYNONYMS.get(tool, {}).items():
+    if ours == name and flag_values[synonym].present:
+      return flag_values[synonym].value
+  return flag_values[name].value
 
 
 def _translated_flags():
@@ -193,3 +241,23 @@ def sets_train_steps(flag_values):
   if "train_steps" in flag_values and flag_values.train_steps is not None:
     return True
   return any("train_steps" in param.lower() for param in flag_values.gin_param)
+
+
+def check_reference_flags(flag_values):
+  """Logs the reference flags given that are ignored here.
+
+  Returns:
+    The message for a given reference flag that effnet_gin refuses (with
+    what to give instead), or None.
+  """
+  for tool in reference_flags.TOOL_REFUSED.values():
+    for name, (_, how) in tool.items():
+      if name in flag_values and flag_values[name].present:
+        return f"--{name} is the reference's export_model.py flag: {how}"
+  ignored = dict(reference_flags.IGNORED)
+  for tool in reference_flags.TOOL_IGNORED.values():
+    ignored.update(tool)
+  for name, (_, why) in ignored.items():
+    if name in flag_values and flag_values[name].present:
+      logging.warning("--%s is the reference's and ignored here: %s", name, why)
+  return None

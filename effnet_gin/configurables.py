@@ -17,7 +17,8 @@ Registered names (each also reachable with its module prefix, e.g.
   data:   build_dataset, Preprocessing (crop and resize, one instance for
           the input pipeline and the exporter alike), randaugment_magnitude_for
           and the sources TFRecordSource, RandomNoiseSource,
-          LearnableShapesSource, TFDSSource, ImageFolderSource, BigtableSource
+          LearnableShapesSource, TFDSSource, ImageFolderSource, ImageGlobSource,
+          BigtableSource
           (FakeSource and SyntheticSource: their deprecated old names),
           images_after_holdout (image counts with held-out shards)
   train:  build_strategy, build_schedule, build_optimizer,
@@ -90,6 +91,7 @@ FakeSource = _data(data_lib.FakeSource, "FakeSource")
 SyntheticSource = _data(data_lib.SyntheticSource, "SyntheticSource")
 TFDSSource = _data(data_lib.TFDSSource, "TFDSSource")
 ImageFolderSource = _data(data_lib.ImageFolderSource, "ImageFolderSource")
+ImageGlobSource = _data(data_lib.ImageGlobSource, "ImageGlobSource")
 BigtableSource = _data(data_lib.BigtableSource, "BigtableSource")
 images_after_holdout = _data(data_lib.images_after_holdout,
                              "images_after_holdout")
@@ -117,7 +119,7 @@ _configured_train = _train(
 _configured_evaluate = _train(
     evaluator.evaluate, "evaluate", denylist=[
         "model_dir", "train_steps_from_run", "model_builder", "dataset_builder",
-        "strategy"
+        "strategy", "image_glob"
     ])
 _configured_export_lite = _train(
     converters.export_lite, "export_lite", allowlist=[

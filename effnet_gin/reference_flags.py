@@ -9,14 +9,17 @@ another name of one of ours (`--tpu_zone` is `--zone`), and `IGNORED` lists
 the reference's flags that mean nothing here: they are accepted, so the
 command line still runs, and each one given is logged with the reason.
 
-The input-source flags (`--data_dir`, `--bigtable_*`) select a source as well
-as set it, so they are translated together by `source_bindings`.
+The input-source flags (`--data_dir`, `--bigtable_*`, eval_ckpt_main's
+`--imagenet_eval_*`) select a source as well as set it, so they are
+translated together by `reference_sources.source_bindings`.
 
 This module knows neither gin nor absl: `effnet_gin.cli` defines the flags
 from the table and applies the binding strings it returns.
 """
 import dataclasses
 from typing import Any, Callable, Optional, Tuple
+
+from effnet_gin import reference_sources
 
 _TRAIN = "effnet_gin.train.train"
 _EVALUATE = "effnet_gin.train.evaluate"
@@ -27,6 +30,7 @@ _SCHEDULE = "effnet_gin.train.build_schedule"
 _OPTIMIZER = "effnet_gin.train.build_optimizer"
 _STRATEGY = "effnet_gin.train.build_strategy"
 _BIGTABLE = "effnet_gin.data.BigtableSource"
+_GLOB = "effnet_gin.data.ImageGlobSource"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,9 @@ class Alias:
       a dict {binding key: value} when the value decides which keys to set
       (an empty dict sets nothing).
     positive: the value must be > 0.
+    tools: the bin/ tools that take the flag (None: every gin-configured
+      one): the flags of `eval_ckpt_main.py` and `export_model.py` are
+      bin/evaluator's and bin/exporter's only.
   """
   flag: str
   type: str
@@ -50,6 +57,7 @@ class Alias:
   help: str
   convert: Optional[Callable[[Any], Any]] = None
   positive: bool = False
+  tools: Optional[Tuple[str, ...]] = None
 
   def bindings(self, value):
     """The gin binding strings for `value`.
@@ -106,9 +114,24 @@ def _augment(value):
   return None if value in ("", "None", "none") else value
 
 
-def _a(flag, type_, keys, help_, convert=None, positive=False):
+def _a(flag, type_, keys, help_, convert=None, positive=False, tools=None):
   keys = (keys,) if isinstance(keys, str) else tuple(keys)
-  return Alias(flag, type_, keys, help_, convert, positive)
+  return Alias(flag, type_, keys, help_, convert, positive, tools)
+
+
+def _runmode(value):
+  if value != "imagenet":
+    raise ValueError(f"--runmode={value!r}: bin/evaluator runs "
+                     "eval_ckpt_main's imagenet mode (with "
+                     "--imagenet_eval_glob); to classify example images use "
+                     "bin/predict")
+  return {}
+
+
+def _include_background_label(value):
+  # The checkpoint's class 0 is the background: a file label l is class
+  # l + 1 of the model, as in the reference's label_offset.
+  return -1 if value else 0
 
 
 ALIASES = (
@@ -221,12 +244,45 @@ ALIASES = (
        "effnet_gin.train.ExponentialMovingAverage.decay",
        "EMA decay of the weights; 0 disables the EMA (train, eval, export).",
        _moving_average_decay),
+    # eval_ckpt_main.py (bin/evaluator) and export_model.py (bin/exporter).
+    _a("enable_ema", "bool", (f"{_EVALUATE}.use_ema", f"{_EXPORT}.use_ema"),
+       "Evaluate or export the EMA weights.", tools=("evaluator", "exporter")),
+    _a(
+        "runmode", "string", (), "eval_ckpt_main's mode: only 'imagenet' "
+        "(with --imagenet_eval_glob) is bin/evaluator's.", _runmode,
+        tools=("evaluator",)),
+    _a(
+        "include_background_label", "bool", f"{_GLOB}.label_offset",
+        "The checkpoint's class 0 is the background class: compare file "
+        "label l with class l + 1.", _include_background_label,
+        tools=("evaluator",)),
+    _a("image_size", "integer", "IMAGE_SIZE", "Resolution of the export "
+       "(export_model's; default: the variant's).", positive=True,
+       tools=("exporter",)),
+    _a(
+        "num_steps", "integer", "effnet_gin.train.export_lite."
+        "calibration_images", "int8: eval images to calibrate on (the "
+        "reference's steps of --batch_size 1).", positive=True,
+        tools=("exporter",)),
 )
 
 BY_FLAG = {alias.flag: alias for alias in ALIASES}
 
 # Another name of one of our flags: {reference name: our name}.
 SYNONYMS = {"tpu_zone": "zone", "gcp_project": "project"}
+
+# Another name of a flag of one tool: {tool: {reference name: (type, our
+# flag)}}; the tool reads the value with `command_line.tool_flag`.
+TOOL_SYNONYMS = {
+    "evaluator": {
+        "ckpt_dir": ("string", "checkpoint")
+    },
+    "exporter": {
+        "ckpt_dir": ("string", "checkpoint"),
+        "endpoint_name": ("string", "endpoint"),
+        "output_saved_model_dir": ("string", "export_dir"),
+    },
+}
 
 # The reference's flags that mean nothing here: {flag: (type, why)}.
 IGNORED = {
@@ -246,59 +302,36 @@ IGNORED = {
     "num_replicas": ("integer", "the strategy counts the replicas"),
 }
 
-# Flags that select and configure the input source, translated together.
-SOURCE_FLAGS = ("data_dir", "bigtable_project", "bigtable_instance",
-                "bigtable_table")
+# The reference's flags of one tool that mean nothing here: {tool: {flag:
+# (type, why)}}.
+TOOL_IGNORED = {
+    "evaluator": {
+        "export_ckpt": ("string", "checkpoints are effnet_gin's already; "
+                        "bin/import_checkpoint converts the reference's"),
+        "advprop_preprocessing": ("bool", "bind build_model."
+                                  "input_normalization = 'advprop' (what "
+                                  "bin/import_checkpoint --advprop writes "
+                                  "in model.gin)"),
+    },
+}
 
+# The reference's flags of one tool that effnet_gin does another way: given,
+# they stop the tool with the way. {tool: {flag: (type, what to give)}}.
+TOOL_REFUSED = {
+    "exporter": {
+        "output_tflite": ("string", "give --export_dir=DIR and --format="
+                          "tflite_int8 (or tflite): the model is written to "
+                          "DIR/model.tflite, beside DIR/metadata.json"),
+        "quantize": ("bool", "give --format=tflite_int8 (quantized) or "
+                     "--format=tflite (float)"),
+    },
+}
 
-def source_bindings(*, data_dir=None, bigtable_project=None,
-                    bigtable_instance=None, bigtable_table=None, project=None):
-  """Translates the input-source flags into gin bindings.
-
-  As in the reference, `data_dir` selects the ImageNet-format TFRecord source
-  in that directory and `bigtable_instance` selects Cloud Bigtable, whatever
-  source the `.gin` files named. Giving both is ambiguous and rejected.
-
-  Args:
-    data_dir: directory of train-*/validation-* TFRecords.
-    bigtable_project: project of the Bigtable instance.
-    bigtable_instance: Bigtable instance holding the data.
-    bigtable_table: Bigtable table (the source's default when None).
-    project: the TPU's project, the default of `bigtable_project`.
-
-  Returns:
-    A list of gin binding strings.
-
-  Raises:
-    ValueError: for contradictory or incomplete flags.
-  """
-  if data_dir and bigtable_instance:
-    raise ValueError(
-        f"--data_dir={data_dir!r} and "
-        f"--bigtable_instance={bigtable_instance!r} both name an input "
-        "source; give one of them")
-  if data_dir:
-    return [
-        "effnet_gin.data.build_dataset.source = @TFRecordSource()",
-        f"TFRecordSource.data_dir = {data_dir!r}"
-    ]
-  if not bigtable_instance:
-    if bigtable_project or bigtable_table:
-      raise ValueError("--bigtable_project and --bigtable_table need "
-                       "--bigtable_instance")
-    return []
-  bt_project = bigtable_project or project
-  if not bt_project:
-    raise ValueError(f"--bigtable_instance={bigtable_instance!r} needs "
-                     "--bigtable_project or --project")
-  bindings = [
-      "effnet_gin.data.build_dataset.source = @BigtableSource()",
-      f"BigtableSource.project = {bt_project!r}",
-      f"BigtableSource.instance = {bigtable_instance!r}"
-  ]
-  if bigtable_table:
-    bindings.append(f"BigtableSource.table = {bigtable_table!r}")
-  return bindings
+# Flags that select and configure the input source, translated together
+# (`reference_sources`).
+SOURCE_FLAGS = reference_sources.SOURCE_FLAGS
+GLOB_FLAGS = reference_sources.GLOB_FLAGS
+source_bindings = reference_sources.source_bindings
 
 
 def flag_bindings(values, *, emit=None):

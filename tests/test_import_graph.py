@@ -16,7 +16,7 @@ PACKAGE_DIR = os.path.join(
 
 # The top: the gin wiring and the command line (only bin/ imports them).
 TOP = ("configurables", "cli", "command_line", "config_errors", "gin_paths",
-       "reference_flags")
+       "reference_flags", "reference_sources")
 # What each part of the package must not import.
 FORBIDDEN = {
     "model": ("data", "distribute", "checkpoints", "evaluation", "serving",

@@ -6,6 +6,7 @@ what gin holds, so a flag whose binding gin resolves differently, or whose
 value is converted wrongly, fails here.
 """
 import logging
+import os
 
 from absl import flags
 import gin
@@ -167,19 +168,42 @@ EXPECTED = {
     }),
 }
 
+# The flags of eval_ckpt_main.py and export_model.py, bin/evaluator's and
+# bin/exporter's: flag: (tool, value, {binding key: value gin must hold}).
+TOOL_EXPECTED = {
+    "enable_ema": ("exporter", "false", {
+        f"{_E}.use_ema": False,
+        "effnet_gin.train.export.use_ema": False
+    }),
+    "include_background_label": ("evaluator", "true", {
+        "effnet_gin.data.ImageGlobSource.label_offset": -1
+    }),
+    "image_size": ("exporter", "64", {
+        "IMAGE_SIZE": 64
+    }),
+    "num_steps": ("exporter", "500", {
+        "effnet_gin.train.export_lite.calibration_images": 500
+    }),
+    "runmode": ("evaluator", "imagenet", {}),
+}
+_ROLE = {"evaluator": "evaluate", "exporter": "export", None: "train"}
 
-def parse(*args):
-  """absl-parses `prog *args` with the bin/ scripts' flags; returns both."""
+
+def parse(*args, tool=None, own=()):
+  """absl-parses `prog *args` with the bin/ scripts' flags (and the string
+  flags `own` of the tool itself); returns both."""
   flag_values = flags.FlagValues()
-  cli.define_common_flags(flag_values)
+  cli.define_common_flags(flag_values, tool=tool)
+  for name in own:
+    flags.DEFINE_string(name, None, "", flag_values=flag_values)
   argv = ["prog", *args]
   flag_values(argv)
   return flag_values, argv
 
 
-def configure(*args, role="train"):
+def configure(*args, role="train", tool=None):
   """Configures gin from a command line, as a bin/ script does."""
-  flag_values, argv = parse(*args)
+  flag_values, argv = parse(*args, tool=tool)
   return cli.configure_from_flags(flag_values, role=role, argv=argv)
 
 
@@ -194,7 +218,68 @@ def query(key):
 
 
 def test_every_alias_of_the_table_is_tested_here():
-  assert set(EXPECTED) == set(reference_flags.BY_FLAG)
+  assert set(EXPECTED) | set(TOOL_EXPECTED) == set(reference_flags.BY_FLAG)
+  for flag, (tool, _, _) in TOOL_EXPECTED.items():
+    assert tool in reference_flags.BY_FLAG[flag].tools
+
+
+@pytest.mark.parametrize("flag", sorted(TOOL_EXPECTED))
+def test_a_tool_flag_sets_what_its_gin_binding_sets(flag):
+  tool, value, expected = TOOL_EXPECTED[flag]
+  configure("--gin_file=b0_cpu.gin", f"--{flag}={value}", role=_ROLE[tool],
+            tool=tool)
+  assert {key: query(key) for key in expected} == expected
+  by_flag = gin.config_str()
+  gin.clear_config()
+  configure(
+      "--gin_file=b0_cpu.gin", *[
+          f"--gin_param={key} = {gin_value!r}"
+          for key, gin_value in expected.items()
+      ], role=_ROLE[tool], tool=tool)
+  assert gin.config_str() == by_flag
+
+
+def test_a_tool_flag_is_only_that_tools():
+  with pytest.raises(flags.UnrecognizedFlagError):
+    parse("--num_steps=5", tool="evaluator")
+  with pytest.raises(flags.UnrecognizedFlagError):
+    parse("--imagenet_eval_glob=x", tool="exporter")
+
+
+def test_the_image_glob_flags_select_the_glob_source():
+  glob = "effnet_gin.data.ImageGlobSource"
+  args = ("--imagenet_eval_glob=/val/*.JPEG", "--imagenet_eval_label=/l.txt",
+          "--num_images=7")
+  configure("--gin_file=b0_cpu.gin", *args, role="evaluate", tool="evaluator")
+  assert query(f"{glob}.pattern") == "/val/*.JPEG"
+  assert query(f"{glob}.labels_file") == "/l.txt"
+  assert query(f"{glob}.num_images") == 7
+  assert query("effnet_gin.data.build_dataset.num_eval_examples") is None
+  with pytest.raises(ValueError, match="needs --imagenet_eval_label"):
+    configure("--gin_file=b0_cpu.gin", args[0], role="evaluate",
+              tool="evaluator")
+  with pytest.raises(ValueError, match="name input sources; give one"):
+    configure("--gin_file=b0_cpu.gin", "--data_dir=/d", *args, role="evaluate",
+              tool="evaluator")
+
+
+@pytest.mark.parametrize(
+    "tool,reference,ours",
+    [(tool, reference, ours)
+     for tool, names in reference_flags.TOOL_SYNONYMS.items()
+     for reference, (_, ours) in names.items()])
+def test_a_tools_reference_names_read_as_its_flags(tool, reference, ours):
+  flag_values, _ = parse(f"--{reference}=/x", tool=tool, own=[ours])
+  assert cli.tool_flag(flag_values, ours, tool) == "/x"
+  flag_values, _ = parse(f"--{reference}=/x", f"--{ours}=/y", tool=tool,
+                         own=[ours])
+  assert cli.tool_flag(flag_values, ours, tool) == "/y"
+
+
+def test_runmode_examples_points_to_predict():
+  with pytest.raises(ValueError, match="use bin/predict"):
+    configure("--gin_file=b0_cpu.gin", "--runmode=examples", role="evaluate",
+              tool="evaluator")
 
 
 @pytest.mark.parametrize("flag", sorted(EXPECTED))
@@ -337,3 +422,19 @@ def test_without_gin_file_a_named_tpu_selects_the_tpu_recipe(
   configure("--data_dir=/data", *args, role="evaluate")
   assert query("effnet_gin.train.build_strategy.kind") == kind
   assert query(f"{_T}.precision") == precision
+
+
+def test_readme_names_every_flag_of_the_table():
+  readme = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+  with open(readme, encoding="utf-8") as f:
+    text = f.read()
+  section = text[text.index("## Coming from the reference"):text.
+                 index("## The model zoo")]
+  names = (set(reference_flags.BY_FLAG) | set(reference_flags.SYNONYMS) |
+           set(reference_flags.IGNORED) | set(reference_flags.SOURCE_FLAGS) | {
+               name for table in (reference_flags.TOOL_SYNONYMS,
+                                  reference_flags.TOOL_IGNORED,
+                                  reference_flags.TOOL_REFUSED)
+               for names in table.values() for name in names
+           })
+  assert sorted(name for name in names if f"`--{name}" not in section) == []

@@ -32,6 +32,9 @@ write in a model_dir is named here, once:
       recorded_in_process     present once a train_and_eval trainer records
                               the run's evaluations: bin/evaluator then
                               leaves results.jsonl and best/ to it.
+    eval_image_glob/          bin/evaluator --imagenet_eval_glob's: its
+                              TensorBoard scalars and results.jsonl (one line
+                              per checkpoint, with the glob and label file).
     best/
       checkpoint, ckpt-<STEP>.*  a copy of the best checkpoint by top-1.
       best_result.json        its result, and the checkpoint it came from.
@@ -70,6 +73,7 @@ RESULTS_FILE = "results.jsonl"
 OTHER_RESULTS_FILE = "other_checkpoints.jsonl"
 RECORD_COUNTS_FILE = "record_counts.json"
 RECORDED_IN_PROCESS_FILE = "recorded_in_process"
+IMAGE_GLOB_EVAL_DIR = "eval_image_glob"
 BEST_DIR = "best"
 BEST_RESULT_FILE = "best_result.json"
 

@@ -4,7 +4,7 @@ stages, to per-replica batches.
 The flow, and where each piece lives:
 
   sources/   readers (`Source` protocol, sources/protocol.py): TFRecordSource,
-             TFDSSource, ImageFolderSource, BigtableSource and the generated
+             TFDSSource, ImageFolderSource, ImageGlobSource, BigtableSource and the generated
              RandomNoiseSource / LearnableShapesSource. `examples(split,
              input_context, *, is_training, seed)` gives one input
              pipeline's shard as {'image': encoded bytes or uint8 [H, W, 3],
@@ -49,6 +49,7 @@ from effnet_gin.data.preprocessing import Preprocessing
 from effnet_gin.data.sources import BigtableSource
 from effnet_gin.data.sources import FakeSource
 from effnet_gin.data.sources import ImageFolderSource
+from effnet_gin.data.sources import ImageGlobSource
 from effnet_gin.data.sources import LearnableShapesSource
 from effnet_gin.data.sources import parse_imagenet_example
 from effnet_gin.data.sources import RandomNoiseSource

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from effnet_gin.data import build_dataset
 from effnet_gin.model import build_model
+from effnet_gin.evaluation import glob_records
 from effnet_gin.evaluation import records
 from effnet_gin.checkpoints import checkpointing
 from effnet_gin.checkpoints import run_dir
@@ -47,7 +48,7 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
              min_interval_secs=0, precision="float32", jit_compile=False,
              newest_only=True, train_steps_from_run=False,
              model_builder=build_model, dataset_builder=build_dataset,
-             strategy=None):
+             strategy=None, image_glob=None):
   """Evaluates the checkpoints of a training run (`bin/evaluator`).
 
   Without `checkpoint`, follows model_dir like the reference's eval job:
@@ -92,6 +93,10 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
       (`effnet_gin.data.build_dataset` with its source bound).
     strategy: the `tf.distribute.Strategy` to evaluate under; None builds
       the default one (`strategy.build_strategy()`).
+    image_glob: (glob, label file) when `dataset_builder` reads an image
+      glob (`ImageGlobSource`) rather than the run's eval split: the
+      `checkpoint` is evaluated and recorded in model_dir/eval_image_glob/
+      only (`glob_records.ImageGlobRecorder`), never in results.jsonl or best/.
 
   Returns:
     The list of result dicts evaluated by this call, oldest first.
@@ -107,12 +112,21 @@ def evaluate(*, model_dir, eval_batch_size, image_size, train_steps=None,
   if not model_dir:
     raise ValueError("evaluate needs a model_dir (--model_dir)")
   model_dir = model_dir.rstrip("/")
+  if image_glob and not checkpoint:
+    raise ValueError("an image-glob evaluation needs the checkpoint to "
+                     "evaluate (--checkpoint or --ckpt_dir)")
   if not checkpoint:
     train_steps = _final_train_steps(model_dir, train_steps,
                                      train_steps_from_run)
   distribute.set_precision_policy(precision)
   strategy = strategy or distribute.build_strategy()
-  recorder = records.Recorder(model_dir, distribute.is_chief(strategy))
+  if image_glob:
+    recorder = glob_records.ImageGlobRecorder(model_dir,
+                                              distribute.is_chief(strategy),
+                                              images=image_glob[0],
+                                              labels_file=image_glob[1])
+  else:
+    recorder = records.Recorder(model_dir, distribute.is_chief(strategy))
   evaluator = CheckpointEvaluator(strategy=strategy, use_ema=use_ema,
                                   eval_batch_size=eval_batch_size,
                                   image_size=image_size,

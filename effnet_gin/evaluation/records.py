@@ -25,11 +25,15 @@ class ResultsLog:
     model_dir: the run's directory.
     filename: the file in model_dir/eval/ (`run_dir.OTHER_RESULTS_FILE`
       holds the results of checkpoints that are not the run's own).
+    eval_dir: the directory in model_dir (`run_dir.IMAGE_GLOB_EVAL_DIR`
+      for evaluations on an image glob, keyed by checkpoint).
   """
 
-  def __init__(self, model_dir, filename=run_dir.RESULTS_FILE):
-    self.path = run_dir.path(model_dir, run_dir.EVAL_DIR, filename)
-    self._key = "step" if filename == run_dir.RESULTS_FILE else "checkpoint"
+  def __init__(self, model_dir, filename=run_dir.RESULTS_FILE,
+               eval_dir=run_dir.EVAL_DIR):
+    self.path = run_dir.path(model_dir, eval_dir, filename)
+    self._key = ("step" if filename == run_dir.RESULTS_FILE and
+                 eval_dir == run_dir.EVAL_DIR else "checkpoint")
 
   def read(self):
     """Returns the recorded results, oldest first.

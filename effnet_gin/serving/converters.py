@@ -39,17 +39,18 @@ from effnet_gin.serving import runtimes
 _TOLERANCE = {"tflite": 1e-3, "onnx": 1e-3, "tflite_float16": 2e-2}
 
 
-def logits_function(model, batch_size, image_size=None):
-  """A tf.function from images [batch_size, S, S, 3] to {"logits": ...}.
+def logits_function(model, batch_size, image_size=None, output_name="logits"):
+  """A tf.function from images [batch_size, S, S, 3] to {output_name: ...}.
 
-  S is `image_size`, by default the model's input size.
+  S is `image_size`, by default the model's input size; the output is the
+  model's (logits, or what `endpoints.output_model` made it output).
   """
   size = image_size or int(model.input_shape[1])
   spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32, name="images")
 
   @tf.function(input_signature=[spec])
   def logits(images):
-    return {"logits": tf.cast(model(images, training=False), tf.float32)}
+    return {output_name: tf.cast(model(images, training=False), tf.float32)}
 
   return logits
 
@@ -57,6 +58,11 @@ def logits_function(model, batch_size, image_size=None):
 # ---------------------------------------------------------------------------
 # Calibration data: the run's own eval pipeline.
 # ---------------------------------------------------------------------------
+
+# Images int8 is calibrated on by default: the reference's export_model.py
+# runs `--num_steps` (1000) calibration steps of `--batch_size` (1) eval
+# images, i.e. its first 1,000 validation images.
+CALIBRATION_IMAGES = 1000
 
 
 def calibration_batches(*, image_size, batch_size, num_images,
@@ -110,7 +116,7 @@ def calibration_batches(*, image_size, batch_size, num_images,
 
 
 def convert_tflite(model, format_name, *, batch_size=1, image_size=None,
-                   calibration=None):
+                   calibration=None, output_name="logits"):
   """The .tflite flatbuffer of `model` (an inference model) in a format.
 
   Args:
@@ -120,11 +126,12 @@ def convert_tflite(model, format_name, *, batch_size=1, image_size=None,
     image_size: the input resolution; None takes the model's.
     calibration: for int8, a list of float32 image batches
       [batch_size, S, S, 3] (see `calibration_batches`).
+    output_name: the output tensor's name.
 
   Returns:
     The model as bytes.
   """
-  function = logits_function(model, batch_size, image_size)
+  function = logits_function(model, batch_size, image_size, output_name)
   # Without a trackable object the converter freezes the variables into
   # constants, so the kernels are folded and int8 calibration can run; with
   # one (the recommended route, and from_saved_model), TF 2.21 kept them as
@@ -151,10 +158,11 @@ def _configure_converter(converter, format_name, calibration):
     converter.inference_output_type = tf.uint8
 
 
-def convert_onnx(model, *, batch_size=1, image_size=None, opset=17):
+def convert_onnx(model, *, batch_size=1, image_size=None, opset=17,
+                 output_name="logits"):
   """The serialized ONNX model of `model` (an inference model), via tf2onnx."""
   import tf2onnx  # pylint: disable=g-import-not-at-top
-  function = logits_function(model, batch_size, image_size)
+  function = logits_function(model, batch_size, image_size, output_name)
   proto, _ = tf2onnx.convert.from_function(
       function, input_signature=function.input_signature, opset=opset)
   return proto.SerializeToString()
@@ -225,9 +233,9 @@ def _int8_advice(model):
 
 
 def export_lite(model, *, format_name, output_dir, image_size=None,
-                batch_size=1, calibration_images=200, compare_on_eval=True,
-                max_int8_drop=2.0, num_threads=2, opset=17,
-                dataset_builder=build_dataset):
+                batch_size=1, calibration_images=CALIBRATION_IMAGES,
+                compare_on_eval=True, max_int8_drop=2.0, num_threads=2,
+                opset=17, output_name="logits", dataset_builder=build_dataset):
   """Converts `model` into `output_dir/model.tflite` or `model.onnx`.
 
   Args:
@@ -237,11 +245,14 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
     image_size: the input resolution; None takes the model's.
     batch_size: the exported model's fixed batch size.
     calibration_images: eval images to calibrate int8 on.
-    compare_on_eval: after an int8 export, score it and the float network
-      on the whole eval split.
+    compare_on_eval: after an int8 export of the logits or probabilities,
+      score it and the float network on the whole eval split (an
+      endpoint's features have no accuracy to compare).
     max_int8_drop: warn when int8 loses more top-1 points than this.
     num_threads: LiteRT/onnxruntime threads for the checks.
     opset: the ONNX opset.
+    output_name: what `model` outputs: 'logits', 'probabilities' or an
+      endpoint's name (see `endpoints.output_model`); names the output.
     dataset_builder: `dataset_builder(split='eval', global_batch_size=,
       image_size=)` gives the eval images int8 calibrates on and is compared
       on (`build_dataset` with the run's source bound).
@@ -264,7 +275,7 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
   size = image_size or int(model.input_shape[1])
   if format_name == "onnx":
     content = convert_onnx(model, batch_size=batch_size, image_size=size,
-                           opset=opset)
+                           opset=opset, output_name=output_name)
   else:
     calibration = None
     if format_name == "tflite_int8":
@@ -272,27 +283,35 @@ def export_lite(model, *, format_name, output_dir, image_size=None,
                                         num_images=calibration_images,
                                         dataset_builder=dataset_builder)
     content = convert_tflite(model, format_name, batch_size=batch_size,
-                             image_size=size, calibration=calibration)
+                             image_size=size, calibration=calibration,
+                             output_name=output_name)
   path = f"{output_dir}/{formats.model_file(format_name)}"
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(content)
   classifier = runtimes.load_classifier(path, num_threads=num_threads)
   extra = {
-      "model_file": formats.model_file(format_name),
-      "size_bytes": len(content),
-      **tensor_metadata(classifier, format_name)
+      "model_file":
+          formats.model_file(format_name),
+      "size_bytes":
+          len(content),
+      **tensor_metadata(classifier, format_name, output_name=output_name, output_shape=model.output_shape)
   }
   if format_name in _TOLERANCE:
     check_against_keras(classifier, model, format_name)
-  elif compare_on_eval:
+  elif compare_on_eval and output_name in ("logits", "probabilities"):
     extra["int8_vs_float"] = compare_int8(model, classifier,
                                           max_drop=max_int8_drop,
                                           dataset_builder=dataset_builder)
   return extra
 
 
-def tensor_metadata(classifier, format_name):
-  """The input and output tensors' shapes, types and quantization."""
+def tensor_metadata(classifier, format_name, *, output_name="logits",
+                    output_shape=None):
+  """The input and output tensors' shapes, types and quantization.
+
+  `output_shape` is the model's (batch dimension ignored); None: [batch,
+  classes].
+  """
   shape = [
       classifier.batch_size, classifier.image_size, classifier.image_size, 3
   ]
@@ -305,8 +324,11 @@ def tensor_metadata(classifier, format_name):
           "range": [0, 255]
       },
       "output": {
-          "name": "logits",
-          "shape": [classifier.batch_size, classifier.num_classes],
+          "name": output_name,
+          "shape": [
+              classifier.batch_size,
+              *(output_shape[1:] if output_shape else [classifier.num_classes])
+          ],
           "dtype": "float32"
       }
   }

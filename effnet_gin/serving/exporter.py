@@ -37,6 +37,7 @@ from effnet_gin.checkpoints import averaging
 from effnet_gin.checkpoints import checkpointing
 from effnet_gin.serving import export_dirs
 from effnet_gin.serving import converters
+from effnet_gin.serving import endpoints as endpoints_lib
 from effnet_gin.serving import formats
 from effnet_gin.serving import labels
 from effnet_gin.checkpoints import run_dir
@@ -54,11 +55,17 @@ class ServingModule(tf.Module):
     image_size: S, the resolution images are preprocessed to.
     preprocessing: the eval crop and resize, a `Preprocessing` (give the one
       the eval pipeline uses); None takes the reference's.
+    output_name: what `model` outputs (`endpoints.output_model`): None or
+      'logits' (logits: the signatures return `classes` and
+      `probabilities`, or `classes` and `logits` when 'logits' was asked),
+      'probabilities' (returned as `classes` and `probabilities`), or an
+      endpoint name (returned alone, under that name).
   """
 
-  def __init__(self, model, image_size, preprocessing=None):
+  def __init__(self, model, image_size, preprocessing=None, output_name=None):
     super().__init__(name="efficientnet_serving")
     self.model = model
+    self.output_name = output_name
     self.image_size = image_size
     self.preprocessing = preprocessing or preprocessing_lib.REFERENCE
     self.preprocess_image_bytes = tf.function(
@@ -81,11 +88,15 @@ class ServingModule(tf.Module):
     }
 
   def _classify(self, images):
-    logits = tf.cast(self.model(images, training=False), tf.float32)
-    return {
-        "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
-        "probabilities": tf.nn.softmax(logits)
-    }
+    outputs = tf.cast(self.model(images, training=False), tf.float32)
+    if self.output_name not in (None, "logits", "probabilities"):
+      return {self.output_name: outputs}
+    classes = tf.argmax(outputs, axis=-1, output_type=tf.int64)
+    if self.output_name == "logits":
+      return {"classes": classes, "logits": outputs}
+    if self.output_name is None:
+      outputs = tf.nn.softmax(outputs)
+    return {"classes": classes, "probabilities": outputs}
 
   def _preprocess_image_bytes(self, image_bytes):
     size = self.image_size
@@ -213,6 +224,8 @@ def export(
     format="saved_model",
     batch_size=1,
     labels_file=None,  # pylint: disable=redefined-builtin
+    endpoint=None,
+    output=None,
     model_builder=build_model,
     preprocessing=None,
     lite_exporter=converters.export_lite):
@@ -238,11 +251,18 @@ def export(
     batch_size: the fixed batch size of a TFLite or ONNX model.
     labels_file: optional class names recorded in metadata.json (see
       `read_labels`).
+    endpoint: export this endpoint of the network instead of the logits
+      (the reference's `--endpoint_name`: 'pooled_features',
+      'reduction_1' …; see `endpoints`).
+    output: 'logits' or 'probabilities' (their softmax, as the
+      reference's TFLite export). None keeps each format's default: a
+      SavedModel returns `classes` and `probabilities`, TFLite and ONNX
+      return logits.
     model_builder: `model_builder(num_classes=)` builds the run's model.
     preprocessing: the serving signature's crop and resize, a
       `Preprocessing` (give the eval pipeline's); None takes the reference's.
     lite_exporter: `lite_exporter(model, format_name=, output_dir=,
-      image_size=, batch_size=)` writes the TFLite and ONNX formats
+      image_size=, batch_size=, output_name=)` writes the TFLite and ONNX formats
       (`converters.export_lite`; int8 needs its `dataset_builder`).
 
   Returns:
@@ -252,10 +272,11 @@ def export(
     FileNotFoundError: when the checkpoint does not exist.
     FileExistsError: when export_dir already holds a model and `overwrite`
       is False.
-    ValueError: for an unknown format, int8 without calibration data, or
-      labels that do not match the class count.
+    ValueError: for an unknown format, endpoint or output, int8 without
+      calibration data, or labels that do not match the class count.
   """
   formats.check_format(format)
+  endpoints_lib.check_output(endpoint, output)
   export_dirs.check_destination(export_dir, overwrite)
   module, path = load_serving_module(model_dir=model_dir, checkpoint=checkpoint,
                                      image_size=image_size, use_ema=use_ema,
@@ -264,14 +285,23 @@ def export(
                                      preprocessing=preprocessing)
   model = inference_model(module.model)
   names = labels.checked_labels(labels_file, model.output_shape[-1])
+  output_name = _output_name(endpoint, output, format)
+  exported = inference_model(
+      endpoints_lib.output_model(
+          module.model, endpoint=endpoint, output=output,
+          endpoints_builder=lambda: model_builder(
+              num_classes=model.output_shape[-1], return_endpoints=True)))
   with export_dirs.staged_export(export_dir, overwrite=overwrite) as staging:
-    extra = {}
+    extra = {"output_name": output_name or "probabilities"}
     if format == formats.SAVED_MODEL:
-      module = ServingModule(model, module.image_size, module.preprocessing)
+      module = ServingModule(exported, module.image_size, module.preprocessing,
+                             output_name=output_name)
       tf.saved_model.save(module, staging, signatures=module.signatures())
     else:
-      extra = lite_exporter(model, format_name=format, output_dir=staging,
-                            image_size=module.image_size, batch_size=batch_size)
+      extra.update(
+          lite_exporter(exported, format_name=format, output_dir=staging,
+                        image_size=module.image_size, batch_size=batch_size,
+                        output_name=output_name))
     formats.write_metadata(
         staging,
         formats.build_metadata(model, format_name=format,
@@ -280,6 +310,19 @@ def export(
                                resize_method=module.preprocessing.resize_method,
                                ema=use_ema and checkpointing.has_ema(path),
                                extra=extra))
-  logging.info("Exported %s as %s (%dx%d) in %s", path, format,
+  logging.info("Exported %s%s as %s (%dx%d) in %s", path,
+               f" ({output_name})" if output_name else "", format,
                module.image_size, module.image_size, export_dir)
   return export_dir
+
+
+def _output_name(endpoint, output, format_name):
+  """The exported output's name: an endpoint, 'logits' or 'probabilities'.
+
+  None for a SavedModel of the default output (classes and probabilities).
+  """
+  if endpoint not in (None, "logits", "head"):
+    return endpoint
+  if output is None and format_name != formats.SAVED_MODEL:
+    return "logits"
+  return output

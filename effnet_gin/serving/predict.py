@@ -141,7 +141,7 @@ def format_predictions(results):
 
 
 def classify_files(classifier, image_files, *, names=None, top_k=5,
-                   preprocessing=None):
+                   preprocessing=None, outputs_probabilities=False):
   """The top-k classes of image files, as `exporter.predict` returns them.
 
   Each file is decoded and preprocessed as the eval split (center crop,
@@ -166,7 +166,8 @@ def classify_files(classifier, image_files, *, names=None, top_k=5,
       results.append((path, error_line(error)))
       continue
     logits = classifier.logits(image.numpy()[None])[0]
-    probabilities = tf.nn.softmax(logits).numpy()
+    probabilities = (logits if outputs_probabilities else
+                     tf.nn.softmax(logits).numpy())
     top = np.argsort(-probabilities, kind="stable")[:top_k]
     results.append(
         (path, [(int(c), names[c] if names else None, float(probabilities[c]))
@@ -196,14 +197,22 @@ def predict_exported(model_path, image_files, *, labels_file=None, top_k=5,
   classifier = runtimes.load_classifier(model_path, num_threads=num_threads)
   names = labels.read_labels(labels_file) if labels_file else None
   metadata_path = f"{_model_dir(model_path)}/{formats.METADATA_FILE}"
-  if names is None and tf.io.gfile.exists(metadata_path):
+  metadata = {}
+  if tf.io.gfile.exists(metadata_path):
     with tf.io.gfile.GFile(metadata_path) as f:
-      names = json.load(f).get("labels")
+      metadata = json.load(f)
+  output_name = metadata.get("output_name", "logits")
+  if output_name not in ("logits", "probabilities"):
+    raise ValueError(f"{model_path!r} outputs the endpoint {output_name!r}, "
+                     "not classes: export it without --endpoint to classify")
+  if names is None:
+    names = metadata.get("labels")
   if names is not None and len(names) != classifier.num_classes:
     raise ValueError(f"{len(names)} class names for a model of "
                      f"{classifier.num_classes} classes")
   return classify_files(classifier, image_files, names=names, top_k=top_k,
-                        preprocessing=preprocessing)
+                        preprocessing=preprocessing,
+                        outputs_probabilities=output_name == "probabilities")
 
 
 def _model_dir(model_path):

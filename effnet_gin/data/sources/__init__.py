@@ -6,6 +6,8 @@ gin-configurable as `effnet_gin.data.<ClassName>`:
   tfrecord.py      TFRecordSource         ImageNet-format TFRecord shards
   tfds.py          TFDSSource             a prepared TensorFlow Datasets dataset
   image_folder.py  ImageFolderSource      <root>/<class>/<image> folders
+  image_glob.py    ImageGlobSource        eval files of a glob, labels from a
+                                          text file (eval_ckpt_main's)
   bigtable.py      BigtableSource         one tf.Example per Cloud Bigtable row
   generated.py     RandomNoiseSource,     images generated in-graph, no files
                    LearnableShapesSource
@@ -24,6 +26,7 @@ from effnet_gin.data.sources.generated import LearnableShapesSource
 from effnet_gin.data.sources.generated import RandomNoiseSource
 from effnet_gin.data.sources.generated import SyntheticSource
 from effnet_gin.data.sources.image_folder import ImageFolderSource
+from effnet_gin.data.sources.image_glob import ImageGlobSource
 from effnet_gin.data.sources.imagenet_example import parse_imagenet_example
 from effnet_gin.data.sources.imagenet_example import serialize_imagenet_example
 from effnet_gin.data.sources.protocol import check_split
@@ -38,4 +41,5 @@ from effnet_gin.data.sources.tfrecord import TFRecordSource
 # Every source a pipeline can read from (the deprecated aliases aside): the
 # one list the command line checks a config's source against.
 SOURCE_CLASSES = (TFRecordSource, RandomNoiseSource, LearnableShapesSource,
-                  TFDSSource, ImageFolderSource, BigtableSource)
+                  TFDSSource, ImageFolderSource, BigtableSource,
+                  ImageGlobSource)
