@@ -28,15 +28,17 @@ from effnet_gin.checkpoints import run_dir
 def import_checkpoint(*, source, model_dir, variant=None, num_classes=None,
                       advprop=False, width_coefficient=None,
                       depth_coefficient=None, image_size=None, use_ema=True):
-  """Imports a reference TF1 checkpoint or Keras weights into model_dir.
+  """Imports a reference or automl checkpoint or Keras weights into model_dir.
 
   Args:
-    source: a reference checkpoint (directory or prefix) or a Keras weights
-      file (see `effnet_gin.checkpoints.load_pretrained`).
+    source: a reference TF1 checkpoint or an automl EfficientNetV2 one
+      (directory or prefix), or a Keras weights file (see
+      `effnet_gin.checkpoints.load_pretrained`).
     model_dir: the directory to write; must hold no checkpoint yet.
     variant: overrides the detected variant name.
-    num_classes: the model's class count; by default the source's. Another
-      count leaves a freshly initialised classifier.
+    num_classes: the model's class count; by default the source's (21,843
+      for automl's ImageNet-21k checkpoints). Another count leaves a freshly
+      initialised classifier.
     advprop: the source is an AdvProp checkpoint (inputs scaled to [-1, 1]).
     width_coefficient, depth_coefficient: for sources of non-standard width
       or depth; when both are None they are inferred from the shapes

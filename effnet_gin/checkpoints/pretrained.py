@@ -4,6 +4,11 @@
   * a reference TF1 checkpoint (tensorflow/tpu models/official/efficientnet,
     e.g. the published `gs://cloud-tpu-checkpoints/efficientnet/...`
     tarballs, extracted): a directory or a `model.ckpt` prefix;
+  * an automl EfficientNetV2 checkpoint (google/automl efficientnetv2, e.g.
+    the published `gs://cloud-tpu-checkpoints/efficientnet/v2/
+    efficientnetv2-*.tgz`, ImageNet-1k, 21k and 21k-ft1k, extracted): the
+    same TF1 naming scheme under an `efficientnetv2-*` scope, EMA shadows
+    included; a directory or its checkpoint prefix;
   * keras.applications EfficientNetB0-B7 or EfficientNetV2B0-B3/S/M/L
     weights: a Keras model, or a `.h5` / `.weights.h5` / `.keras` file;
   * an effnet_gin checkpoint (`model_dir/ckpt-N`, or model_dir).
@@ -26,7 +31,9 @@ from effnet_gin.checkpoints import checkpointing
 from effnet_gin.checkpoints import weight_sources
 from effnet_gin.model import specs
 
-FORMATS = ("reference", "keras", "effnet_gin")
+FORMATS = ("reference", "automl", "keras", "effnet_gin")
+# Formats named like the reference, read by `weight_sources.read_reference`.
+_REFERENCE_NAMED = ("reference", "automl")
 _KERAS_SUFFIXES = (".h5", ".keras")
 _MAX_LISTED_PROBLEMS = 6
 
@@ -39,6 +46,7 @@ class LoadResult:
     source: the path (or the Keras model's name) loaded from.
     source_format: one of `FORMATS`.
     variant: the variant the source is ("efficientnet-b0"; the reference's
+      and automl's
       own scope name, else recognised from the shapes), or None when its
       shapes match no standard variant.
     num_classes: the source's classifier width (None without a classifier).
@@ -76,13 +84,14 @@ def checkpoint_format(source) -> str:
       raise FileNotFoundError(f"Keras weights file {source!r} does not exist")
     return "keras"
   names = [name for name, _ in _list_checkpoint(source)]
-  if weight_sources.reference_prefix(names, source):
-    return "reference"
+  prefix = weight_sources.reference_prefix(names, source)
+  if prefix:
+    return "automl" if prefix.startswith("efficientnetv2") else "reference"
   if any(name.startswith(("model/", "ema/")) for name in names):
     return "effnet_gin"
   raise ValueError(
-      f"checkpoint {source!r} is neither a reference EfficientNet checkpoint "
-      f"(no efficientnet-*/stem/ tensors) nor an effnet_gin one (no model/ "
+      f"checkpoint {source!r} is neither a reference or automl EfficientNet "
+      f"checkpoint (no efficientnet*/stem/ tensors) nor an effnet_gin one (no model/ "
       f"tensors); it holds e.g. {sorted(names)[:3]}")
 
 
@@ -115,7 +124,7 @@ def load_pretrained(model, source, *, use_ema=True,
   """
   source_format = checkpoint_format(source)
   label = source if isinstance(source, str) else f"Keras model {source.name!r}"
-  if source_format == "reference":
+  if source_format in _REFERENCE_NAMED:
     weights = weight_sources.read_reference(model, _resolve(source),
                                             use_ema=use_ema)
   elif source_format == "keras":
@@ -150,10 +159,10 @@ class SourceInfo:
 def describe_source(source) -> SourceInfo:
   """Reads a source's format, variant, class count and input normalisation.
 
-  The variant of a reference checkpoint is its scope name; Keras and
+  The variant of a reference or automl checkpoint is its scope name; Keras and
   effnet_gin weights are recognised by their shapes (None when they match no
   standard variant). The input normalisation is the variant's default for
-  reference checkpoints, the one the Keras model applies for Keras weights
+  reference and automl checkpoints, the one the Keras model applies for Keras weights
   (None when it is none of `specs.INPUT_NORMALIZATIONS`), and unknown (None)
   for effnet_gin checkpoints.
 
@@ -181,7 +190,7 @@ def describe_source(source) -> SourceInfo:
   }
   default = (specs.VARIANTS[prefix].input_normalization
              if prefix in specs.VARIANTS else None)
-  return SourceInfo("reference", prefix,
+  return SourceInfo(source_format, prefix,
                     _classifier_width(bases, "head/dense/kernel"), default,
                     weight_sources.reference_signature(bases))
 
@@ -322,7 +331,7 @@ def initialize_from(model, path, *, model_builder, use_ema=True,
   and copied into `model` layer by layer by name; a layer whose weights
   differ in shape — the classifier, when the class count changed — keeps its
   fresh initialisation. Any other format `load_pretrained` reads
-  (a reference TF1 checkpoint, Keras weights) is loaded by it, strictly but
+  (a reference or automl TF1 checkpoint, Keras weights) is loaded by it, strictly but
   for the classifier.
 
   Args:

@@ -7,7 +7,12 @@ the effnet_gin variable they belong to (`stem_conv/kernel`,
 
 * the reference's TF1 checkpoints (tensorflow/tpu
   models/official/efficientnet, `gs://cloud-tpu-checkpoints/efficientnet/`),
-  whose names are translated from the model's own layers;
+  whose names are translated from the model's own layers, and automl's
+  EfficientNetV2 checkpoints (google/automl efficientnetv2,
+  `gs://cloud-tpu-checkpoints/efficientnet/v2/`), whose Keras layers
+  (`stem`, `blocks_N`, `head`; `conv2d`, `tpu_batch_normalization`,
+  `depthwise_conv2d`, `se/conv2d` numbered in creation order) give the
+  same names under an `efficientnetv2-*` scope;
 * keras.applications EfficientNetB0-B7 and EfficientNetV2B0-B3/S/M/L
   (whose depthwise layers are `block*_dwconv2`, effnet_gin's `block*_dwconv`):
   a Keras model object, a legacy
@@ -59,7 +64,8 @@ class SourceWeights:
   """Weights read from a source, keyed by effnet_gin variable path.
 
   Attributes:
-    source_format: "reference", "keras" or "effnet_gin".
+    source_format: "reference" (also for automl's V2 checkpoints), "keras"
+      or "effnet_gin".
     tensors: variable path -> array.
     names: variable path -> the source's name for it (for messages).
     unexpected: source tensors that no model variable takes.
@@ -186,7 +192,7 @@ def reference_signature(shapes):
 
 
 def read_reference(model, path, *, use_ema):
-  """Reads a reference TF1 checkpoint for `model`.
+  """Reads a reference TF1 checkpoint, or an automl V2 one, for `model`.
 
   With `use_ema` the EMA shadows (`<name>/ExponentialMovingAverage`, which
   cover the batch-norm statistics too) are read, or the raw weights when the
