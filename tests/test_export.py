@@ -23,6 +23,7 @@ from effnet_gin.train import optim
 
 from effnet_gin.serving import exporter as export_lib
 from effnet_gin.serving import predict as predict_lib
+from export_helpers import checkpoint_logits
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -83,17 +84,12 @@ def configure(num_classes=NUM_CLASSES):
 
 def classify_in_process(checkpoint_path, image_files, use_ema=True):
   """Top-1 classes and probabilities of the checkpoint's (EMA) weights."""
-  model = configurables.build_model()
-  ema = averaging.ExponentialMovingAverage(model) if use_ema else None
-  checkpointing.build_checkpoint(
-      model=model, ema=ema).read(checkpoint_path).expect_partial()
-  if ema is not None:
-    ema.copy_to_model()
   images = tf.stack([
       preprocess_for_eval(tf.io.read_file(path), IMAGE_SIZE)
       for path in image_files
   ])
-  probabilities = tf.nn.softmax(model(images, training=False)).numpy()
+  probabilities = tf.nn.softmax(
+      checkpoint_logits(checkpoint_path, images, use_ema)).numpy()
   return probabilities.argmax(-1), probabilities
 
 

@@ -18,45 +18,21 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
-from ai_edge_litert import interpreter as litert
 
 from effnet_gin import configurables
 from effnet_gin import cli
-from effnet_gin.data import parse_imagenet_example
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.serving import formats
+from export_helpers import eval_examples
+from export_helpers import run_params
+from export_helpers import tflite_top1
 import trainer_helpers
 
 NUM_CLASSES = 6
 NUM_EVAL = 200
 IMAGE_SIZE = 32
 FORMATS = formats.FORMATS
-
-
-def run_params(data_dir):
-  """Bindings of the trained run, on top of demo.gin."""
-  return [
-      "effnet_gin.train.build_strategy.kind = 'cpu'",
-      "MODEL_NAME = 'efficientnet-lite0'",
-      f"IMAGE_SIZE = {IMAGE_SIZE}",
-      f"NUM_CLASSES = {NUM_CLASSES}",
-      "NUM_TRAIN_IMAGES = 640",
-      f"NUM_EVAL_IMAGES = {NUM_EVAL}",
-      "TRAIN_BATCH_SIZE = 32",
-      "EVAL_BATCH_SIZE = 50",
-      "TRAIN_STEPS = 250",
-      "STEPS_PER_LOOP = 50",
-      "effnet_gin.train.train.mode = 'train'",
-      "effnet_gin.train.train.seed = 7",
-      "effnet_gin.model.build_model.width_coefficient = 0.25",
-      "effnet_gin.model.build_model.depth_coefficient = 0.25",
-      # A short run: moving statistics that settle within it, a larger rate.
-      "effnet_gin.model.build_model.batch_norm_momentum = 0.9",
-      "effnet_gin.train.build_schedule.base_learning_rate = 0.256",
-      "effnet_gin.train.build_schedule.warmup_epochs = 1",
-      f"effnet_gin.data.TFRecordSource.data_dir = '{data_dir}'",
-  ]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +42,9 @@ def deployed(tmp_path_factory):
   write_fake_imagenet(data_dir, num_train=640, num_eval=NUM_EVAL,
                       num_classes=NUM_CLASSES, image_size=40, train_shards=2,
                       eval_shards=2, kind="learnable")
-  params = run_params(data_dir)
+  params = run_params(data_dir, variant="efficientnet-lite0",
+                      image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
+                      num_eval=NUM_EVAL)
   model_dir = str(root / "model")
   gin.clear_config()
   cli.configure(["demo.gin"], params)
@@ -81,33 +59,6 @@ def deployed(tmp_path_factory):
   gin.clear_config()
   return dict(root=root, data_dir=data_dir, params=params, model_dir=model_dir,
               exports=exports)
-
-
-def eval_examples(data_dir):
-  """(encoded image, 0-based label) of every validation record."""
-  files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "validation-*")))
-  examples = []
-  for serialized in tf.data.TFRecordDataset(files):
-    example = parse_imagenet_example(serialized)
-    examples.append((example["image"], int(example["label"])))
-  return examples
-
-
-def tflite_top1(path, images):
-  """Top-1 of images (float 0-255) with LiteRT, straight from test code."""
-  interpreter = litert.Interpreter(model_path=path, num_threads=2)
-  interpreter.allocate_tensors()
-  given = interpreter.get_input_details()[0]
-  output = interpreter.get_output_details()[0]
-  classes = []
-  for image in images:
-    batch = image[None].astype(np.float32)
-    if given["dtype"] == np.uint8:
-      batch = np.clip(np.round(batch), 0, 255).astype(np.uint8)
-    interpreter.set_tensor(given["index"], batch)
-    interpreter.invoke()
-    classes.append(int(np.argmax(interpreter.get_tensor(output["index"])[0])))
-  return np.array(classes)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from effnet_gin.serving import formats
 from effnet_gin.serving import runtimes
 
 from effnet_gin.serving import exporter as export_lib
+from export_helpers import relative_error
 
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
@@ -51,10 +52,6 @@ def tiny_model(variant):
 def images(count=4, seed=0):
   return tf.random.stateless_uniform([count, IMAGE_SIZE, IMAGE_SIZE, 3],
                                      [seed, 1], maxval=255.0).numpy()
-
-
-def relative_error(actual, expected):
-  return np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
