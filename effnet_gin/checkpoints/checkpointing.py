@@ -166,8 +166,7 @@ class Manager:
         the message names model_dir and about how much a checkpoint needs.
     """
     try:
-      path = self._manager.save(checkpoint_number=step,
-                                options=_FAULT_OPTIONS)
+      path = self._manager.save(checkpoint_number=step, options=_FAULT_OPTIONS)
     except disk_space.WRITE_ERRORS as err:
       if not disk_space.is_out_of_space(err):
         raise
