@@ -158,6 +158,6 @@ def test_a_label_file_of_the_wrong_length_stops_with_one_line(
                   f"--imagenet_eval_label={short}")
   assert ran.returncode == 1
   last = ran.stderr.strip().splitlines()[-1]
-  assert last == (f"bin/evaluator: '{short}' has 1 labels but '{pattern}' "
+  assert last == (f"evaluator: '{short}' has 1 labels but '{pattern}' "
                   f"matches {NUM_FILES} files: one label per file, in sorted "
                   "file order")

@@ -25,6 +25,9 @@ class LoopProgress:
     self._steps_per_epoch = num_train_images / global_batch_size
     self._learning_rate = learning_rate
     self._start_time = time.time()
+    # This run's skipped records only: the tally is per process, and the
+    # run's pipelines are built after this (on entering their stage).
+    corrupt_records.PROCESS_TALLY.reset()
 
   def log(self, current, num_steps, loss_sum, correct_sum, elapsed):
     """Logs and summarises a loop of `num_steps` ending at step `current`.
