@@ -100,19 +100,31 @@ class ImageFolderSource(protocol.Source):
     shard = images[pipeline_id::num_pipelines]
     paths = [path for path, _ in shard]
     labels = [label for _, label in shard]
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
-    if is_training:
-      dataset = dataset.shuffle(max(1, len(paths)), seed=seed,
-                                reshuffle_each_iteration=True)
-    return dataset.map(
-        lambda path, label: {
-            "image": tf.io.read_file(path),
-            "label": label
-        }, num_parallel_calls=tf.data.AUTOTUNE)
+    return labelled_files(paths, labels, shuffle=is_training, seed=seed)
 
   def num_examples(self, split):
     return len(self._split_images(split))
 
   def examples_per_pipeline(self, split, num_input_pipelines):
     return protocol.shard_sizes(self.num_examples(split), num_input_pipelines)
+
+
+def labelled_files(paths, labels, *, shuffle=False, seed=None):
+  """Examples {'image': the file's bytes, 'label'} of image files.
+
+  Args:
+    paths: the files, in order.
+    labels: one int label per file.
+    shuffle: shuffle the files, anew each pass.
+    seed: the shuffle's seed (None: unseeded).
+  """
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (tf.constant(paths, tf.string), tf.constant(labels, tf.int32)))
+  if shuffle:
+    dataset = dataset.shuffle(max(1, len(paths)), seed=seed,
+                              reshuffle_each_iteration=True)
+  return dataset.map(
+      lambda path, label: {
+          "image": tf.io.read_file(path),
+          "label": label
+      }, num_parallel_calls=tf.data.AUTOTUNE)

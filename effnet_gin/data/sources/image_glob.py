@@ -12,6 +12,7 @@ The files are the eval split; there is no train split.
 import tensorflow as tf
 
 from effnet_gin.data.sources import protocol
+from effnet_gin.data.sources import image_folder
 
 
 def read_labels(labels_file, label_offset=0):
@@ -92,14 +93,8 @@ class ImageGlobSource(protocol.Source):
     del is_training, seed  # Evaluated in file order.
     self._check(split)
     num_pipelines, pipeline_id = protocol.pipeline_shard(input_context)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(self._paths[pipeline_id::num_pipelines], tf.string),
-         tf.constant(self._labels[pipeline_id::num_pipelines], tf.int32)))
-    return dataset.map(
-        lambda path, label: {
-            "image": tf.io.read_file(path),
-            "label": label
-        }, num_parallel_calls=tf.data.AUTOTUNE)
+    return image_folder.labelled_files(self._paths[pipeline_id::num_pipelines],
+                                       self._labels[pipeline_id::num_pipelines])
 
   def num_examples(self, split):
     self._check(split)
