@@ -8,10 +8,12 @@ checkpoint's own (EMA) weights say, without the exporter's restore path.
 """
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
+from effnet_gin import cli
 from effnet_gin import configurables
 from effnet_gin.data import parse_imagenet_example
 from effnet_gin.checkpoints import averaging
@@ -86,3 +88,24 @@ def checkpoint_logits(checkpoint_path, images, use_ema=True,
 def relative_error(actual, expected):
   """Largest |actual - expected| relative to the largest |expected|."""
   return np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+
+
+def train_and_export(root, data_dir, params, format_names):
+  """Trains demo.gin with `params` in root/model, then exports each format.
+
+  Returns:
+    (model_dir, {format name: what `configurables.export` returned}), each
+    export in root/<format name>.
+  """
+  model_dir = str(root / "model")
+  gin.clear_config()
+  cli.configure(["demo.gin"], params)
+  configurables.train(model_dir=model_dir, command="test")
+  exports = {}
+  for format_name in format_names:
+    gin.clear_config()
+    cli.configure(["demo.gin"], params)
+    exports[format_name] = configurables.export(
+        model_dir=model_dir, export_dir=str(root / format_name),
+        format=format_name)
+  return model_dir, exports

@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnet_gin import configurables
-from effnet_gin import cli
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.serving import formats
 from export_helpers import eval_examples
 from export_helpers import run_params
 from export_helpers import tflite_top1
+from export_helpers import train_and_export
 import trainer_helpers
 
 NUM_CLASSES = 6
@@ -45,17 +44,7 @@ def deployed(tmp_path_factory):
   params = run_params(data_dir, variant="efficientnet-lite0",
                       image_size=IMAGE_SIZE, num_classes=NUM_CLASSES,
                       num_eval=NUM_EVAL)
-  model_dir = str(root / "model")
-  gin.clear_config()
-  cli.configure(["demo.gin"], params)
-  configurables.train(model_dir=model_dir, command="test")
-  exports = {}
-  for format_name in FORMATS:
-    gin.clear_config()
-    cli.configure(["demo.gin"], params)
-    exports[format_name] = configurables.export(
-        model_dir=model_dir, export_dir=str(root / format_name),
-        format=format_name)
+  model_dir, exports = train_and_export(root, data_dir, params, FORMATS)
   gin.clear_config()
   return dict(root=root, data_dir=data_dir, params=params, model_dir=model_dir,
               exports=exports)

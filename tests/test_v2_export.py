@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnet_gin import cli
-from effnet_gin import configurables
 from effnet_gin.data import preprocess_for_eval
 from effnet_gin.data import write_fake_imagenet
 from effnet_gin.model import build_model
@@ -31,6 +29,7 @@ from export_helpers import eval_examples
 from export_helpers import relative_error
 from export_helpers import run_params
 from export_helpers import tflite_top1
+from export_helpers import train_and_export
 
 VARIANT = "efficientnetv2-s"
 WIDTH, DEPTH = 0.25, 0.1
@@ -50,17 +49,7 @@ def exported(tmp_path_factory):
   params = run_params(data_dir, variant=VARIANT, image_size=IMAGE_SIZE,
                       num_classes=NUM_CLASSES, num_eval=NUM_EVAL,
                       train_steps=150, width=WIDTH, depth=DEPTH)
-  model_dir = str(root / "model")
-  gin.clear_config()
-  cli.configure(["demo.gin"], params)
-  configurables.train(model_dir=model_dir, command="test")
-  exports = {}
-  for format_name in FORMATS:
-    gin.clear_config()
-    cli.configure(["demo.gin"], params)
-    exports[format_name] = configurables.export(
-        model_dir=model_dir, export_dir=str(root / format_name),
-        format=format_name)
+  model_dir, exports = train_and_export(root, data_dir, params, FORMATS)
   examples = eval_examples(data_dir)
   images = np.stack([
       preprocess_for_eval(encoded, IMAGE_SIZE).numpy()
