@@ -10,7 +10,6 @@ import glob
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 import tensorflow as tf
@@ -231,18 +230,6 @@ _STAGED = ("TRAIN_STEPS = 400", "STEPS_PER_LOOP = 1000",
            "effnet_gin.train.ProgressiveLearning.dropout = (0.1, 0.4)")
 
 
-def _start(model_dir, log_path):
-  with open(log_path, "w") as log:
-    return subprocess.Popen(
-        trainer_helpers.trainer_command(str(model_dir), *_STAGED),
-        env=trainer_helpers.subprocess_env(), stdout=log, stderr=log)
-
-
-def _in_loop_step(log_path, at_least):
-  steps = re.findall(r"in-loop progress: step (\d+)", log_path.read_text())
-  return int(steps[-1]) if steps and int(steps[-1]) >= at_least else None
-
-
 def _stage_lines(log_text):
   return re.findall(
       r"stage (\d)/4: image (\d+), dropout ([\d.]+).*"
@@ -253,23 +240,24 @@ def test_stopped_in_stage_two_resumes_in_stage_two(tmp_path):
   model_dir = tmp_path / "model"
   # SIGTERM inside stage 2 (steps 100-200).
   log_path = tmp_path / "sigterm.log"
-  process = _start(model_dir, log_path)
+  process = trainer_helpers.start_logged(model_dir, log_path, *_STAGED)
   try:
-    trainer_helpers.wait_until(lambda: _in_loop_step(log_path, 110), process,
-                               log_path, "step 110, in stage 2")
+    trainer_helpers.wait_until(
+        lambda: trainer_helpers.in_loop_step(log_path, 110), process, log_path,
+        "step 110, in stage 2")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
   finally:
     process.kill()
   log = log_path.read_text()
   assert process.returncode == 75, log[-3000:]
-  stopped = int(re.search(r"Stopped by SIGTERM at step (\d+)", log)[1])
+  stopped = trainer_helpers.stopped_step(log)
   assert 110 <= stopped < 200
   assert _stage_lines(log) == [("1", "20", "0.1", "0"),
                                ("2", "24", "0.2", "100")]
   # Resumed in stage 2 at the stopped step; SIGKILL after a checkpoint there.
   log_path = tmp_path / "sigkill.log"
-  process = _start(model_dir, log_path)
+  process = trainer_helpers.start_logged(model_dir, log_path, *_STAGED)
   try:
     trainer_helpers.wait_until(
         lambda: (trainer_helpers.latest_step(str(model_dir)) or 0) > stopped,

@@ -4,7 +4,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 
 import pytest
 import tensorflow as tf
@@ -13,19 +12,11 @@ from effnet_gin.checkpoints import run_dir
 import trainer_helpers
 
 
-def _start(model_dir, log_path, *params, env=None):
-  """Starts bin/trainer with its log in a file (a pipe could fill and block)."""
-  with open(log_path, "w") as log:
-    return subprocess.Popen(
-        trainer_helpers.trainer_command(str(model_dir), *params), env=env or
-        trainer_helpers.subprocess_env(), stdout=log, stderr=log)
-
-
 def test_killed_trainer_resumes_to_the_right_step(tmp_path):
   model_dir, log_path = tmp_path / "model", tmp_path / "log"
   params = ("TRAIN_STEPS = 200", "effnet_gin.train.train.mode = 'train'",
             "effnet_gin.train.train.checkpoint_every_steps = 10")
-  process = _start(model_dir, log_path, *params)
+  process = trainer_helpers.start_logged(model_dir, log_path, *params)
   try:
     killed_after = trainer_helpers.wait_until(
         lambda: trainer_helpers.latest_step(str(model_dir)), process, log_path,
@@ -52,17 +43,6 @@ _LONG_LOOP = ("TRAIN_STEPS = 5000", "STEPS_PER_LOOP = 1000",
               "effnet_gin.train.train.log_every_steps = 20")
 
 
-def _progress_step_seen(log_path, at_least):
-  """The last in-loop progress step in the log if it is >= at_least."""
-  steps = re.findall(r"in-loop progress: step (\d+)", log_path.read_text())
-  return int(steps[-1]) if steps and int(steps[-1]) >= at_least else None
-
-
-def _stopped_step(log_text):
-  """The step of the log's 'Stopped by SIGTERM at step N' line."""
-  return int(re.search(r"Stopped by SIGTERM at step (\d+)", log_text)[1])
-
-
 def _checkpoint_step_variable(model_dir, step):
   reader = tf.train.load_checkpoint(f"{model_dir}/ckpt-{step}")
   return reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
@@ -70,11 +50,11 @@ def _checkpoint_step_variable(model_dir, step):
 
 def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
   model_dir, log_path = tmp_path / "model", tmp_path / "log"
-  process = _start(model_dir, log_path, *_LONG_LOOP)
+  process = trainer_helpers.start_logged(model_dir, log_path, *_LONG_LOOP)
   try:
-    seen = trainer_helpers.wait_until(lambda: _progress_step_seen(log_path, 40),
-                                      process, log_path,
-                                      "step 40 inside the first loop")
+    seen = trainer_helpers.wait_until(
+        lambda: trainer_helpers.in_loop_step(log_path, 40), process, log_path,
+        "step 40 inside the first loop")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=120)
   finally:
@@ -83,7 +63,7 @@ def test_sigterm_stops_a_long_loop_at_the_next_step(tmp_path):
   assert process.returncode == 75, log[-3000:]
   # The preempted trainer released model_dir's run lock on its way out.
   assert not (model_dir / run_dir.RUN_LOCK_FILE).exists()
-  stopped_at = _stopped_step(log)
+  stopped_at = trainer_helpers.stopped_step(log)
   # Stopped inside the loop (it would have ended at step 1000), after the
   # step the test saw, and saved exactly that step.
   assert seen <= stopped_at < 1000
@@ -118,10 +98,9 @@ def _start_workers(model_dir, log_dir, *params):
         }
     }))
     log_path = log_dir / f"worker{index}.log"
-    workers.append(
-        (_start(model_dir, log_path, *params,
-                "effnet_gin.train.build_strategy.kind = "
-                "'multi_worker'", env=env), log_path))
+    workers.append((trainer_helpers.start_logged(
+        model_dir, log_path, *params, "effnet_gin.train.build_strategy.kind = "
+        "'multi_worker'", env=env), log_path))
   return workers
 
 
@@ -189,15 +168,15 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(tmp_path):
   model_dir = tmp_path / "model"
   workers = _start_workers(model_dir, tmp_path, *_LONG_LOOP)
   signalled, signalled_log = workers[1]  # Not the chief, which must save.
-  trainer_helpers.wait_until(lambda: _progress_step_seen(signalled_log, 40),
-                             signalled, signalled_log,
-                             "step 40 inside the first loop")
+  trainer_helpers.wait_until(
+      lambda: trainer_helpers.in_loop_step(signalled_log, 40), signalled,
+      signalled_log, "step 40 inside the first loop")
   signalled.send_signal(signal.SIGTERM)
   logs = _wait_for_workers(workers, timeout=120)
   for (process, _), log in zip(workers, logs):
     assert process.returncode == 75, log[-3000:]
-  stopped_at = _stopped_step(logs[0])
-  assert _stopped_step(logs[1]) == stopped_at < 1000
+  stopped_at = trainer_helpers.stopped_step(logs[0])
+  assert trainer_helpers.stopped_step(logs[1]) == stopped_at < 1000
   assert "SIGTERM received" in logs[1] and "SIGTERM received" not in logs[0]
   assert trainer_helpers.latest_step(str(model_dir)) == stopped_at
   assert _checkpoint_step_variable(model_dir, stopped_at) == stopped_at

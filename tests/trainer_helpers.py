@@ -1,5 +1,6 @@
 """Helpers shared by the trainer tests: tiny bindings and subprocess runs."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,3 +102,21 @@ def resolved(selector):
   while isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
     value = value.scoped_configurable_fn()
   return value
+
+
+def start_logged(model_dir, log_path, *params, env=None):
+  """Starts bin/trainer with its log in a file (a pipe could fill and block)."""
+  with open(log_path, "w") as log:
+    return subprocess.Popen(trainer_command(str(model_dir), *params), env=env or
+                            subprocess_env(), stdout=log, stderr=log)
+
+
+def in_loop_step(log_path, at_least):
+  """The last in-loop progress step in the log if it is >= at_least."""
+  steps = re.findall(r"in-loop progress: step (\d+)", log_path.read_text())
+  return int(steps[-1]) if steps and int(steps[-1]) >= at_least else None
+
+
+def stopped_step(log_text):
+  """The step of the log's 'Stopped by SIGTERM at step N' line."""
+  return int(re.search(r"Stopped by SIGTERM at step (\d+)", log_text)[1])
